@@ -1,0 +1,168 @@
+"""Delta tables kept with delta-rs while Spark does the compute (see docs/lake.md).
+
+Spark writes plain parquet files into the table folder; the driver then commits exactly those
+files with delta-rs in one transaction that also removes the files of the partitions being
+replaced. Until that commit, readers see the previous version: a crash leaves only uncommitted
+files behind, never a half-replaced day.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from collections.abc import Iterable
+from urllib.parse import unquote
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+from deltalake import DeltaTable, Schema
+from deltalake.exceptions import TableNotFoundError
+from deltalake.transaction import AddAction, create_table_with_add_actions
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
+
+PARTITION = "dt"
+_STATS_TYPES = (pa.types.is_integer, pa.types.is_floating, pa.types.is_date, pa.types.is_timestamp)
+
+
+class LakeError(RuntimeError):
+    pass
+
+
+def table_exists(root: str) -> bool:
+    try:
+        DeltaTable(root)
+    except TableNotFoundError:
+        return False
+    return True
+
+
+def table_version(root: str) -> int:
+    return DeltaTable(root).version()
+
+
+def read_table(spark: SparkSession, root: str, dates: Iterable[dt.date] | None = None) -> DataFrame:
+    """The current version of a Delta table (optionally only some `dt` partitions) as a DataFrame."""
+    table = DeltaTable(root)
+    arrow_schema = pa.schema(table.schema().to_arrow())
+    spark_schema = from_arrow_schema(arrow_schema)
+    filters = None
+    if dates is not None:
+        filters = [(PARTITION, "in", sorted({d.isoformat() for d in dates}))]
+        if not filters[0][2]:
+            return spark.createDataFrame([], spark_schema)
+    uris = table.file_uris(partition_filters=filters)
+    if not uris:
+        return spark.createDataFrame([], spark_schema)
+    frame = spark.read.schema(spark_schema).option("basePath", root).parquet(*uris)
+    return frame.select(*arrow_schema.names)
+
+
+def replace_partitions(df: DataFrame, root: str, dates: Iterable[dt.date]) -> int:
+    """Make `dates` partitions of the table hold exactly the rows of `df`; returns rows committed.
+
+    Partitions of `dates` absent from `df` end up empty. A row dated outside `dates` is an error.
+    """
+    dates = sorted(set(dates))
+    if PARTITION not in df.columns:
+        raise LakeError(f"cannot write {root}: the frame has no {PARTITION!r} partition column")
+    arrow_schema = _arrow_schema(df)
+    exists = table_exists(root)
+    if exists:
+        _check_schema(root, arrow_schema)
+    fs, base = pafs.FileSystem.from_uri(root)
+    before = _files(fs, base)
+    df.write.mode("append").partitionBy(PARTITION).parquet(root)
+    written = _files(fs, base) - before
+    for checksum in (p for p in written if p.endswith(".crc")):  # Hadoop's local side files: not table data
+        fs.delete_file(checksum)
+    new_files = sorted(p for p in written if p.endswith(".parquet"))
+    adds = [_add_action(fs, base, path) for path in new_files]
+    wanted = {d.isoformat() for d in dates}
+    stray = {a.partition_values[PARTITION] for a in adds} - wanted
+    if stray:
+        raise LakeError(f"{root}: rows dated {sorted(stray)} fall outside the partitions being replaced {sorted(wanted)}")
+    if exists:
+        DeltaTable(root).create_write_transaction(
+            adds, mode="overwrite", schema=arrow_schema, partition_by=[PARTITION],
+            partition_filters=[(PARTITION, "in", sorted(wanted))],
+        )
+    else:
+        create_table_with_add_actions(root, Schema.from_arrow(arrow_schema), adds, partition_by=[PARTITION])
+    return sum(json.loads(a.stats)["numRecords"] for a in adds)
+
+
+def _arrow_schema(df: DataFrame) -> pa.Schema:
+    schema = to_arrow_schema(df.schema, timezone="UTC")
+    # Delta needs timezone-aware microsecond timestamps (naive ones would require timestamp_ntz).
+    fields = [
+        pa.field(f.name, pa.timestamp("us", tz="UTC")) if pa.types.is_timestamp(f.type) else f
+        for f in schema
+    ]
+    return pa.schema(fields)
+
+
+def _check_schema(root: str, arrow_schema: pa.Schema) -> None:
+    current = pa.schema(DeltaTable(root).schema().to_arrow())
+    have = [(f.name, str(f.type)) for f in current]
+    want = [(f.name, str(f.type)) for f in arrow_schema]
+    if have != want:
+        raise LakeError(f"schema of {root} is {have}; refusing to write {want}")
+
+
+def _files(fs: pafs.FileSystem, base: str) -> set[str]:
+    """Every file under the table root except the Delta log."""
+    infos = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+    return {i.path for i in infos if i.type == pafs.FileType.File and "/_delta_log/" not in i.path}
+
+
+def _add_action(fs: pafs.FileSystem, base: str, path: str) -> AddAction:
+    relative = path[len(base):].lstrip("/")
+    partition = dict(unquote(part).split("=", 1) for part in relative.split("/")[:-1])
+    if set(partition) != {PARTITION}:
+        raise LakeError(f"unexpected file layout {relative!r}: expected {PARTITION}=<date>/<file>")
+    info = fs.get_file_info(path)
+    with fs.open_input_file(path) as handle:
+        metadata = pq.read_metadata(handle)
+    return AddAction(
+        path=relative,
+        size=info.size,
+        partition_values=partition,
+        modification_time=int(info.mtime.timestamp() * 1000) if info.mtime else int(time.time() * 1000),
+        data_change=True,
+        stats=json.dumps(_file_stats(metadata)),
+    )
+
+
+def _file_stats(metadata: pq.FileMetaData) -> dict:
+    """numRecords, nullCount and min/max (numbers, dates, timestamps) from a parquet footer."""
+    schema = metadata.schema.to_arrow_schema()
+    null_count: dict[str, int] = {}
+    minimum: dict[str, object] = {}
+    maximum: dict[str, object] = {}
+    for col in range(metadata.num_columns):
+        path = metadata.schema.column(col).path
+        if "." in path:  # leaf of a nested (list/struct) column: Delta keeps no stats for those here
+            continue
+        field = schema.field(path)
+        groups = [metadata.row_group(g).column(col).statistics for g in range(metadata.num_row_groups)]
+        if not groups or any(s is None or not s.has_null_count for s in groups):
+            continue
+        null_count[field.name] = sum(s.null_count for s in groups)
+        with_values = [s for s in groups if s.has_min_max]
+        if with_values and any(check(field.type) for check in _STATS_TYPES):
+            minimum[field.name] = _json_value(min(s.min for s in with_values))
+            maximum[field.name] = _json_value(max(s.max for s in with_values))
+    return {"numRecords": metadata.num_rows, "minValues": minimum, "maxValues": maximum, "nullCount": null_count}
+
+
+def _json_value(value: object) -> object:
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=dt.timezone.utc)
+        return value.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    return value

@@ -1,0 +1,139 @@
+"""Typed settings: conf/<env>.toml overlaid with NIGHTREC_<SECTION>__<KEY> environment variables."""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+ENV_PREFIX = "NIGHTREC_"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Paths(_Section):
+    landing: str
+    lake: str
+    data_docs: str
+
+
+class SparkSettings(_Section):
+    master: str = "local[2]"
+    driver_memory: str = "4g"
+    shuffle_partitions: int = Field(4, ge=1)
+    conf: dict[str, str] = {}
+
+
+class ValidationSettings(_Section):
+    max_bad_fraction: float = Field(0.05, ge=0.0, le=1.0)
+
+
+class EventSettings(_Section):
+    weights: dict[str, float]
+
+    @field_validator("weights")
+    @classmethod
+    def _positive(cls, weights: dict[str, float]) -> dict[str, float]:
+        if not weights:
+            raise ValueError("at least one event type is needed")
+        bad = [name for name, w in weights.items() if w <= 0]
+        if bad:
+            raise ValueError(f"event weights must be > 0: {bad}")
+        return weights
+
+
+class ModelSettings(_Section):
+    train_window_days: int = Field(ge=1)
+    holdout_days: int = Field(ge=1)
+    rank: int = Field(ge=1)
+    reg_param: float = Field(ge=0)
+    alpha: float = Field(ge=0)
+    max_iter: int = Field(ge=1)
+    seed: int = 42
+    top_k: int = Field(100, ge=1, le=1000)
+    eval_k: int = Field(10, ge=1)
+
+
+class MlflowSettings(_Section):
+    tracking_uri: str
+    artifact_root: str
+    experiment: str
+    registered_model: str
+
+
+class RedisSettings(_Section):
+    url: str
+    prefix: str = "nightrec"
+
+
+class Settings(_Section):
+    env: str
+    home: Path
+    paths: Paths
+    spark: SparkSettings
+    validation: ValidationSettings
+    events: EventSettings
+    model: ModelSettings
+    mlflow: MlflowSettings
+    redis: RedisSettings
+
+    def path(self, name: str) -> str:
+        """A `paths` entry as an absolute path (URIs such as s3a://... are kept as they are)."""
+        return resolve(self.home, getattr(self.paths, name))
+
+    def table(self, name: str) -> str:
+        """Root of a Delta table, e.g. table("silver/interactions")."""
+        return f"{self.path('lake').rstrip('/')}/{name}"
+
+
+def resolve(home: Path, value: str) -> str:
+    if "://" in value or Path(value).is_absolute():
+        return value
+    return str((home / value).resolve())
+
+
+def project_home() -> Path:
+    """NIGHTREC_HOME, else the checkout this package lives in, else the working directory."""
+    if os.environ.get("NIGHTREC_HOME"):
+        return Path(os.environ["NIGHTREC_HOME"]).resolve()
+    checkout = Path(__file__).resolve().parents[2]
+    if (checkout / "conf").is_dir():
+        return checkout
+    return Path.cwd()
+
+
+def _env_overrides(environ: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """NIGHTREC_REDIS__URL=... -> {"redis": {"url": "..."}}; JSON values (numbers, objects) are parsed."""
+    overrides: dict[str, dict[str, Any]] = {}
+    for key, raw in environ.items():
+        if not key.startswith(ENV_PREFIX) or "__" not in key:
+            continue
+        section, _, field = key[len(ENV_PREFIX):].lower().partition("__")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        overrides.setdefault(section, {})[field] = value
+    return overrides
+
+
+def load_settings(env: str | None = None, environ: dict[str, str] | None = None) -> Settings:
+    environ = dict(os.environ if environ is None else environ)
+    env = env or environ.get("NIGHTREC_ENV", "local")
+    home = project_home()
+    conf_dir = Path(environ.get("NIGHTREC_CONF_DIR", home / "conf"))
+    conf_file = conf_dir / f"{env}.toml"
+    if not conf_file.is_file():
+        raise FileNotFoundError(f"no settings file for environment {env!r}: {conf_file} does not exist")
+    data = tomllib.loads(conf_file.read_text())
+    for section, values in _env_overrides(environ).items():
+        if not isinstance(data.get(section), dict):
+            raise ValueError(f"environment override for unknown settings section {section!r}")
+        data[section].update(values)
+    return Settings(env=env, home=home, **data)

@@ -1,0 +1,138 @@
+"""Interaction checks: one great_expectations suite for the record and Data Docs, and the same
+rules as Spark conditions that route each failing row to quarantine with its reasons."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+
+SILVER_COLUMNS = ("user_id", "item_id", "event_type", "value", "ts", "dt")
+TYPED_COLUMNS = (*SILVER_COLUMNS, "seconds_into_day")  # what the suite sees (schema check included)
+DUPLICATE_KEY = ("user_id", "item_id", "event_type", "ts")
+MAX_ID = 2**31 - 1  # ALS and the Redis codec store ids as 32-bit integers
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    message: str
+    is_bad: Callable[[], Column]          # row-level condition, true when the row breaks the rule
+    expectation: Callable[[list[str]], object]  # the matching great_expectations expectation
+
+
+def typed(bronze: DataFrame) -> DataFrame:
+    """Raw landing text -> typed columns; what cannot be parsed becomes null (and fails a rule)."""
+    def positive_id(column: str) -> Column:
+        value = F.expr(f"try_cast(trim({column}) AS BIGINT)")
+        return F.when((value >= 1) & (value <= MAX_ID), value.cast("int"))
+
+    raw_value = F.trim(F.col("value"))
+    number = F.expr("try_cast(trim(value) AS DOUBLE)")
+    raw_ts = F.trim(F.col("ts"))
+    ts = F.when(raw_ts.rlike(r"^\d{9,11}$"), F.timestamp_seconds(raw_ts.cast("bigint"))).otherwise(
+        F.expr("try_cast(trim(ts) AS TIMESTAMP)"))
+    return bronze.select(
+        positive_id("user_id").alias("user_id"),
+        positive_id("item_id").alias("item_id"),
+        F.coalesce(F.lower(F.trim(F.col("event_type"))), F.lit("")).alias("event_type"),
+        F.when(raw_value.isNull() | (raw_value == ""), F.lit(1.0))
+        .when(number >= 0, number).alias("value"),
+        ts.alias("ts"),
+        "dt",
+        (F.unix_timestamp(ts) - F.unix_timestamp(F.col("dt").cast("timestamp"))).alias("seconds_into_day"),
+        F.struct(*[F.col(c) for c in ("user_id", "item_id", "event_type", "value", "ts", "source_file")]).alias("raw"),
+    )
+
+
+def rules(event_types: list[str]) -> list[Rule]:
+    import great_expectations.expectations as gxe
+
+    dup_rank = F.row_number().over(Window.partitionBy(*DUPLICATE_KEY).orderBy(F.col("raw.source_file")))
+    return [
+        Rule("user_id_valid", "user_id missing or not an integer in 1..2^31-1",
+             lambda: F.col("user_id").isNull(), lambda _: gxe.ExpectColumnValuesToNotBeNull(column="user_id")),
+        Rule("item_id_valid", "item_id missing or not an integer in 1..2^31-1",
+             lambda: F.col("item_id").isNull(), lambda _: gxe.ExpectColumnValuesToNotBeNull(column="item_id")),
+        Rule("event_type_known", f"event_type not one of {event_types}",
+             lambda: ~F.col("event_type").isin(event_types),
+             lambda types: gxe.ExpectColumnValuesToBeInSet(column="event_type", value_set=types)),
+        Rule("value_valid", "value is not a non-negative number",
+             lambda: F.col("value").isNull(), lambda _: gxe.ExpectColumnValuesToNotBeNull(column="value")),
+        Rule("ts_valid", "ts missing or not an ISO-8601 timestamp / epoch seconds",
+             lambda: F.col("ts").isNull(), lambda _: gxe.ExpectColumnValuesToNotBeNull(column="ts")),
+        Rule("ts_inside_day", "ts outside the landing day dt (UTC)",
+             lambda: F.col("seconds_into_day").isNotNull() & ~F.col("seconds_into_day").between(0, 86399),
+             lambda _: gxe.ExpectColumnValuesToBeBetween(column="seconds_into_day", min_value=0, max_value=86399)),
+        Rule("not_duplicate", "repeats an earlier row with the same user_id, item_id, event_type and ts",
+             lambda: F.col("user_id").isNotNull() & F.col("item_id").isNotNull() & F.col("ts").isNotNull()
+             & (dup_rank > 1),
+             lambda _: gxe.ExpectCompoundColumnsToBeUnique(column_list=list(DUPLICATE_KEY),
+                                                           ignore_row_if="any_value_is_missing")),
+    ]
+
+
+def with_reasons(typed_rows: DataFrame, rule_list: list[Rule]) -> DataFrame:
+    reasons = F.filter(
+        F.array(*[F.when(rule.is_bad(), F.lit(rule.name)) for rule in rule_list]), lambda r: r.isNotNull())
+    return typed_rows.withColumn("reasons", reasons)
+
+
+@dataclass
+class SuiteResult:
+    success: bool
+    unexpected: dict[str, int]      # expectation -> unexpected row count reported by GX
+    failed_table_checks: list[str]  # table-level expectations that failed
+    data_docs: str | None
+
+
+def run_suite(typed_rows: DataFrame, event_types: list[str], docs_dir: str, run_name: str) -> SuiteResult:
+    """Run the great_expectations suite on the typed frame and build Data Docs into docs_dir."""
+    import great_expectations as gx
+    import great_expectations.expectations as gxe
+
+    for noisy in ("great_expectations", "py4j"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = {"globally": False}
+    site = "nightrec_docs"
+    context.add_data_docs_site(site_name=site, site_config={
+        "class_name": "SiteBuilder",
+        "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": docs_dir},
+        "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+    })
+    asset = context.data_sources.add_spark(name="nightrec").add_dataframe_asset(name="interactions")
+    batch = asset.add_batch_definition_whole_dataframe("day")
+    suite = context.suites.add(gx.ExpectationSuite(name="interactions"))
+    suite.add_expectation(gxe.ExpectTableColumnsToMatchSet(column_set=list(TYPED_COLUMNS), exact_match=True))
+    names = {}
+    for rule in rules(event_types):
+        expectation = suite.add_expectation(rule.expectation(event_types))
+        names[expectation.id] = rule.name
+    validation = context.validation_definitions.add(
+        gx.ValidationDefinition(name="interactions_day", data=batch, suite=suite))
+    checkpoint = context.checkpoints.add(gx.Checkpoint(
+        name=run_name, validation_definitions=[validation],
+        actions=[gx.checkpoint.UpdateDataDocsAction(name="docs", site_names=[site])],
+        result_format={"result_format": "SUMMARY"}))
+    result = checkpoint.run(batch_parameters={"dataframe": typed_rows.select(*TYPED_COLUMNS)})
+    unexpected: dict[str, int] = {}
+    table_failures: list[str] = []
+    for run_result in result.run_results.values():
+        for item in run_result.results:
+            config = item.expectation_config
+            name = names.get(config.id)
+            if name is None:
+                if not item.success:
+                    table_failures.append(config.type)
+                continue
+            unexpected[name] = int(item.result.get("unexpected_count") or 0)
+    index = Path(docs_dir) / "index.html"
+    return SuiteResult(result.success, unexpected, table_failures, str(index) if index.exists() else None)
