@@ -13,9 +13,9 @@ STAGES = ("ingest", "validate", "train", "score", "publish", "smoke")
 def _stage_task(stage: str):
     @task(task_id=stage)
     def run(ds=None, params=None) -> dict:
-        from nightrec.orchestration import run_stage  # heavy imports stay out of DAG parsing
+        from nightrec.orchestration import run_airflow_task  # heavy imports stay out of DAG parsing
 
-        return run_stage(stage, ds, params["lookback_days"])
+        return run_airflow_task(stage, ds, params["lookback_days"])
 
     return run()
 

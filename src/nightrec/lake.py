@@ -23,11 +23,13 @@ from deltalake.transaction import AddAction, create_table_with_add_actions
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
 
+from nightrec.errors import PermanentError
+
 PARTITION = "dt"
 _STATS_TYPES = (pa.types.is_integer, pa.types.is_floating, pa.types.is_date, pa.types.is_timestamp)
 
 
-class LakeError(RuntimeError):
+class LakeError(PermanentError):
     pass
 
 

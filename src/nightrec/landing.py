@@ -8,12 +8,14 @@ from pathlib import Path
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from nightrec.errors import PermanentError
+
 INTERACTION_COLUMNS = ("user_id", "item_id", "event_type", "value", "ts")
 REQUIRED_COLUMNS = ("user_id", "item_id", "event_type", "ts")
 FORMATS = {".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
 
-class LandingError(ValueError):
+class LandingError(PermanentError):
     pass
 
 

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import importlib
+import os
+from pathlib import Path
 
+from nightrec.errors import PermanentError
+from nightrec.settings import Settings
 from nightrec.stages import STAGES
+
+DAG_ID = "nightrec_nightly"
 
 # Stages that may (re)process several landing days in one run (DAG param `lookback_days`).
 WINDOWED = ("ingest", "validate")
@@ -23,3 +29,29 @@ def run_stage(stage: str, ds: str, lookback_days: int = 1) -> dict:
     """Run a stage like `python jobs/<stage>.py --ds ...` would; returns its JSON summary (for XCom)."""
     module = importlib.import_module(f"nightrec.stages.{stage}")
     return module.main(stage_argv(stage, ds, lookback_days))
+
+
+def run_airflow_task(stage: str, ds: str, lookback_days: int = 1) -> dict:
+    """run_stage for an Airflow task: bad data or settings fail the task without pointless retries."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    try:
+        return run_stage(stage, ds, lookback_days)
+    except PermanentError as error:
+        raise AirflowFailException(f"{type(error).__name__}: {error}") from error
+
+
+def airflow_environment(settings: Settings) -> dict[str, str]:
+    """Environment for the airflow CLI on this project: its own home, this checkout's dags/.
+
+    Values already set in the environment win, so a real deployment keeps its own.
+    """
+    defaults = {
+        "AIRFLOW_HOME": settings.path("airflow_home"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(Path(settings.home) / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__PARALLELISM": "4",
+        "NIGHTREC_HOME": str(settings.home),
+        "NIGHTREC_ENV": settings.env,
+    }
+    return {**os.environ, **{k: v for k, v in defaults.items() if k not in os.environ}}

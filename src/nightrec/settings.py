@@ -21,6 +21,7 @@ class Paths(_Section):
     landing: str
     lake: str
     data_docs: str
+    airflow_home: str
 
 
 class SparkSettings(_Section):

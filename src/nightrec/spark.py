@@ -25,11 +25,13 @@ def get_spark(settings: Settings, app_name: str = "nightrec") -> SparkSession:
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     # Python workers must run the interpreter that has nightrec installed, not whatever is on PATH.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    builder = SparkSession.builder.appName(app_name)
+    if "PYSPARK_GATEWAY_PORT" not in os.environ:
+        # Not under spark-submit: this process starts the driver, so master and memory come from settings
+        # (spark-submit's own --master/--driver-memory win when it launched us).
+        builder = builder.master(settings.spark.master).config("spark.driver.memory", settings.spark.driver_memory)
     builder = (
-        SparkSession.builder.appName(app_name)
-        .master(settings.spark.master)
-        .config("spark.driver.memory", settings.spark.driver_memory)
-        .config("spark.sql.shuffle.partitions", str(settings.spark.shuffle_partitions))
+        builder.config("spark.sql.shuffle.partitions", str(settings.spark.shuffle_partitions))
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")
     )

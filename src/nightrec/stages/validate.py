@@ -10,11 +10,12 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from nightrec import lake, validation
+from nightrec.errors import PermanentError
 from nightrec.settings import Settings
 from nightrec.stages import stage_main, window
 
 
-class ValidationFailed(RuntimeError):
+class ValidationFailed(PermanentError):
     pass
 
 

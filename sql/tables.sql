@@ -1,0 +1,25 @@
+-- The lake's fixed-schema Delta tables as Spark SQL DDL, for registering them in a metastore where
+-- delta-spark is available (LOCATION = paths.lake + the table name). nightrec itself writes them
+-- with delta-rs (docs/lake.md); tests/integration/test_pipeline_to_redis.py keeps this file in step.
+
+CREATE TABLE IF NOT EXISTS nightrec.bronze_interactions (
+  user_id STRING, item_id STRING, event_type STRING, value STRING, ts STRING,
+  source_file STRING, dt DATE, ingested_at TIMESTAMP
+) USING DELTA PARTITIONED BY (dt) LOCATION '${lake}/bronze/interactions';
+
+CREATE TABLE IF NOT EXISTS nightrec.silver_interactions (
+  user_id INT, item_id INT, event_type STRING, value DOUBLE, ts TIMESTAMP, dt DATE
+) USING DELTA PARTITIONED BY (dt) LOCATION '${lake}/silver/interactions';
+
+CREATE TABLE IF NOT EXISTS nightrec.quarantine_interactions (
+  user_id STRING, item_id STRING, event_type STRING, value STRING, ts STRING,
+  source_file STRING, reasons ARRAY<STRING>, dt DATE
+) USING DELTA PARTITIONED BY (dt) LOCATION '${lake}/quarantine/interactions';
+
+CREATE TABLE IF NOT EXISTS nightrec.gold_recommendations (
+  user_id INT, item_ids ARRAY<INT>, scores ARRAY<FLOAT>, model_version STRING, dt DATE
+) USING DELTA PARTITIONED BY (dt) LOCATION '${lake}/gold/recommendations';
+
+CREATE TABLE IF NOT EXISTS nightrec.gold_fallbacks (
+  segment STRING, item_ids ARRAY<INT>, scores ARRAY<FLOAT>, dt DATE
+) USING DELTA PARTITIONED BY (dt) LOCATION '${lake}/gold/fallbacks';

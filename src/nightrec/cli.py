@@ -1,0 +1,229 @@
+"""The `nightrec` command: demo data, pipeline runs through Airflow, single stages, serving."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help="nightrec: nightly recommendations from interaction logs to Redis.",
+                  no_args_is_help=True, add_completion=False)
+console = Console(soft_wrap=True)  # long paths and messages stay greppable
+
+DsOption = Annotated[str, typer.Option("--ds", help="logical date YYYY-MM-DD")]
+
+
+def _settings():
+    from nightrec.settings import load_settings
+
+    return load_settings()
+
+
+def _date(value: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not a date in YYYY-MM-DD form") from None
+
+
+@app.command("demo-data")
+def demo_data(landing: Annotated[Optional[Path], typer.Option(help="landing folder (default: settings)")] = None):
+    """Download MovieLens-100K and write it into the landing zone."""
+    from nightrec import movielens
+
+    settings = _settings()
+    target = landing or Path(settings.path("landing"))
+    with console.status("downloading MovieLens-100K (PyPI wheel recbole==1.2.1)"):
+        wheel = movielens.fetch_wheel(Path(settings.home) / "var" / "cache")
+    with console.status(f"writing landing files into {target}"):
+        counts = movielens.convert(wheel, target)
+    console.print(f"[green]landing zone ready[/] {target}: {counts}")
+
+
+@app.command()
+def run(ds: DsOption,
+        lookback_days: Annotated[int, typer.Option(min=1, help="landing days ending at ds to (re)ingest")] = 1,
+        landing: Annotated[Optional[Path], typer.Option(help="folder of landing files (default: settings)")] = None):
+    """Run the nightrec_nightly DAG for one logical date through Airflow (`airflow dags test`)."""
+    from nightrec.orchestration import DAG_ID, airflow_environment
+
+    day = _date(ds)
+    settings = _settings()
+    env = airflow_environment(settings)
+    if landing is not None:
+        if not landing.is_dir():
+            raise typer.BadParameter(f"landing folder {landing} does not exist")
+        env["NIGHTREC_PATHS__LANDING"] = str(landing.resolve())
+    log_dir = Path(env["AIRFLOW_HOME"]) / "logs" / "nightrec-runs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"run-{day}-{time.strftime('%Y%m%dT%H%M%S')}.log"
+    airflow = str(Path(sys.executable).with_name("airflow"))
+    with console.status("preparing the Airflow metadata database"):
+        subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True)
+    console.print(f"running DAG [bold]{DAG_ID}[/] for {day} through Airflow; full log: {log_path}")
+    command = [airflow, "dags", "test", DAG_ID, day.isoformat(), "--conf", json.dumps({"lookback_days": lookback_days})]
+    code = _follow(command, env, log_path)
+    if code != 0:
+        console.print(f"[red]DAG run failed[/] (exit {code}); see {log_path}")
+        raise typer.Exit(code)
+
+
+def _follow(command: list[str], env: dict, log_path: Path) -> int:
+    """Run the command, keep its whole output in log_path, show task progress and stage summaries."""
+    started: dict[str, float] = {}
+    errors: list[str] = []
+    in_error = False
+    with open(log_path, "w") as log, subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
+                                                      stderr=subprocess.STDOUT, text=True) as proc:
+        with console.status("starting") as status:
+            for line in proc.stdout:
+                log.write(line)
+                if (m := re.search(r"\[DAG TEST\] starting task_id=(\w+)", line)):
+                    started[m[1]] = time.monotonic()
+                    status.update(f"task [bold]{m[1]}[/] running")
+                elif (m := re.search(r"\[DAG TEST\] end task task_id=(\w+)", line)):
+                    console.print(f"  task {m[1]:<9} ended after {time.monotonic() - started[m[1]]:6.1f} s")
+                elif line.startswith('{"stage"'):
+                    console.print(f"    {line.strip()}", style="dim", highlight=False)
+                elif line.startswith("nightrec.") and not errors:
+                    errors.append(line.rstrip())  # the first nightrec error ...
+                    in_error = True
+                elif in_error and line.startswith("  ") and not line.startswith("  File"):
+                    errors.append(line.rstrip())  # ... and its indented details
+                else:
+                    in_error = False
+    failed = proc.returncode != 0 or "state=failed" in log_path.read_text()
+    if failed and errors:
+        console.print("\n".join(errors), style="red", highlight=False)
+    return proc.returncode or int(failed)
+
+
+@app.command()
+def stage(name: Annotated[str, typer.Argument(help="ingest|validate|train|score|publish|smoke")], ds: DsOption,
+          lookback_days: Annotated[int, typer.Option(min=1)] = 1):
+    """Run one stage directly (no Airflow), e.g. to debug or re-run a single step."""
+    from nightrec.orchestration import run_stage
+
+    run_stage(name, _date(ds).isoformat(), lookback_days)
+
+
+@app.command()
+def recs(user_id: int, k: Annotated[int, typer.Option(min=1, max=100)] = 10):
+    """Print a user's live recommendations from Redis, with item titles when the lake has them."""
+    from nightrec.publisher import connect
+    from nightrec.redis_layout import Keys, decode
+
+    settings = _settings()
+    keys = Keys(settings.redis.prefix)
+    client = connect(settings.redis.url)
+    version = client.get(keys.live)
+    if version is None:
+        console.print("[red]nothing published yet[/]: run `nightrec run` first")
+        raise typer.Exit(1)
+    version = version.decode()
+    value, source = client.get(keys.user(version, user_id)), "personalized"
+    if value is None:
+        value, source = client.get(keys.fallback(version)), "popular (unknown user)"
+    meta = {k.decode(): v.decode() for k, v in client.hgetall(keys.meta(version)).items()}
+    ids, scores = decode(value)
+    titles = _item_titles(settings)
+    table = Table(title=f"user {user_id}: {source}, version {version}, model {meta.get('model_version')}")
+    for column in ("rank", "item_id", "score", "title"):
+        table.add_column(column)
+    for rank, (item, score) in enumerate(zip(ids[:k], scores[:k]), start=1):
+        table.add_row(str(rank), str(item), f"{score:.4f}", titles.get(str(item), ""))
+    console.print(table)
+
+
+def _item_titles(settings) -> dict[str, str]:
+    from deltalake import DeltaTable
+
+    from nightrec.lake import table_exists
+
+    root = settings.table("bronze/items")
+    if not table_exists(root):
+        return {}
+    items = DeltaTable(root).to_pyarrow_table().to_pylist()
+    latest = max(row["dt"] for row in items)
+    return {row["item_id"]: row.get("title") or "" for row in items if row["dt"] == latest}
+
+
+@app.command()
+def status(count: Annotated[bool, typer.Option(help="also count users and list lengths in the live version")] = False):
+    """Show the live and previous Redis versions, and the MLflow champion with its metrics."""
+    from nightrec.publisher import connect
+    from nightrec.redis_layout import Keys, decode
+
+    settings = _settings()
+    keys = Keys(settings.redis.prefix)
+    client = connect(settings.redis.url)
+    live = client.get(keys.live)
+    for label, key in (("live", keys.live), ("previous", keys.previous)):
+        version = client.get(key)
+        meta = {k.decode(): v.decode() for k, v in client.hgetall(keys.meta(version.decode())).items()} if version else {}
+        console.print(f"redis {label:>8}: {version.decode() if version else '-'} {meta or ''}", highlight=False)
+    if count and live:
+        lengths: dict[int, int] = {}
+        for key in client.scan_iter(match=keys.user(live.decode(), 0)[:-1] + "*", count=1000):
+            n = len(decode(client.get(key))[0])
+            lengths[n] = lengths.get(n, 0) + 1
+        console.print(f"redis users by list length: {dict(sorted(lengths.items()))}", highlight=False)
+    console.print(_champion_summary(settings), highlight=False)
+
+
+def _champion_summary(settings) -> str:
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from nightrec import tracking
+
+    tracking.configure(settings)
+    client = MlflowClient()
+    try:
+        version = client.get_model_version_by_alias(settings.mlflow.registered_model, tracking.CHAMPION)
+    except MlflowException:
+        return f"mlflow: no {tracking.CHAMPION!r} alias on {settings.mlflow.registered_model} yet"
+    metrics = {k: round(v, 4) for k, v in client.get_run(version.run_id).data.metrics.items() if "_at_" in k}
+    return f"mlflow: {settings.mlflow.registered_model}@{tracking.CHAMPION} = version {version.version} {metrics}"
+
+
+@app.command()
+def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 1):
+    """Start the lookup service (FastAPI under uvicorn)."""
+    import uvicorn
+
+    uvicorn.run("nightrec.service:create_app", factory=True, host=host, port=port, workers=workers)
+
+
+@app.command("mlflow-ui")
+def mlflow_ui(host: str = "127.0.0.1", port: int = 5000):
+    """Start MLflow's UI on the project's tracking store."""
+    from nightrec.tracking import artifact_location, tracking_uri
+
+    settings = _settings()
+    mlflow = str(Path(sys.executable).with_name("mlflow"))
+    os.execv(mlflow, [mlflow, "ui", "--backend-store-uri", tracking_uri(settings),
+                      "--default-artifact-root", artifact_location(settings), "--host", host, "--port", str(port)])
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def airflow(ctx: typer.Context):
+    """Run the airflow CLI on this project (its AIRFLOW_HOME and dags/), e.g. `nightrec airflow standalone`."""
+    from nightrec.orchestration import airflow_environment
+
+    binary = str(Path(sys.executable).with_name("airflow"))
+    os.execve(binary, [binary, *ctx.args], airflow_environment(_settings()))
+
+
+if __name__ == "__main__":
+    app()

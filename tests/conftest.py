@@ -1,0 +1,96 @@
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+# Airflow reads its home at import: point it at a throwaway folder before any test imports it.
+os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="nightrec-airflow-")
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(Path(__file__).parents[1] / "dags")
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """A real redis-server of our own on a free port (never the machine's shared 6379)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not installed: run `make test` (it installs it) or apt-get install redis-server")
+    folder = tmp_path_factory.mktemp("redis")
+    port = free_port()
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--dir", str(folder)], stdout=subprocess.DEVNULL)
+    import redis
+
+    client = redis.Redis(port=port)
+    for _ in range(100):
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture
+def redis_url(redis_server):
+    import redis
+
+    redis.Redis.from_url(redis_server).flushall()
+    return redis_server
+
+
+def settings_environ(home: Path, redis_url: str = "redis://127.0.0.1:1/0", **overrides) -> dict[str, str]:
+    environ = {
+        "NIGHTREC_PATHS__LANDING": str(home / "landing"),
+        "NIGHTREC_PATHS__LAKE": str(home / "lake"),
+        "NIGHTREC_PATHS__DATA_DOCS": str(home / "docs"),
+        "NIGHTREC_PATHS__AIRFLOW_HOME": str(home / "airflow"),
+        "NIGHTREC_MLFLOW__TRACKING_URI": f"sqlite:///{home}/mlflow.db",
+        "NIGHTREC_MLFLOW__ARTIFACT_ROOT": str(home / "artifacts"),
+        "NIGHTREC_REDIS__URL": redis_url,
+        "NIGHTREC_REDIS__PREFIX": "test",
+        "NIGHTREC_MODEL__RANK": "8",
+        "NIGHTREC_MODEL__MAX_ITER": "5",
+        "NIGHTREC_MODEL__HOLDOUT_DAYS": "2",
+        "NIGHTREC_MODEL__TOP_K": "20",
+    }
+    environ.update({f"NIGHTREC_{k.upper()}": str(v) for k, v in overrides.items()})
+    return environ
+
+
+@pytest.fixture
+def make_settings(tmp_path):
+    from nightrec.settings import load_settings
+
+    def build(redis_url: str = "redis://127.0.0.1:1/0", **overrides):
+        return load_settings("local", settings_environ(tmp_path, redis_url, **overrides))
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def spark():
+    from nightrec.settings import load_settings
+    from nightrec.spark import get_spark
+
+    session = get_spark(load_settings("local", {}), "nightrec-tests")
+    yield session
+    session.stop()

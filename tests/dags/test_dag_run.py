@@ -1,0 +1,65 @@
+"""One full run of nightrec_nightly through Airflow (`nightrec run` -> `airflow dags test`), twice."""
+
+import datetime as dt
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import redis
+from deltalake import DeltaTable
+
+from conftest import settings_environ
+from helpers import days_ending, write_landing
+from nightrec.redis_layout import Keys, decode
+
+DAY = dt.date(2024, 6, 30)
+TABLES = ("bronze/interactions", "bronze/items", "silver/interactions", "quarantine/interactions",
+          "gold/recommendations", "gold/fallbacks")
+
+
+def run_dag(env) -> subprocess.CompletedProcess:
+    nightrec = str(Path(sys.executable).with_name("nightrec"))
+    return subprocess.run([nightrec, "run", "--ds", str(DAY), "--lookback-days", "8"], env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
+def snapshot(home: Path, client: redis.Redis) -> tuple[dict, dict]:
+    counts = {t: DeltaTable(str(home / "lake" / t)).to_pyarrow_table().num_rows for t in TABLES}
+    keys = Keys("test")
+    live = client.get(keys.live).decode()
+    recs = {int(k.rsplit(b":", 1)[1]): decode(client.get(k))[0]
+            for k in client.scan_iter(match=keys.user(live, 0)[:-1] + "*")}
+    return counts, recs
+
+
+def test_nightly_dag_runs_end_to_end_and_a_rerun_changes_nothing(tmp_path, redis_url):
+    rows = write_landing(tmp_path / "landing", days_ending(DAY, 8), users=40, items=120)
+    env = {**os.environ, **settings_environ(tmp_path, redis_url)}
+    first = run_dag(env)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    for task in ("ingest", "validate", "train", "score", "publish", "smoke"):
+        assert f"task {task}" in first.stdout
+    client = redis.Redis.from_url(redis_url)
+    counts, recs = snapshot(tmp_path, client)
+    assert counts["bronze/interactions"] == counts["silver/interactions"] == rows
+    assert counts["gold/recommendations"] == len(recs) == 40
+    assert {len(items) for items in recs.values()} == {20}
+
+    second = run_dag(env)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    counts_again, recs_again = snapshot(tmp_path, client)
+    assert counts_again == counts
+    assert recs_again == recs
+
+
+def test_a_bad_day_fails_the_run_with_the_reason(tmp_path, redis_url):
+    folder = tmp_path / "landing" / "interactions" / f"dt={DAY}"
+    folder.mkdir(parents=True)
+    (folder / "day.csv").write_text("user_id,item_id,event_type,value,ts\n1,2,teleport,1,2024-06-30T01:00:00Z\n")
+    env = {**os.environ, **settings_environ(tmp_path, redis_url)}
+    result = run_dag(env)
+    assert result.returncode != 0
+    assert "failed validation" in result.stdout and "event_type_known" in result.stdout
+    assert not redis.Redis.from_url(redis_url).exists(Keys("test").live)

@@ -1,0 +1,48 @@
+"""Small synthetic landing data: users in taste groups, so a model has something real to learn."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import random
+from pathlib import Path
+
+HEADER = ("user_id", "item_id", "event_type", "value", "ts")
+
+
+def synthetic_rows(day: dt.date, users: int = 60, items: int = 40, per_user: int = 3, seed: int = 0) -> list[tuple]:
+    """Each user likes the items of their group (user % 4 == item % 4) and clicks a few of them a day."""
+    rng = random.Random(f"{seed}-{day}")
+    rows = []
+    for user in range(1, users + 1):
+        liked = [i for i in range(1, items + 1) if i % 4 == user % 4]
+        for item in rng.sample(liked, per_user):
+            ts = dt.datetime.combine(day, dt.time(rng.randrange(24), rng.randrange(60), rng.randrange(60)))
+            rows.append((user, item, rng.choice(["view", "click", "purchase"]), 1, ts.strftime("%Y-%m-%dT%H:%M:%SZ")))
+    return rows
+
+
+def write_csv(path: Path, rows, header=HEADER) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def write_landing(landing: Path, days: list[dt.date], **kwargs) -> int:
+    """One CSV per day plus items.csv; returns the number of interaction rows."""
+    total = 0
+    for day in days:
+        rows = synthetic_rows(day, **kwargs)
+        write_csv(landing / "interactions" / f"dt={day}" / "events.csv", rows)
+        total += len(rows)
+    items = kwargs.get("items", 40)
+    write_csv(landing / "items.csv", [(i, f"Item {i}", f"group{i % 4}", 2000 + i % 20) for i in range(1, items + 1)],
+              header=("item_id", "title", "genres", "year"))
+    return total
+
+
+def days_ending(last: dt.date, n: int) -> list[dt.date]:
+    return [last - dt.timedelta(days=k) for k in range(n - 1, -1, -1)]

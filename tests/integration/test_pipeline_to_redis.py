@@ -1,0 +1,126 @@
+"""train -> score -> publish -> smoke on synthetic data, with real Spark, MLflow (sqlite) and Redis."""
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+from mlflow import MlflowClient
+
+from conftest import settings_environ
+from helpers import days_ending, write_landing
+from nightrec import lake, publisher, tracking
+from nightrec.redis_layout import Keys, decode
+from nightrec.service import create_app
+from nightrec.settings import load_settings
+from nightrec.stages import ingest, publish, score, smoke, train, validate
+
+DAY = dt.date(2024, 5, 20)
+USERS, ITEMS = 60, 200
+
+
+@pytest.fixture(scope="module")
+def pipeline(spark, redis_server, tmp_path_factory):
+    home = tmp_path_factory.mktemp("pipeline")
+    settings = load_settings("local", settings_environ(home, redis_server))
+    redis.Redis.from_url(redis_server).flushall()
+    write_landing(Path(settings.path("landing")), days_ending(DAY, 10), users=USERS, items=ITEMS)
+    ingest.run(spark, settings, DAY, lookback_days=10)
+    validate.run(spark, settings, DAY, lookback_days=10)
+    trained = train.run(spark, settings, DAY)
+    scored = score.run(spark, settings, DAY)
+    published = publish.run(spark, settings, DAY)
+    return settings, trained, scored, published
+
+
+def test_training_registers_a_champion_with_the_four_metrics(pipeline):
+    settings, trained, _, _ = pipeline
+    tracking.configure(settings)
+    client = MlflowClient()
+    champion = client.get_model_version_by_alias(settings.mlflow.registered_model, "champion")
+    assert str(champion.version) == trained.model_version
+    logged = client.get_run(trained.run_id).data.metrics
+    assert {"precision_at_10", "recall_at_10", "ndcg_at_10", "map_at_10"} <= set(logged)
+    assert logged["ndcg_at_10"] == pytest.approx(trained.metrics["ndcg_at_10"])
+
+
+def test_recommendations_follow_the_taste_groups_and_skip_seen_items(spark, pipeline):
+    settings, trained, scored, _ = pipeline
+    # Within a group tastes are uniform, so the best possible model picks at random inside the user's
+    # group: about 4x chance over all 200 items. Demand 3x chance (~0.02) on the holdout.
+    assert trained.metrics["precision_at_10"] > 0.06
+    assert scored.users == USERS and scored.min_items_per_user == settings.model.top_k
+    gold = {r.user_id: r.item_ids for r in lake.read_table(spark, settings.table("gold/recommendations"), [DAY]).collect()}
+    seen = {(r.user_id, r.item_id) for r in lake.read_table(spark, settings.table("silver/interactions")).collect()}
+    assert not [(u, i) for u, items in gold.items() for i in items if (u, i) in seen]
+    own_group = sum(1 for u, items in gold.items() for i in items[:10] if i % 4 == u % 4)
+    assert own_group / (10 * USERS) > 0.9
+
+
+def test_redis_holds_every_user_of_gold_under_the_live_version(spark, pipeline):
+    settings, _, _, published = pipeline
+    client = redis.Redis.from_url(settings.redis.url)
+    keys = Keys(settings.redis.prefix)
+    assert client.get(keys.live).decode() == published.version and published.users == USERS
+    for row in lake.read_table(spark, settings.table("gold/recommendations"), [DAY]).collect():
+        ids, scores = decode(client.get(keys.user(published.version, row.user_id)))
+        assert ids == list(row.item_ids)
+        assert scores == pytest.approx(list(row.scores), rel=2e-3, abs=1e-3)
+    assert client.hget(keys.meta(published.version), "model_version").decode() == published.model_version
+
+
+def test_smoke_stage_checks_through_the_service(pipeline):
+    settings, _, _, published = pipeline
+    result = smoke.run(settings, DAY)
+    assert result.live_version == published.version and result.unknown_user_source == "popular"
+
+
+def test_republishing_flips_atomically_and_keeps_one_previous_version(spark, pipeline):
+    settings, _, _, first = pipeline
+    client = redis.Redis.from_url(settings.redis.url)
+    keys = Keys(settings.redis.prefix)
+    second = publish.run(spark, settings, DAY)
+    assert second.previous == first.version
+    assert client.exists(keys.user(first.version, 1))  # the previous version stays readable for rollback
+    third = publish.run(spark, settings, DAY)
+    assert third.previous == second.version and third.deleted_versions == [first.version]
+    assert not client.keys(keys.version_pattern(first.version))
+
+
+def test_a_load_failing_half_way_leaves_the_live_version_untouched(spark, pipeline):
+    settings, _, _, _ = pipeline
+    client = redis.Redis.from_url(settings.redis.url)
+    keys = Keys(settings.redis.prefix)
+    live_before = client.get(keys.live)
+    good = [(u, [1, 2, 3], [0.3, 0.2, 0.1]) for u in range(1, 200)]
+    broken = spark.createDataFrame(good + [(999, [0], [1.0])], "user_id int, item_ids array<int>, scores array<float>")
+    with pytest.raises(Exception, match="item ids must be integers"):
+        publisher.publish(broken.repartition(4), ([1], [1.0]), url=settings.redis.url, prefix=settings.redis.prefix,
+                          ds=DAY, model_version="broken/1")
+    assert client.get(keys.live) == live_before
+    with TestClient(create_app(settings)) as api:
+        body = api.get("/v1/users/1/recommendations").json()
+    assert body["version"] == live_before.decode() and len(body["items"]) == 10
+    # the abandoned load is cleaned up by the next successful publish
+    abandoned = [v.decode() for v in client.zrange(keys.versions, 0, -1)
+                 if v not in (client.get(keys.live), client.get(keys.previous))]
+    assert abandoned
+    after = publish.run(spark, settings, DAY)
+    assert set(abandoned) <= set(after.deleted_versions)
+
+
+def test_sql_table_definitions_match_the_tables_written(spark, pipeline):
+    import re
+
+    from pyspark.sql.types import StructType
+
+    settings = pipeline[0]
+    ddl = (Path(__file__).parents[2] / "sql" / "tables.sql").read_text()
+    tables = re.findall(r"CREATE TABLE IF NOT EXISTS nightrec\.(\w+) \((.*?)\) USING DELTA", ddl, re.S)
+    assert len(tables) == 5
+    for name, columns in tables:
+        declared = StructType.fromDDL(" ".join(columns.split()))
+        actual = lake.read_table(spark, settings.table(name.replace("_", "/", 1))).schema
+        assert [(f.name, f.dataType.simpleString()) for f in actual] == \
+               [(f.name, f.dataType.simpleString()) for f in declared], name

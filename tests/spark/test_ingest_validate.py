@@ -1,0 +1,100 @@
+import datetime as dt
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from helpers import days_ending, synthetic_rows, write_csv, write_landing
+from nightrec import lake
+from nightrec.landing import LandingError
+from nightrec.stages import ingest, validate
+
+DAY = dt.date(2024, 3, 10)
+
+
+def test_csv_jsonl_and_parquet_files_of_a_day_land_in_bronze(spark, make_settings):
+    settings = make_settings()
+    folder = Path(settings.path("landing")) / "interactions" / f"dt={DAY}"
+    rows = synthetic_rows(DAY, users=10, items=8, per_user=1)
+    write_csv(folder / "a.csv", rows[:4])
+    (folder / "b.jsonl").write_text("\n".join(json.dumps(dict(zip(
+        ("user_id", "item_id", "event_type", "value", "ts"), r))) for r in rows[4:7]))
+    pq.write_table(pa.table({"user_id": [r[0] for r in rows[7:]], "item_id": [r[1] for r in rows[7:]],
+                             "event_type": [r[2] for r in rows[7:]],
+                             "ts": [dt.datetime.fromisoformat(r[4]) for r in rows[7:]]}), folder / "c.parquet")
+    result = ingest.run(spark, settings, DAY)
+    assert result.rows == 10
+    checked = validate.run(spark, settings, DAY)
+    assert (checked.good_rows, checked.quarantined_rows) == (10, 0)
+    silver = lake.read_table(spark, settings.table("silver/interactions")).orderBy("user_id").collect()
+    assert [(r.user_id, r.item_id, r.event_type) for r in silver] == [(r[0], r[1], r[2]) for r in rows]
+    assert {r.value for r in silver[7:]} == {1.0}  # parquet file had no value column: default 1
+
+
+def test_bad_rows_are_quarantined_with_reasons_matching_great_expectations(spark, make_settings):
+    settings = make_settings(VALIDATION__MAX_BAD_FRACTION=0.5)
+    good = synthetic_rows(DAY, users=20, items=8, per_user=1)
+    bad = [
+        ("abc", 3, "click", 1, f"{DAY}T10:00:00Z"),          # user_id not a number
+        (5, -2, "click", 1, f"{DAY}T10:00:00Z"),             # item_id not positive
+        (6, 3, "teleport", 1, f"{DAY}T10:00:00Z"),           # unknown event type
+        (7, 3, "click", "lots", f"{DAY}T10:00:00Z"),         # value not a number
+        (8, 3, "click", 1, "yesterday"),                     # ts not a timestamp
+        (9, 3, "click", 1, "2024-03-09T23:59:59Z"),          # ts outside the day
+        good[0],                                             # exact duplicate of a good row
+    ]
+    write_csv(Path(settings.path("landing")) / "interactions" / f"dt={DAY}" / "day.csv", good + bad)
+    ingest.run(spark, settings, DAY)
+    result = validate.run(spark, settings, DAY)
+    assert result.rows == 27 and result.good_rows == 20 and result.quarantined_rows == 7
+    assert result.bad_rows_by_rule == {"user_id_valid": 1, "item_id_valid": 1, "event_type_known": 1,
+                                       "value_valid": 1, "ts_valid": 1, "ts_inside_day": 1, "not_duplicate": 1}
+    gx = dict(result.gx_unexpected)
+    assert gx.pop("not_duplicate") == 2  # great_expectations counts both copies of the duplicate
+    assert gx == {k: v for k, v in result.bad_rows_by_rule.items() if k != "not_duplicate"}
+    quarantine = lake.read_table(spark, settings.table("quarantine/interactions")).collect()
+    reasons = {r.user_id: r.reasons for r in quarantine}
+    assert reasons["abc"] == ["user_id_valid"] and reasons["9"] == ["ts_inside_day"]
+    assert Path(result.data_docs).is_file()
+
+
+def test_a_day_with_too_many_bad_rows_fails_and_keeps_silver(spark, make_settings):
+    settings = make_settings()
+    landing_day = Path(settings.path("landing")) / "interactions" / f"dt={DAY}"
+    good = synthetic_rows(DAY, users=20, items=8, per_user=1)
+    write_csv(landing_day / "day.csv", good)
+    ingest.run(spark, settings, DAY)
+    validate.run(spark, settings, DAY)
+    write_csv(landing_day / "day.csv", good[:10] + [(u, 1, "teleport", 1, f"{DAY}T01:00:00Z") for u in range(1, 6)])
+    ingest.run(spark, settings, DAY)
+    with pytest.raises(validate.ValidationFailed) as failure:
+        validate.run(spark, settings, DAY)
+    message = str(failure.value)
+    assert "5 of 15 rows (33.33%) are bad, threshold 5.00%" in message
+    assert "event_type_known" in message and "unexpected_count=5" in message
+    assert lake.read_table(spark, settings.table("silver/interactions")).count() == 20
+    assert lake.read_table(spark, settings.table("quarantine/interactions")).count() == 5
+
+
+def test_reingesting_a_window_replaces_rather_than_duplicates(spark, make_settings):
+    settings = make_settings()
+    days = days_ending(DAY, 3)
+    total = write_landing(Path(settings.path("landing")), days, users=12, items=16)
+    for _ in range(2):
+        first = ingest.run(spark, settings, DAY, lookback_days=5)
+        validate.run(spark, settings, DAY, lookback_days=5)
+    assert first.days_with_files == 3 and first.days_without_files == [str(DAY - dt.timedelta(days=d)) for d in (4, 3)]
+    for table in ("bronze/interactions", "silver/interactions"):
+        assert lake.read_table(spark, settings.table(table)).count() == total
+    assert lake.read_table(spark, settings.table("bronze/items")).count() == 16
+
+
+def test_missing_landing_data_and_missing_columns_are_named(spark, make_settings):
+    settings = make_settings()
+    with pytest.raises(LandingError, match="no interaction files for 2024-03-10..2024-03-10"):
+        ingest.run(spark, settings, DAY)
+    write_csv(Path(settings.path("landing")) / "interactions" / f"dt={DAY}" / "x.csv", [(1, 2)], header=("user_id", "item"))
+    with pytest.raises(LandingError, match=r"lack column\(s\) \['item_id', 'event_type', 'ts'\]"):
+        ingest.run(spark, settings, DAY)
