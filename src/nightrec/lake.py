@@ -76,6 +76,9 @@ def replace_partitions(df: DataFrame, root: str, dates: Iterable[dt.date]) -> in
         _check_schema(root, arrow_schema)
     fs, base = pafs.FileSystem.from_uri(root)
     before = _files(fs, base)
+    if len(dates) > 1:
+        # Many days at once (backfills): one file per day, not one per day per task.
+        df = df.repartition(PARTITION)
     df.write.mode("append").partitionBy(PARTITION).parquet(root)
     written = _files(fs, base) - before
     for checksum in (p for p in written if p.endswith(".crc")):  # Hadoop's local side files: not table data
