@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 from pathlib import Path
 
 from nightrec.errors import PermanentError
@@ -54,4 +55,7 @@ def airflow_environment(settings: Settings) -> dict[str, str]:
         "NIGHTREC_HOME": str(settings.home),
         "NIGHTREC_ENV": settings.env,
     }
-    return {**os.environ, **{k: v for k, v in defaults.items() if k not in os.environ}}
+    env = {**os.environ, **{k: v for k, v in defaults.items() if k not in os.environ}}
+    # `airflow standalone` starts its components as `airflow ...` found on PATH: use this environment's.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return env

@@ -9,7 +9,7 @@ import json
 import time
 from collections.abc import Callable, Sequence
 
-from nightrec.settings import Settings, load_settings
+from nightrec.settings import load_settings
 
 STAGES = ("ingest", "validate", "train", "score", "publish", "smoke")
 
@@ -49,5 +49,3 @@ def stage_main(stage: str, run: Callable, argv: Sequence[str] | None, *, lookbac
     print(json.dumps(summary, default=str), flush=True)
     return summary
 
-
-__all__ = ["STAGES", "Settings", "window", "stage_main"]

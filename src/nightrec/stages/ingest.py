@@ -36,11 +36,10 @@ def run(spark: SparkSession, settings: Settings, ds: dt.date, lookback_days: int
     bronze = interactions.withColumn("ingested_at", F.current_timestamp())
     rows = lake.replace_partitions(bronze, settings.table("bronze/interactions"), present)
     attributes = {}
-    for name in ("items", "users"):
+    for name, key in (("items", "item_id"), ("users", "user_id")):
         frame = read_attributes(spark, landing, name)
         if frame is None:
             continue
-        key = f"{name[:-1]}_id"
         if key not in frame.columns:
             raise LandingError(f"{landing}/{name}.*: attribute file needs an {key!r} column, has {frame.columns}")
         snapshot = frame.select(*[F.col(c).cast("string") for c in frame.columns]).withColumn("dt", F.lit(ds))

@@ -35,7 +35,8 @@ def run(settings: Settings, ds: dt.date) -> SmokeResult:
         raise SmokeFailed(f"gold/recommendations has no users for {ds}")
     known, unknown = pc.min(users).as_py(), pc.max(users).as_py() + 1
     if unknown > MAX_ID:
-        unknown = next(u for u in range(1, MAX_ID) if u not in set(users.to_pylist()))
+        taken = set(users.to_pylist())
+        unknown = next(u for u in range(1, MAX_ID) if u not in taken)
     with TestClient(create_app(settings)) as client:
         health = client.get("/healthz").json()
         personal = client.get(f"/v1/users/{known}/recommendations", params={"k": 10})

@@ -22,7 +22,7 @@ class TrainResult:
     model_name: str
     model_version: str
     metrics: dict[str, float]
-    train_interactions: int
+    feedback_pairs: int
     holdout_users: int
     users: int
     items: int
@@ -65,7 +65,7 @@ def run(spark: SparkSession, settings: Settings, ds: dt.date) -> TrainResult:
                            "max_iter": params.max_iter, "seed": params.seed, "blocks": blocks,
                            "train_window_days": params.train_window_days, "holdout_days": params.holdout_days,
                            "event_weights": settings.events.weights})
-        mlflow.log_metrics({**metrics, "holdout_users": holdout_users, "train_interactions": int(sizes[0]),
+        mlflow.log_metrics({**metrics, "holdout_users": holdout_users, "feedback_pairs": int(sizes[0]),
                             "users": int(sizes[1]), "items": int(sizes[2]), "fit_seconds": fit_seconds})
         info = mlflow.spark.log_model(final, artifact_path="model", registered_model_name=settings.mlflow.registered_model,
                                       pip_requirements=[f"pyspark=={spark.version}"])
