@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import Param, chain, dag, task
 
+# Equal to nightrec.stages.STAGES (tests/dags keeps them in step); spelled out so parsing imports nothing heavy.
 STAGES = ("ingest", "validate", "train", "score", "publish", "smoke")
 
 

@@ -1,4 +1,4 @@
--- The lake's fixed-schema Delta tables as Spark SQL DDL, for registering them in a metastore where
+-- The lake's Delta tables as Spark SQL DDL, for registering them in a metastore where
 -- delta-spark is available (LOCATION = paths.lake + the table name). nightrec itself writes them
 -- with delta-rs (docs/lake.md); tests/integration/test_pipeline_to_redis.py keeps this file in step.
 
@@ -6,6 +6,14 @@ CREATE TABLE IF NOT EXISTS nightrec.bronze_interactions (
   user_id STRING, item_id STRING, event_type STRING, value STRING, ts STRING,
   source_file STRING, dt DATE, ingested_at TIMESTAMP
 ) USING DELTA PARTITIONED BY (dt) LOCATION '${lake}/bronze/interactions';
+
+CREATE TABLE IF NOT EXISTS nightrec.bronze_items (
+  item_id STRING, attributes MAP<STRING, STRING>, dt DATE
+) USING DELTA PARTITIONED BY (dt) LOCATION '${lake}/bronze/items';
+
+CREATE TABLE IF NOT EXISTS nightrec.bronze_users (
+  user_id STRING, attributes MAP<STRING, STRING>, dt DATE
+) USING DELTA PARTITIONED BY (dt) LOCATION '${lake}/bronze/users';
 
 CREATE TABLE IF NOT EXISTS nightrec.silver_interactions (
   user_id INT, item_id INT, event_type STRING, value DOUBLE, ts TIMESTAMP, dt DATE

@@ -134,6 +134,9 @@ def recs(user_id: int, k: Annotated[int, typer.Option(min=1, max=100)] = 10):
     value, source = client.get(keys.user(version, user_id)), "personalized"
     if value is None:
         value, source = client.get(keys.fallback(version)), "popular (unknown user)"
+    if value is None:
+        console.print(f"[red]live version {version} has no list for user {user_id} and no fallback[/]")
+        raise typer.Exit(1)
     meta = {k.decode(): v.decode() for k, v in client.hgetall(keys.meta(version)).items()}
     ids, scores = decode(value)
     titles = _item_titles(settings)
@@ -153,9 +156,10 @@ def _item_titles(settings) -> dict[str, str]:
     root = settings.table("bronze/items")
     if not table_exists(root):
         return {}
-    items = DeltaTable(root).to_pyarrow_table().to_pylist()
-    latest = max(row["dt"] for row in items)
-    return {row["item_id"]: row.get("title") or "" for row in items if row["dt"] == latest}
+    table = DeltaTable(root)
+    latest = max(p["dt"] for p in table.partitions())
+    rows = table.to_pyarrow_table(partitions=[("dt", "=", latest)], columns=["item_id", "attributes"]).to_pylist()
+    return {row["item_id"]: dict(row["attributes"]).get("title", "") for row in rows}
 
 
 @app.command()
@@ -175,7 +179,8 @@ def status(count: Annotated[bool, typer.Option(help="also count users and list l
     if count and live:
         lengths: dict[int, int] = {}
         for key in client.scan_iter(match=keys.user(live.decode(), 0)[:-1] + "*", count=1000):
-            n = len(decode(client.get(key))[0])
+            value = client.get(key)
+            n = len(decode(value)[0]) if value is not None else 0
             lengths[n] = lengths.get(n, 0) + 1
         console.print(f"redis users by list length: {dict(sorted(lengths.items()))}", highlight=False)
     console.print(_champion_summary(settings), highlight=False)

@@ -47,7 +47,10 @@ def table_version(root: str) -> int:
 
 def read_table(spark: SparkSession, root: str, dates: Iterable[dt.date] | None = None) -> DataFrame:
     """The current version of a Delta table (optionally only some `dt` partitions) as a DataFrame."""
-    table = DeltaTable(root)
+    try:
+        table = DeltaTable(root)
+    except TableNotFoundError:
+        raise LakeError(f"no Delta table at {root}: the stage that writes it has not run yet") from None
     arrow_schema = pa.schema(table.schema().to_arrow())
     spark_schema = from_arrow_schema(arrow_schema)
     filters = None

@@ -60,7 +60,7 @@ def read_interactions(spark: SparkSession, landing: str, days: list[dt.date]) ->
         elif fmt == "json":
             frame = spark.read.option("primitivesAsString", True).json(paths)
         else:
-            frame = spark.read.parquet(*paths)
+            frame = spark.read.option("mergeSchema", True).parquet(*paths)
         missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
         if missing:
             raise LandingError(f"{fmt} interaction files under {landing}/interactions lack column(s) {missing}; "
@@ -91,8 +91,8 @@ def read_attributes(spark: SparkSession, landing: str, name: str) -> DataFrame |
         path = Path(landing) / f"{name}{suffix}"
         if path.is_file():
             if fmt == "csv":
-                return spark.read.option("header", True).option("inferSchema", True).csv(str(path))
+                return spark.read.option("header", True).csv(str(path))  # all text: "007" stays "007"
             if fmt == "json":
-                return spark.read.json(str(path))
+                return spark.read.option("primitivesAsString", True).json(str(path))
             return spark.read.parquet(str(path))
     return None

@@ -64,7 +64,8 @@ def publish(recs: DataFrame, fallback: tuple[list[int], list[float]], *, url: st
     keys = Keys(prefix)
     client = connect(url)
     version = new_version_id(ds)
-    client.zadd(keys.versions, {version: dt.datetime.now(dt.timezone.utc).timestamp()})
+    started = dt.datetime.now(dt.timezone.utc).timestamp()
+    client.zadd(keys.versions, {version: started})
     recs = recs.select("user_id", "item_ids", "scores")
     expected = recs.count()
     written = recs.rdd.mapPartitions(lambda rows: _load_partition(rows, url, prefix, version)).sum()
@@ -80,7 +81,7 @@ def publish(recs: DataFrame, fallback: tuple[list[int], list[float]], *, url: st
         "published_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     })
     previous = flip(client, keys, version)
-    deleted = delete_stale_versions(client, keys)
+    deleted = delete_stale_versions(client, keys, started_before=started)
     client.close()
     return PublishResult(version, previous, expected, deleted)
 
@@ -92,10 +93,14 @@ def flip(client: redis.Redis, keys: Keys, version: str) -> str | None:
     return old.decode() if old else None
 
 
-def delete_stale_versions(client: redis.Redis, keys: Keys) -> list[str]:
-    """Drop every version except the live and the previous one (including abandoned loads)."""
+def delete_stale_versions(client: redis.Redis, keys: Keys, started_before: float) -> list[str]:
+    """Drop versions older than ours except the live and the previous one (abandoned loads included).
+
+    Loads that started after ours are left alone: another publisher may still be writing them.
+    """
     keep = {v.decode() for v in (client.get(keys.live), client.get(keys.previous)) if v}
-    stale = [v.decode() for v in client.zrange(keys.versions, 0, -1) if v.decode() not in keep]
+    older = client.zrangebyscore(keys.versions, "-inf", f"({started_before}")
+    stale = [v.decode() for v in older if v.decode() not in keep]
     for version in stale:
         batch = []
         for key in client.scan_iter(match=keys.version_pattern(version), count=1000):

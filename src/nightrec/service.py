@@ -5,6 +5,8 @@ from __future__ import annotations
 from contextlib import asynccontextmanager
 from typing import Annotated, Literal
 
+import logging
+
 import redis.asyncio as aioredis
 from fastapi import FastAPI, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse
@@ -15,6 +17,7 @@ from nightrec.settings import Settings, load_settings
 from nightrec.validation import MAX_ID
 
 MAX_K = 100
+log = logging.getLogger("nightrec.service")
 
 
 class Item(BaseModel):
@@ -45,7 +48,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(aioredis.RedisError)
     async def redis_unavailable(request: Request, exc: aioredis.RedisError):
-        return JSONResponse(status_code=503, content={"detail": f"recommendation store unavailable: {exc}"})
+        log.warning("redis error on %s: %r", request.url.path, exc)  # details stay in the log, not the answer
+        return JSONResponse(status_code=503, content={"detail": "recommendation store unavailable"})
 
     async def live_version(request: Request) -> str:
         version = await request.app.state.redis.get(keys.live)
@@ -68,7 +72,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         value, source = (personal, "personalized") if personal is not None else (fallback, "popular")
         if value is None:
             raise HTTPException(503, f"live version {version} has no fallback list")
-        ids, scores = decode(value)
+        try:
+            ids, scores = decode(value)
+        except ValueError as error:
+            log.error("unreadable value for user %s in version %s: %s", user_id, version, error)
+            raise HTTPException(503, f"stored recommendations of version {version} are unreadable") from None
         items = [Item(item_id=i, rank=r, score=round(s, 4))
                  for r, (i, s) in enumerate(zip(ids[:k], scores[:k]), start=1)]
         return Recommendations(user_id=user_id, source=source, version=version,

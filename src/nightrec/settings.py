@@ -8,9 +8,15 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from nightrec.errors import PermanentError
 
 ENV_PREFIX = "NIGHTREC_"
+
+
+class SettingsError(PermanentError):
+    pass
 
 
 class _Section(BaseModel):
@@ -131,10 +137,13 @@ def load_settings(env: str | None = None, environ: dict[str, str] | None = None)
     conf_dir = Path(environ.get("NIGHTREC_CONF_DIR", home / "conf"))
     conf_file = conf_dir / f"{env}.toml"
     if not conf_file.is_file():
-        raise FileNotFoundError(f"no settings file for environment {env!r}: {conf_file} does not exist")
+        raise SettingsError(f"no settings file for environment {env!r}: {conf_file} does not exist")
     data = tomllib.loads(conf_file.read_text())
     for section, values in _env_overrides(environ).items():
         if not isinstance(data.get(section), dict):
-            raise ValueError(f"environment override for unknown settings section {section!r}")
+            raise SettingsError(f"environment override for unknown settings section {section!r}")
         data[section].update(values)
-    return Settings(env=env, home=home, **data)
+    try:
+        return Settings(env=env, home=home, **data)
+    except ValidationError as error:
+        raise SettingsError(f"invalid settings ({conf_file} + NIGHTREC_* environment): {error}") from None

@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
+from nightrec.stages import STAGES as STAGE_ORDER
+
 DAGS = Path(__file__).parents[2] / "dags"
-STAGE_ORDER = ["ingest", "validate", "train", "score", "publish", "smoke"]
 
 
 @pytest.fixture(scope="module")

@@ -53,6 +53,14 @@ def test_bad_requests_get_a_4xx_that_names_the_problem(api, path):
     assert detail["loc"][-1] in ("k", "user_id") and detail["msg"]
 
 
+def test_a_corrupt_stored_value_is_a_503_that_says_so(api, redis_url):
+    client = redis.Redis.from_url(redis_url)
+    keys = Keys("test")
+    client.set(keys.user(client.get(keys.live).decode(), 3), b"\x01garbage")
+    response = api.get("/v1/users/3/recommendations")
+    assert response.status_code == 503 and "unreadable" in response.json()["detail"]
+
+
 def test_healthz_reports_the_live_version(api, redis_url):
     body = api.get("/healthz").json()
     assert body["status"] == "ok"
@@ -68,4 +76,4 @@ def test_nothing_published_yet_is_a_503_not_a_500(redis_url, make_settings):
 def test_redis_down_is_a_503_not_a_500(make_settings):
     with TestClient(create_app(make_settings("redis://127.0.0.1:1/0"))) as client:
         response = client.get("/v1/users/1/recommendations")
-    assert response.status_code == 503 and "unavailable" in response.json()["detail"]
+    assert response.status_code == 503 and response.json()["detail"] == "recommendation store unavailable"

@@ -41,6 +41,7 @@ def test_bad_rows_are_quarantined_with_reasons_matching_great_expectations(spark
         (5, -2, "click", 1, f"{DAY}T10:00:00Z"),             # item_id not positive
         (6, 3, "teleport", 1, f"{DAY}T10:00:00Z"),           # unknown event type
         (7, 3, "click", "lots", f"{DAY}T10:00:00Z"),         # value not a number
+        (7, 4, "click", "NaN", f"{DAY}T10:00:00Z"),          # value not a finite number
         (8, 3, "click", 1, "yesterday"),                     # ts not a timestamp
         (9, 3, "click", 1, "2024-03-09T23:59:59Z"),          # ts outside the day
         good[0],                                             # exact duplicate of a good row
@@ -48,9 +49,9 @@ def test_bad_rows_are_quarantined_with_reasons_matching_great_expectations(spark
     write_csv(Path(settings.path("landing")) / "interactions" / f"dt={DAY}" / "day.csv", good + bad)
     ingest.run(spark, settings, DAY)
     result = validate.run(spark, settings, DAY)
-    assert result.rows == 27 and result.good_rows == 20 and result.quarantined_rows == 7
+    assert result.rows == 28 and result.good_rows == 20 and result.quarantined_rows == 8
     assert result.bad_rows_by_rule == {"user_id_valid": 1, "item_id_valid": 1, "event_type_known": 1,
-                                       "value_valid": 1, "ts_valid": 1, "ts_inside_day": 1, "not_duplicate": 1}
+                                       "value_valid": 2, "ts_valid": 1, "ts_inside_day": 1, "not_duplicate": 1}
     gx = dict(result.gx_unexpected)
     assert gx.pop("not_duplicate") == 2  # great_expectations counts both copies of the duplicate
     assert gx == {k: v for k, v in result.bad_rows_by_rule.items() if k != "not_duplicate"}
@@ -72,7 +73,7 @@ def test_a_day_with_too_many_bad_rows_fails_and_keeps_silver(spark, make_setting
     with pytest.raises(validate.ValidationFailed) as failure:
         validate.run(spark, settings, DAY)
     message = str(failure.value)
-    assert "5 of 15 rows (33.33%) are bad, threshold 5.00%" in message
+    assert "more than 5.00% of rows are bad on 2024-03-10 (5 of 15 rows, 33.33%)" in message
     assert "event_type_known" in message and "unexpected_count=5" in message
     assert lake.read_table(spark, settings.table("silver/interactions")).count() == 20
     assert lake.read_table(spark, settings.table("quarantine/interactions")).count() == 5
@@ -88,7 +89,8 @@ def test_reingesting_a_window_replaces_rather_than_duplicates(spark, make_settin
     assert first.days_with_files == 3 and first.days_without_files == [str(DAY - dt.timedelta(days=d)) for d in (4, 3)]
     for table in ("bronze/interactions", "silver/interactions"):
         assert lake.read_table(spark, settings.table(table)).count() == total
-    assert lake.read_table(spark, settings.table("bronze/items")).count() == 16
+    items = {r.item_id: r.attributes for r in lake.read_table(spark, settings.table("bronze/items")).collect()}
+    assert len(items) == 16 and items["3"] == {"title": "Item 3", "genres": "group3", "year": "2003"}
 
 
 def test_missing_landing_data_and_missing_columns_are_named(spark, make_settings):
@@ -98,3 +100,15 @@ def test_missing_landing_data_and_missing_columns_are_named(spark, make_settings
     write_csv(Path(settings.path("landing")) / "interactions" / f"dt={DAY}" / "x.csv", [(1, 2)], header=("user_id", "item"))
     with pytest.raises(LandingError, match=r"lack column\(s\) \['item_id', 'event_type', 'ts'\]"):
         ingest.run(spark, settings, DAY)
+
+
+def test_one_bad_day_fails_even_when_the_window_average_passes(spark, make_settings):
+    settings = make_settings()
+    landing = Path(settings.path("landing")) / "interactions"
+    before = DAY - dt.timedelta(days=1)
+    write_csv(landing / f"dt={before}" / "a.csv", synthetic_rows(before, users=60, items=8, per_user=2))
+    write_csv(landing / f"dt={DAY}" / "b.csv", [(1, 2, "teleport", 1, f"{DAY}T01:00:00Z")])
+    ingest.run(spark, settings, DAY, lookback_days=2)
+    with pytest.raises(validate.ValidationFailed, match=rf"bad on {DAY} \(1 of 1 rows, 100.00%\);"):
+        validate.run(spark, settings, DAY, lookback_days=2)
+    assert not lake.table_exists(settings.table("silver/interactions"))

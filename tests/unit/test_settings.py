@@ -1,7 +1,6 @@
 import pytest
-from pydantic import ValidationError
 
-from nightrec.settings import load_settings
+from nightrec.settings import SettingsError, load_settings
 
 
 def test_local_settings_resolve_paths_against_home():
@@ -25,18 +24,18 @@ def test_environment_overrides_nested_keys_and_parses_json_values():
 
 
 def test_bad_values_are_rejected_with_the_field_name():
-    with pytest.raises(ValidationError, match="max_bad_fraction"):
+    with pytest.raises(SettingsError, match="max_bad_fraction"):
         load_settings("local", {"NIGHTREC_VALIDATION__MAX_BAD_FRACTION": "1.5"})
-    with pytest.raises(ValidationError, match="event weights must be > 0"):
+    with pytest.raises(SettingsError, match="event weights must be > 0"):
         load_settings("local", {"NIGHTREC_EVENTS__WEIGHTS": '{"view": 0}'})
-    with pytest.raises(ValidationError, match="rnak"):
+    with pytest.raises(SettingsError, match="rnak"):
         load_settings("local", {"NIGHTREC_MODEL__RNAK": "3"})
 
 
 def test_unknown_section_or_environment_is_an_error():
-    with pytest.raises(ValueError, match="unknown settings section 'nosuch'"):
+    with pytest.raises(SettingsError, match="unknown settings section 'nosuch'"):
         load_settings("local", {"NIGHTREC_NOSUCH__KEY": "1"})
-    with pytest.raises(FileNotFoundError, match="'staging'"):
+    with pytest.raises(SettingsError, match="'staging'"):
         load_settings("staging", {})
 
 

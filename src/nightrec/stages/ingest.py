@@ -42,7 +42,12 @@ def run(spark: SparkSession, settings: Settings, ds: dt.date, lookback_days: int
             continue
         if key not in frame.columns:
             raise LandingError(f"{landing}/{name}.*: attribute file needs an {key!r} column, has {frame.columns}")
-        snapshot = frame.select(*[F.col(c).cast("string") for c in frame.columns]).withColumn("dt", F.lit(ds))
+        # Attribute columns differ between catalogs and over time: keep them in one map so the table's
+        # schema never changes.
+        attributes_map = F.create_map(*[x for c in frame.columns if c != key
+                                        for x in (F.lit(c), F.col(c).cast("string"))])
+        snapshot = frame.select(F.col(key).cast("string").alias(key),
+                                attributes_map.cast("map<string,string>").alias("attributes"), F.lit(ds).alias("dt"))
         attributes[name] = lake.replace_partitions(snapshot, settings.table(f"bronze/{name}"), [ds])
     return IngestResult(rows, len(present), present[0].isoformat(), present[-1].isoformat(),
                         [d.isoformat() for d in days if d not in present], attributes)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pyspark.sql import SparkSession
 
 from nightrec import lake, publisher
+from nightrec.errors import PermanentError
 from nightrec.settings import Settings
 from nightrec.stages import stage_main
 
@@ -26,10 +27,10 @@ def run(spark: SparkSession, settings: Settings, ds: dt.date) -> PublishStageRes
     recs = lake.read_table(spark, settings.table("gold/recommendations"), [ds])
     first = recs.select("model_version").first()
     if first is None:
-        raise publisher.PublishError(f"gold/recommendations has nothing for {ds}: run score first")
+        raise PermanentError(f"gold/recommendations has nothing for {ds}: run score first")
     fallback = lake.read_table(spark, settings.table("gold/fallbacks"), [ds]).where("segment = 'global'").first()
     if fallback is None:
-        raise publisher.PublishError(f"gold/fallbacks has no global list for {ds}: run score first")
+        raise PermanentError(f"gold/fallbacks has no global list for {ds}: run score first")
     result = publisher.publish(recs, (fallback.item_ids, fallback.scores), url=settings.redis.url,
                                prefix=settings.redis.prefix, ds=ds, model_version=first.model_version)
     return PublishStageResult(result.version, result.previous, result.users, first.model_version,

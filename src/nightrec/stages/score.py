@@ -10,6 +10,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from nightrec import als, lake, tracking
+from nightrec.errors import PermanentError
 from nightrec.settings import Settings
 from nightrec.stages import stage_main
 from nightrec.stages.train import training_events
@@ -26,10 +27,14 @@ class ScoreResult:
 def load_champion(settings: Settings):
     import mlflow
     from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
 
     tracking.configure(settings)
     name = settings.mlflow.registered_model
-    version = MlflowClient().get_model_version_by_alias(name, tracking.CHAMPION).version
+    try:
+        version = MlflowClient().get_model_version_by_alias(name, tracking.CHAMPION).version
+    except MlflowException as error:
+        raise PermanentError(f"no {name}@{tracking.CHAMPION} in MLflow ({error.message}): run train first") from error
     pipeline = mlflow.spark.load_model(f"models:/{name}/{version}")
     return pipeline.stages[-1], f"{name}/{version}"
 

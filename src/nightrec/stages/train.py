@@ -11,6 +11,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from nightrec import als, lake, tracking
+from nightrec.errors import PermanentError
 from nightrec.evaluation import ranking_metrics
 from nightrec.settings import Settings
 from nightrec.stages import stage_main, window
@@ -45,7 +46,7 @@ def run(spark: SparkSession, settings: Settings, ds: dt.date) -> TrainResult:
     truth = truth.cache()
     holdout_users = truth.select("user_id").distinct().count()
     if holdout_users == 0:
-        raise ValueError(f"no holdout: no known user has new items on {holdout_start}..{ds}; "
+        raise PermanentError(f"no holdout: no known user has new items on {holdout_start}..{ds}; "
                          f"widen model.holdout_days or load more days")
     started = time.monotonic()
     candidate = als.fit(train_feedback, params, blocks)
@@ -72,7 +73,8 @@ def run(spark: SparkSession, settings: Settings, ds: dt.date) -> TrainResult:
         version = str(info.registered_model_version)
         MlflowClient().set_registered_model_alias(settings.mlflow.registered_model, tracking.CHAMPION, version)
         run_id = active.info.run_id
-    events.unpersist()
+    for cached in (events, train_feedback, truth, feedback):
+        cached.unpersist()
     return TrainResult(run_id, settings.mlflow.registered_model, version, metrics, int(sizes[0]),
                        holdout_users, int(sizes[1]), int(sizes[2]))
 

@@ -36,40 +36,45 @@ def run(spark: SparkSession, settings: Settings, ds: dt.date, lookback_days: int
     event_types = sorted(settings.events.weights)
     rule_list = validation.rules(event_types)
     checked = validation.with_reasons(validation.typed(bronze), rule_list).cache()
-    totals = checked.agg(
-        F.count("*").alias("rows"),
-        F.sum(F.when(F.size("reasons") > 0, 1).otherwise(0)).alias("bad"),
-        *[F.sum(F.array_contains("reasons", r.name).cast("int")).alias(r.name) for r in rule_list],
-    ).first()
-    if not totals["rows"]:
-        raise ValidationFailed(f"bronze/interactions has no rows for {days[0]}..{days[-1]}: run ingest first")
-    present = [r["dt"] for r in checked.select("dt").distinct().collect()]
-    by_rule = {r.name: int(totals[r.name] or 0) for r in rule_list}
+    try:
+        return _route(settings, ds, checked, event_types, rule_list)
+    finally:
+        checked.unpersist()
+
+
+def _route(settings, ds, checked, event_types, rule_list) -> ValidateResult:
+    is_bad = (F.size("reasons") > 0).cast("int")
+    per_day = {r["dt"]: (r["rows"], r["bad"]) for r in
+               checked.groupBy("dt").agg(F.count("*").alias("rows"), F.sum(is_bad).alias("bad")).collect()}
+    if not per_day:
+        raise ValidationFailed(f"bronze/interactions has no rows for the days ending {ds}: run ingest first")
+    by_rule = checked.agg(*[F.sum(F.array_contains("reasons", r.name).cast("int")).alias(r.name)
+                            for r in rule_list]).first().asDict()
     docs_dir = f"{settings.path('data_docs')}/dt={ds.isoformat()}"
     suite = validation.run_suite(checked, event_types, docs_dir, f"interactions_{ds:%Y%m%d}")
 
+    present = sorted(per_day)
     quarantine = checked.where(F.size("reasons") > 0).select("raw.*", "reasons", "dt")
     lake.replace_partitions(quarantine, settings.table("quarantine/interactions"), present)
-    rows, bad = int(totals["rows"]), int(totals["bad"] or 0)
-    fraction = bad / rows
-    if fraction > settings.validation.max_bad_fraction or suite.failed_table_checks:
-        raise ValidationFailed(_failure_message(ds, rows, bad, settings.validation.max_bad_fraction,
-                                                rule_list, by_rule, suite))
+    rows = sum(n for n, _ in per_day.values())
+    bad = sum(b for _, b in per_day.values())
+    threshold = settings.validation.max_bad_fraction
+    failing_days = {day: (n, b) for day, (n, b) in per_day.items() if b / n > threshold}
+    if failing_days:
+        raise ValidationFailed(_failure_message(failing_days, threshold, rule_list, by_rule, suite))
     silver = checked.where(F.size("reasons") == 0).select(*validation.SILVER_COLUMNS)
     good = lake.replace_partitions(silver, settings.table("silver/interactions"), present)
-    checked.unpersist()
-    return ValidateResult(rows, good, bad, round(fraction, 6), by_rule, suite.unexpected, suite.data_docs)
+    return ValidateResult(rows, good, bad, round(bad / rows, 6), by_rule, suite.unexpected, suite.data_docs)
 
 
-def _failure_message(ds, rows, bad, threshold, rule_list, by_rule, suite) -> str:
-    lines = [f"interactions for {ds} failed validation: {bad} of {rows} rows ({bad / rows:.2%}) are bad, "
-             f"threshold {threshold:.2%}; silver left unchanged, bad rows are in quarantine/interactions"]
+def _failure_message(failing_days, threshold, rule_list, by_rule, suite) -> str:
+    days = ", ".join(f"{day} ({bad} of {rows} rows, {bad / rows:.2%})" for day, (rows, bad) in sorted(failing_days.items()))
+    lines = [f"interactions failed validation: more than {threshold:.2%} of rows are bad on {days}; "
+             f"silver left unchanged, bad rows are in quarantine/interactions"]
     for rule in rule_list:
         if by_rule[rule.name] or suite.unexpected.get(rule.name):
             lines.append(f"  - {rule.name} ({rule.message}): {by_rule[rule.name]} rows quarantined, "
                          f"great_expectations unexpected_count={suite.unexpected.get(rule.name, 0)}")
-    for check in suite.failed_table_checks:
-        lines.append(f"  - table check failed: {check}")
     if suite.data_docs:
         lines.append(f"  Data Docs: {suite.data_docs}")
     return "\n".join(lines)
