@@ -5,10 +5,11 @@ from __future__ import annotations
 import datetime as dt
 
 from pyspark.ml.recommendation import ALS, ALSModel
-from pyspark.sql import DataFrame, Window
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from nightrec.settings import ModelSettings
+from nightrec.topk import top_k_unseen
 
 
 def implicit_feedback(events: DataFrame, weights: dict[str, float]) -> DataFrame:
@@ -38,19 +39,13 @@ def fit(feedback: DataFrame, params: ModelSettings, blocks: int) -> ALSModel:
     return als.fit(feedback)
 
 
-def top_k_unseen(model: ALSModel, users: DataFrame, seen: DataFrame, k: int) -> DataFrame:
-    """(user_id, item_id, rank, score): each user's k best items they have not interacted with."""
-    most_seen = seen.groupBy("user_id").count().agg(F.max("count")).first()[0] or 0
-    candidates = model.recommendForUserSubset(users.select("user_id").distinct(), k + most_seen)
-    exploded = candidates.select("user_id", F.explode("recommendations").alias("r")).select(
-        "user_id", F.col("r.item_id").alias("item_id"), F.col("r.rating").alias("score"))
-    unseen = exploded.join(seen.select("user_id", "item_id"), ["user_id", "item_id"], "left_anti")
-    order = Window.partitionBy("user_id").orderBy(F.col("score").desc(), F.col("item_id"))
-    return unseen.withColumn("rank", F.row_number().over(order)).where(F.col("rank") <= k)
+def recommend(model: ALSModel, users: DataFrame, seen: DataFrame, k: int) -> DataFrame:
+    """(user_id, item_ids, scores): the k best unseen items of each of `users` known to the model."""
+    wanted = model.userFactors.join(users.select(F.col("user_id").alias("id")).distinct(), "id")
+    return top_k_unseen(wanted, model.itemFactors, seen, k)
 
 
-def as_lists(ranked: DataFrame) -> DataFrame:
-    """(user_id, rank, item_id, score) rows -> one row per user with item_ids/scores in rank order."""
-    ordered = F.array_sort(F.collect_list(F.struct("rank", "item_id", "score")))
-    return ranked.groupBy("user_id").agg(ordered.alias("recs")).select(
-        "user_id", F.col("recs.item_id").alias("item_ids"), F.col("recs.score").cast("array<float>").alias("scores"))
+def ranked_rows(lists: DataFrame) -> DataFrame:
+    """(user_id, item_ids, ...) -> (user_id, item_id, rank) rows, rank starting at 1."""
+    return lists.select("user_id", F.posexplode("item_ids").alias("pos", "item_id")).select(
+        "user_id", "item_id", (F.col("pos") + 1).alias("rank"))

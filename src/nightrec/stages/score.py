@@ -56,8 +56,8 @@ def run(spark: SparkSession, settings: Settings, ds: dt.date) -> ScoreResult:
     k = settings.model.top_k
     events = training_events(spark, settings, ds)
     seen = events.select("user_id", "item_id").distinct().cache()
-    ranked = als.top_k_unseen(model, seen, seen, k)
-    recs = als.as_lists(ranked).withColumn("model_version", F.lit(model_version)).withColumn("dt", F.lit(ds))
+    recs = (als.recommend(model, seen, seen, k)
+            .withColumn("model_version", F.lit(model_version)).withColumn("dt", F.lit(ds)))
     lake.replace_partitions(recs, settings.table("gold/recommendations"), [ds])
     fallback = popular_items(events, k).withColumn("dt", F.lit(ds))
     lake.replace_partitions(fallback, settings.table("gold/fallbacks"), [ds])

@@ -51,7 +51,7 @@ def run(spark: SparkSession, settings: Settings, ds: dt.date) -> TrainResult:
     started = time.monotonic()
     candidate = als.fit(train_feedback, params, blocks)
     fit_seconds = time.monotonic() - started
-    recs = als.top_k_unseen(candidate, truth, train_feedback, k)
+    recs = als.ranked_rows(als.recommend(candidate, truth, train_feedback, k))
     metrics = {f"{name}_at_{k}": value for name, value in ranking_metrics(recs, truth, k).items()}
 
     # The published model learns from the whole window, holdout included.
