@@ -26,13 +26,15 @@ def timed(action) -> tuple[float, object]:
     return time.perf_counter() - started, result
 
 
-def matmul_rate(rank: int) -> float:
-    """float32 FLOP/s of one big numpy matmul of the benchmark's shape (all cores)."""
-    a = np.random.default_rng(0).normal(size=(4096, rank)).astype(np.float32)
-    b = np.random.default_rng(1).normal(size=(rank, 20000)).astype(np.float32)
+def matmul_rate(rank: int, items: int) -> float:
+    """float32 FLOP/s of numpy matmuls shaped like top-k's blocks (cache-sized), all cores."""
+    rows = max(1, (1 << 21) // items)
+    a = np.random.default_rng(0).normal(size=(rows, rank)).astype(np.float32)
+    b = np.random.default_rng(1).normal(size=(rank, items)).astype(np.float32)
     a @ b
-    seconds, _ = timed(lambda: [a @ b for _ in range(5)])
-    return 5 * 2 * a.shape[0] * a.shape[1] * b.shape[1] / seconds
+    repeats = 200
+    seconds, _ = timed(lambda: [a @ b for _ in range(repeats)])
+    return repeats * 2 * rows * rank * items / seconds
 
 
 def main(argv: list[str]) -> None:
@@ -67,7 +69,7 @@ def main(argv: list[str]) -> None:
     same = sum(theirs[u] == mine[u] for u in mine)
     same_sets = sum(set(theirs[u]) == set(mine[u]) for u in mine)
 
-    flop_bound = 2 * n_users * n_items * args.rank / matmul_rate(args.rank)
+    flop_bound = 2 * n_users * n_items * args.rank / matmul_rate(args.rank, n_items)
     print(f"\n$ .venv/bin/python bench/topk.py --users {args.users} --items {args.items} --rank {args.rank} --k {args.k}")
     print(f"{n_users} users x {n_items} items, rank {args.rank}, top {args.k}, {cores} cores\n")
     print(f"| method                          | seconds | vs recommendForAllUsers |")
