@@ -31,7 +31,7 @@ def write_csv(path: Path, rows, header=HEADER) -> Path:
     return path
 
 
-def write_landing(landing: Path, days: list[dt.date], **kwargs) -> int:
+def write_landing(landing: Path, days: list[dt.date], new_users: int = 0, **kwargs) -> int:
     """One CSV per day plus items.csv and users.csv; returns the number of interaction rows."""
     total = 0
     for day in days:
@@ -41,7 +41,7 @@ def write_landing(landing: Path, days: list[dt.date], **kwargs) -> int:
     items = kwargs.get("items", 40)
     write_csv(landing / "items.csv", [(i, f"Item {i}", f"group{i % 4}", 2000 + i % 20) for i in range(1, items + 1)],
               header=("item_id", "title", "genres", "year"))
-    users = kwargs.get("users", 60)
+    users = kwargs.get("users", 60) + new_users  # new users: in the user file, no interactions yet
     write_csv(landing / "users.csv", [(u, 20 + u % 50, "FM"[u % 2]) for u in range(1, users + 1)],
               header=("user_id", "age", "gender"))
     return total

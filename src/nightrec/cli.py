@@ -190,16 +190,37 @@ def _champion_summary(settings) -> str:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from nightrec import tracking
+    from nightrec import registry, tracking
 
     tracking.configure(settings)
     client = MlflowClient()
-    try:
-        version = client.get_model_version_by_alias(settings.mlflow.registered_model, tracking.CHAMPION)
-    except MlflowException:
-        return f"mlflow: no {tracking.CHAMPION!r} alias on {settings.mlflow.registered_model} yet"
-    metrics = {k: round(v, 4) for k, v in client.get_run(version.run_id).data.metrics.items() if "_at_" in k}
-    return f"mlflow: {settings.mlflow.registered_model}@{tracking.CHAMPION} = version {version.version} {metrics}"
+    lines = []
+    for alias in (registry.CHAMPION, registry.CHALLENGER):
+        try:
+            version = client.get_model_version_by_alias(settings.mlflow.registered_model, alias)
+        except MlflowException:
+            lines.append(f"mlflow: no {alias!r} alias on {settings.mlflow.registered_model} yet")
+            continue
+        metrics = {k: round(v, 4) for k, v in client.get_run(version.run_id).data.metrics.items()
+                   if k in ("holdout_ndcg_at_10", "holdout_recall_at_10", "holdout_precision_at_10", "holdout_map_at_10")}
+        lines.append(f"mlflow: {settings.mlflow.registered_model}@{alias} = version {version.version} "
+                     f"({version.tags.get('candidate')}, {version.tags.get('ds')}) {metrics}")
+    return "\n".join(lines)
+
+
+@app.command()
+def rollback(ds: DsOption, to: Annotated[Optional[str], typer.Option(help="model version (default: the one the champion replaced)")] = None):
+    """Move `champion` back to an earlier version and republish its recommendations for DS."""
+    from nightrec import registry, tracking
+    from nightrec.orchestration import run_stage
+
+    day = _date(ds)
+    settings = _settings()
+    tracking.configure(settings)
+    old, new = registry.rollback(settings.mlflow.registered_model, to)
+    console.print(f"champion: version {old} -> {new}; republishing for {day}", highlight=False)
+    for stage_name in ("score", "publish"):
+        run_stage(stage_name, day.isoformat())
 
 
 @app.command()

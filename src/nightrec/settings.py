@@ -34,6 +34,7 @@ class SparkSettings(_Section):
     master: str = "local[2]"
     driver_memory: str = "4g"
     shuffle_partitions: int = Field(4, ge=1)
+    checkpoint_dir: str = ""    # shared storage on a cluster (hdfs://, s3a://); empty: a local temp folder
     conf: dict[str, str] = {}
 
 
@@ -57,14 +58,19 @@ class EventSettings(_Section):
 
 class ModelSettings(_Section):
     train_window_days: int = Field(ge=1)
-    holdout_days: int = Field(ge=1)
-    rank: int = Field(ge=1)
-    reg_param: float = Field(ge=0)
-    alpha: float = Field(ge=0)
-    max_iter: int = Field(ge=1)
+    holdout_days: int = Field(ge=1)             # latest days held out: the promotion decision
+    search_space: str = "models/search_space.toml"
     seed: int = 42
     top_k: int = Field(100, ge=1, le=1000)
     eval_k: int = Field(10, ge=1)
+    validation_users: int = Field(5000, ge=1)   # users sampled for the search and the blend weights
+    item_knn_max_items: int = Field(10000, ge=1)
+    recency_half_life_days: float = Field(90.0, gt=0)
+    max_per_category: int | None = Field(None, ge=1)
+    cold_user_max_items: int = Field(10, ge=0)
+    promotion_tolerance: float = Field(0.01, ge=0)
+    segment_min_users: int = Field(20, ge=1)
+    trending_half_life_days: float = Field(7.0, ge=0)
 
 
 class MlflowSettings(_Section):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 
 from pyspark.sql import SparkSession
 
@@ -39,4 +40,7 @@ def get_spark(settings: Settings, app_name: str = "nightrec") -> SparkSession:
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
+    if not spark.sparkContext.getCheckpointDir():
+        # ALS truncates its lineage here every 10 iterations; without it long fits overflow the stack.
+        spark.sparkContext.setCheckpointDir(settings.spark.checkpoint_dir or tempfile.mkdtemp(prefix="nightrec-checkpoints-"))
     return spark

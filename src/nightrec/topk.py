@@ -60,7 +60,7 @@ def _score_batch(batch: pa.RecordBatch, item_ids: np.ndarray, item_matrix: np.nd
         stop = min(start + block, len(users))
         scores = features[start:stop] @ item_matrix.T
         _mask_seen(scores, seen.slice(start, stop - start), item_ids)
-        yield _best(users[start:stop], scores, item_ids, min(k, n_items))
+        yield best_k(users[start:stop], scores, item_ids, min(k, n_items))
 
 
 def _mask_seen(scores: np.ndarray, seen: pa.ListArray, item_ids: np.ndarray) -> None:
@@ -75,7 +75,7 @@ def _mask_seen(scores: np.ndarray, seen: pa.ListArray, item_ids: np.ndarray) -> 
     scores[rows[known], positions[known]] = -np.inf
 
 
-def _best(users: np.ndarray, scores: np.ndarray, item_ids: np.ndarray, k: int) -> pa.RecordBatch:
+def best_k(users: np.ndarray, scores: np.ndarray, item_ids: np.ndarray, k: int) -> pa.RecordBatch:
     """Each row's k best (score desc, then item id) finite scores, as Arrow list columns."""
     n_rows, n_items = scores.shape
     # The k-th largest score of each row is a threshold: partition finds it without sorting (and is

@@ -1,4 +1,4 @@
-"""MLflow wiring: tracking/registry URIs from settings, the experiment, the champion alias."""
+"""MLflow wiring: tracking/registry URIs from settings, and the experiment."""
 
 from __future__ import annotations
 
@@ -6,9 +6,6 @@ import os
 from pathlib import Path
 
 from nightrec.settings import Settings, resolve
-
-CHAMPION = "champion"
-
 
 def tracking_uri(settings: Settings) -> str:
     uri = settings.mlflow.tracking_uri

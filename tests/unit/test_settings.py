@@ -13,12 +13,12 @@ def test_local_settings_resolve_paths_against_home():
 def test_environment_overrides_nested_keys_and_parses_json_values():
     settings = load_settings("local", {
         "NIGHTREC_REDIS__URL": "redis://:secret@cache:6380/2",
-        "NIGHTREC_MODEL__RANK": "32",
+        "NIGHTREC_MODEL__TOP_K": "32",
         "NIGHTREC_EVENTS__WEIGHTS": '{"play": 1.5}',
         "NIGHTREC_PATHS__LAKE": "s3a://bucket/lake",
     })
     assert settings.redis.url == "redis://:secret@cache:6380/2"
-    assert settings.model.rank == 32
+    assert settings.model.top_k == 32
     assert settings.events.weights == {"play": 1.5}
     assert settings.path("lake") == "s3a://bucket/lake"
 

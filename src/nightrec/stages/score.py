@@ -1,4 +1,6 @@
-"""Score: the champion's top-k unseen items per user -> gold/recommendations; popular -> gold/fallbacks."""
+"""Score: the champion's top-k per user -> gold/recommendations; trending lists (global and per
+segment) -> gold/fallbacks. Users known only from the user file (no interactions yet) get their
+segment's list, or the global one."""
 
 from __future__ import annotations
 
@@ -9,64 +11,75 @@ from dataclasses import dataclass
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from nightrec import als, lake, tracking
-from nightrec.errors import PermanentError
+from nightrec import lake, registry, tracking
+from nightrec.candidates import popularity
+from nightrec.feedback import implicit_feedback
+from nightrec.scoring import recommend, user_rows
 from nightrec.settings import Settings
 from nightrec.stages import stage_main
-from nightrec.stages.train import training_events
+from nightrec.stages.train import attributes, start_of, training_events
+
+GLOBAL = "global"
 
 
 @dataclass
 class ScoreResult:
     model_version: str
     users: int
+    new_users: int
     min_items_per_user: int
-    fallback_items: int
+    fallback_lists: int
 
 
-def load_champion(settings: Settings):
-    import mlflow
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    tracking.configure(settings)
-    name = settings.mlflow.registered_model
-    try:
-        version = MlflowClient().get_model_version_by_alias(name, tracking.CHAMPION).version
-    except MlflowException as error:
-        raise PermanentError(f"no {name}@{tracking.CHAMPION} in MLflow ({error.message}): run train first") from error
-    pipeline = mlflow.spark.load_model(f"models:/{name}/{version}")
-    return pipeline.stages[-1], f"{name}/{version}"
+def fallback_lists(feedback: DataFrame, users: DataFrame | None, settings: Settings, as_of: dt.datetime) -> DataFrame:
+    """(segment, item_ids, scores): 'global' trending list plus one per user segment."""
+    m = settings.model
+    scored = popularity.item_scores(feedback, as_of, m.trending_half_life_days).withColumn("segment", F.lit(GLOBAL))
+    lists = popularity.ranked_lists(scored, "segment", m.top_k)
+    if users is not None:
+        lists = lists.unionByName(popularity.segment_lists(feedback, users, as_of, m.trending_half_life_days,
+                                                           m.top_k, m.segment_min_users))
+    return lists
 
 
-def popular_items(events: DataFrame, k: int) -> DataFrame:
-    """Global fallback: items ranked by distinct users over the window, score = share of users."""
-    users = events.select("user_id").distinct().count()
-    ranked = (events.groupBy("item_id").agg(F.countDistinct("user_id").alias("n"))
-              .orderBy(F.col("n").desc(), F.col("item_id")).limit(k)
-              .withColumn("score", F.col("n") / F.lit(max(users, 1))))
-    return ranked.agg(F.array_sort(F.collect_list(F.struct((-F.col("n")).alias("o"), "item_id", "score")))
-                      .alias("recs")).select(
-        F.lit("global").alias("segment"), F.col("recs.item_id").alias("item_ids"),
-        F.col("recs.score").cast("array<float>").alias("scores"))
+def new_user_recs(users: DataFrame, feedback: DataFrame, fallbacks: DataFrame) -> DataFrame:
+    """Users of the user file without interactions: their segment's list, else the global one."""
+    new = users.select("user_id").join(feedback.select("user_id").distinct(), "user_id", "left_anti")
+    segments = popularity.user_segments(users)
+    chosen = (new.join(segments, "user_id", "left")
+              .join(fallbacks.select("segment", "item_ids", "scores"), "segment", "left"))
+    global_list = fallbacks.where(F.col("segment") == GLOBAL).select(
+        F.col("item_ids").alias("g_items"), F.col("scores").alias("g_scores"))
+    return chosen.crossJoin(global_list).select(
+        "user_id",
+        F.coalesce("item_ids", "g_items").alias("item_ids"),
+        F.coalesce("scores", "g_scores").alias("scores"),
+        F.when(F.col("item_ids").isNotNull(), F.concat(F.lit("segment:"), "segment"))
+        .otherwise(F.lit(f"popular:{GLOBAL}")).alias("model_version"))
 
 
 def run(spark: SparkSession, settings: Settings, ds: dt.date) -> ScoreResult:
-    model, model_version = load_champion(settings)
-    k = settings.model.top_k
-    events = training_events(spark, settings, ds)
-    seen = events.select("user_id", "item_id").distinct().cache()
-    recs = (als.recommend(model, seen, seen, k)
-            .withColumn("model_version", F.lit(model_version)).withColumn("dt", F.lit(ds)))
-    lake.replace_partitions(recs, settings.table("gold/recommendations"), [ds])
-    fallback = popular_items(events, k).withColumn("dt", F.lit(ds))
-    lake.replace_partitions(fallback, settings.table("gold/fallbacks"), [ds])
+    tracking.configure(settings)
+    bundle, model_version = registry.load_champion(settings.mlflow.registered_model)
+    as_of = start_of(ds + dt.timedelta(days=1))
+    feedback = implicit_feedback(training_events(spark, settings, ds), settings.events.weights).cache()
+    users = attributes(spark, settings, "users", ds)
+    personal = (recommend(bundle, user_rows(feedback, as_of, settings.model.recency_half_life_days), settings.model.top_k)
+                .withColumn("model_version", F.lit(model_version)))
+    fallbacks = fallback_lists(feedback, users, settings, as_of).cache()
+    lake.replace_partitions(fallbacks.withColumn("dt", F.lit(ds)), settings.table("gold/fallbacks"), [ds])
+    recs = personal
+    if users is not None:
+        recs = personal.unionByName(new_user_recs(users, feedback, fallbacks))
+    lake.replace_partitions(recs.withColumn("dt", F.lit(ds)), settings.table("gold/recommendations"), [ds])
     stored = lake.read_table(spark, settings.table("gold/recommendations"), [ds]).agg(
-        F.count("*").alias("users"), F.min(F.size("item_ids")).alias("min_items")).first()
-    seen.unpersist()
-    fallback_items = lake.read_table(spark, settings.table("gold/fallbacks"), [ds]).select(
-        F.size("item_ids")).first()[0]
-    return ScoreResult(model_version, int(stored["users"]), int(stored["min_items"] or 0), int(fallback_items))
+        F.count("*").alias("users"), F.min(F.size("item_ids")).alias("min_items"),
+        F.sum(F.when(F.col("model_version") != model_version, 1).otherwise(0)).alias("new_users")).first()
+    n_lists = lake.read_table(spark, settings.table("gold/fallbacks"), [ds]).count()
+    feedback.unpersist()
+    fallbacks.unpersist()
+    return ScoreResult(model_version, int(stored["users"]), int(stored["new_users"] or 0),
+                       int(stored["min_items"] or 0), n_lists)
 
 
 def main(argv=None) -> dict:

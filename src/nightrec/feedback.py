@@ -1,0 +1,48 @@
+"""Events -> per-(user, item) feedback, and the splits that evaluation and model selection use."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from pyspark.sql import DataFrame, Window
+from pyspark.sql import functions as F
+
+FEEDBACK_COLUMNS = ("user_id", "item_id", "strength", "last_ts")
+
+
+def implicit_feedback(events: DataFrame, weights: dict[str, float]) -> DataFrame:
+    """(user_id, item_id, strength, last_ts): strength sums event weight x value over a user's events
+    on an item (a view counts less than a purchase; a rating by its stars); last_ts is the latest event."""
+    weight = F.create_map(*[x for name, w in weights.items() for x in (F.lit(name), F.lit(float(w)))])
+    return (events.withColumn("w", weight[F.col("event_type")] * F.col("value"))
+            .groupBy("user_id", "item_id").agg(F.sum("w").cast("float").alias("strength"),
+                                                F.max("ts").alias("last_ts"))
+            .where(F.col("strength") > 0))
+
+
+def temporal_split(events: DataFrame, holdout_start: dt.date) -> tuple[DataFrame, DataFrame]:
+    """Events before holdout_start train; later (user, item) pairs new to a known user are the truth."""
+    train = events.where(F.col("dt") < F.lit(holdout_start))
+    later = events.where(F.col("dt") >= F.lit(holdout_start)).select("user_id", "item_id").distinct()
+    seen = train.select("user_id", "item_id").distinct()
+    known_users = train.select("user_id").distinct()
+    truth = later.join(seen, ["user_id", "item_id"], "left_anti").join(known_users, "user_id")
+    return train, truth
+
+
+def stratified_split(feedback: DataFrame, train_share: float, seed: int) -> tuple[DataFrame, DataFrame]:
+    """Per-user random split: round(train_share x n) of each user's items train, the rest are truth.
+
+    The protocol of the published MovieLens tables (75/25, items seen in train removed at scoring).
+    """
+    if not 0.0 < train_share < 1.0:
+        raise ValueError(f"train_share must be between 0 and 1, got {train_share}")
+    # A hash, not rand(): the order must be the same every time Spark recomputes the split, or train
+    # and truth (computed in separate jobs) would overlap.
+    ordered = Window.partitionBy("user_id").orderBy(F.xxhash64(F.lit(seed), "user_id", "item_id"), "item_id")
+    ranked = (feedback.withColumn("pos", F.row_number().over(ordered) - 1)
+              .withColumn("n", F.count("*").over(Window.partitionBy("user_id"))))
+    cut = F.round(F.col("n") * train_share)
+    train = ranked.where(F.col("pos") < cut).drop("pos", "n")
+    truth = ranked.where(F.col("pos") >= cut).select("user_id", "item_id")
+    return train, truth

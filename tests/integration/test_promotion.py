@@ -1,0 +1,81 @@
+"""The promotion gate and rollback across nights, with real Spark, MLflow (sqlite) and Redis."""
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+import redis
+from mlflow import MlflowClient
+
+from conftest import settings_environ
+from helpers import days_ending, write_landing
+from nightrec import registry, tracking
+from nightrec.redis_layout import Keys
+from nightrec.settings import load_settings
+from nightrec.stages import ingest, publish, score, train, validate
+
+DAY = dt.date(2024, 5, 20)
+WORSE_SPACE = str(Path(__file__).parents[1] / "data" / "search_space_worse.toml")
+
+
+@pytest.fixture(scope="module")
+def nights(spark, redis_server, tmp_path_factory):
+    home = tmp_path_factory.mktemp("promotion")
+
+    def settings(**overrides):
+        return load_settings("local", settings_environ(home, redis_server, **overrides))
+
+    redis.Redis.from_url(redis_server).flushall()
+    base = settings()
+    write_landing(Path(base.path("landing")), days_ending(DAY, 10), users=60, items=120)
+    ingest.run(spark, base, DAY, lookback_days=10)
+    validate.run(spark, base, DAY, lookback_days=10)
+    first = train.run(spark, base, DAY)
+    score.run(spark, base, DAY)
+    publish.run(spark, base, DAY)
+    return settings, first
+
+
+def test_a_worse_candidate_is_not_promoted_and_the_champion_stays_live(spark, nights):
+    settings, first = nights
+    base = settings()
+    live_before = redis.Redis.from_url(base.redis.url).get(Keys(base.redis.prefix).live)
+    worse = train.run(spark, settings(MODEL__SEARCH_SPACE=WORSE_SPACE), DAY)
+    assert not worse.promoted and "champion kept" in worse.reason
+    assert worse.champion_version == first.champion_version
+    assert worse.champion_holdout_ndcg > worse.candidates[worse.best_candidate]["holdout_ndcg_at_10"] + 0.01
+    tracking.configure(base)
+    client = MlflowClient()
+    name = base.mlflow.registered_model
+    assert str(client.get_model_version_by_alias(name, "champion").version) == first.champion_version
+    # tonight's best is registered and marked as the challenger; the run says why it was not promoted
+    challenger = client.get_model_version_by_alias(name, "challenger")
+    assert str(challenger.version) == worse.candidates[worse.best_candidate]["version"]
+    tags = client.get_run(worse.run_id).data.tags
+    assert tags["promotion_decision"] == "kept" and tags["promotion_reason"] == worse.reason
+    # scoring keeps serving the champion's recommendations
+    scored = score.run(spark, base, DAY)
+    assert scored.model_version == f"{name}/{first.champion_version}"
+    assert redis.Redis.from_url(base.redis.url).get(Keys(base.redis.prefix).live) == live_before
+
+
+def test_rollback_restores_the_previous_champion_and_republishes_it(spark, nights):
+    settings, first = nights
+    # A night whose gate lets anything through (tolerance 1) promotes the worse candidate...
+    forced = train.run(spark, settings(MODEL__SEARCH_SPACE=WORSE_SPACE, MODEL__PROMOTION_TOLERANCE="1.0"), DAY)
+    assert forced.promoted and forced.champion_version != first.champion_version
+    base = settings()
+    tracking.configure(base)
+    name = base.mlflow.registered_model
+    assert registry.current_champion(name).version == forced.champion_version
+    # ... and one rollback brings the earlier champion back, live in Redis.
+    old, new = registry.rollback(name)
+    assert (old, new) == (forced.champion_version, first.champion_version)
+    score.run(spark, base, DAY)
+    published = publish.run(spark, base, DAY)
+    assert published.model_version == f"{name}/{first.champion_version}"
+    client = redis.Redis.from_url(base.redis.url)
+    keys = Keys(base.redis.prefix)
+    assert client.hget(keys.meta(client.get(keys.live).decode()), "model_version").decode() == published.model_version
+    with pytest.raises(Exception, match="no version 999"):
+        registry.rollback(name, "999")
