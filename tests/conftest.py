@@ -68,7 +68,6 @@ def settings_environ(home: Path, redis_url: str = "redis://127.0.0.1:1/0", **ove
         "NIGHTREC_REDIS__URL": redis_url,
         "NIGHTREC_REDIS__PREFIX": "test",
         "NIGHTREC_MODEL__SEARCH_SPACE": str(Path(__file__).parent / "data" / "search_space_small.toml"),
-        "NIGHTREC_MODEL__HOLDOUT_DAYS": "2",
         "NIGHTREC_MODEL__TOP_K": "20",
     }
     environ.update({f"NIGHTREC_{k.upper()}": str(v) for k, v in overrides.items()})

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
-
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
@@ -20,13 +18,21 @@ def implicit_feedback(events: DataFrame, weights: dict[str, float]) -> DataFrame
             .where(F.col("strength") > 0))
 
 
-def temporal_split(events: DataFrame, holdout_start: dt.date) -> tuple[DataFrame, DataFrame]:
-    """Events before holdout_start train; later (user, item) pairs new to a known user are the truth."""
-    train = events.where(F.col("dt") < F.lit(holdout_start))
-    later = events.where(F.col("dt") >= F.lit(holdout_start)).select("user_id", "item_id").distinct()
-    seen = train.select("user_id", "item_id").distinct()
-    known_users = train.select("user_id").distinct()
-    truth = later.join(seen, ["user_id", "item_id"], "left_anti").join(known_users, "user_id")
+def latest_split(events: DataFrame, share: float) -> tuple[DataFrame, DataFrame]:
+    """Each user's latest items are the truth: round(share x n) of the n items a user took, by when
+    they first took them (ties: larger item id first). The events of every other (user, item) train.
+
+    Every user with enough items is evaluated, not only those active in the last days; with
+    share <= 0.5 a user keeps at least as many training items as truth items.
+    """
+    if not 0.0 < share <= 0.5:
+        raise ValueError(f"share must be in (0, 0.5], got {share}")
+    first = events.groupBy("user_id", "item_id").agg(F.min("ts").alias("first_ts"))
+    latest_first = Window.partitionBy("user_id").orderBy(F.col("first_ts").desc(), F.col("item_id").desc())
+    ranked = (first.withColumn("pos", F.row_number().over(latest_first))
+              .withColumn("n", F.count("*").over(Window.partitionBy("user_id"))))
+    truth = ranked.where(F.col("pos") <= F.round(F.col("n") * share)).select("user_id", "item_id")
+    train = events.join(truth, ["user_id", "item_id"], "left_anti")
     return train, truth
 
 

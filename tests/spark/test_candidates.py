@@ -10,7 +10,7 @@ from pyspark.sql import functions as F
 
 from nightrec import modeling
 from nightrec.candidates import itemknn
-from nightrec.feedback import stratified_split
+from nightrec.feedback import latest_split, stratified_split
 from nightrec.scoring import Bundle, recommend, user_block
 from nightrec.candidates.popularity import ranked_lists, segment_lists
 from nightrec.stages.score import GLOBAL, new_user_recs
@@ -52,6 +52,33 @@ def test_stratified_split_is_per_user_disjoint_and_repeatable(spark):
     assert {(r.user_id, r.item_id) for r in again.collect()} == train_pairs
     other, _ = stratified_split(fb, 0.75, seed=8)
     assert {(r.user_id, r.item_id) for r in other.collect()} != train_pairs
+
+
+def test_latest_split_holds_out_each_users_newest_items_with_all_their_events(spark):
+    rng = random.Random(2)
+    events = []  # (user, item, ts); some items taken twice, the second time much later
+    for user in range(1, 25):
+        for item in rng.sample(range(1, 100), rng.randrange(1, 30)):
+            first = dt.datetime(2024, 6, 1) - dt.timedelta(hours=rng.randrange(1, 5000))  # naive: as collected
+            events.append((user, item, first))
+            if rng.random() < 0.2:
+                events.append((user, item, first + dt.timedelta(hours=rng.randrange(1, 5000))))
+    frame = spark.createDataFrame(events, "user_id int, item_id int, ts timestamp")
+    train, truth = latest_split(frame, 0.2)
+    train_events = {(r.user_id, r.item_id, r.ts) for r in train.collect()}
+    truth_pairs = {(r.user_id, r.item_id) for r in truth.collect()}
+    for user in range(1, 25):
+        firsts = {}
+        for u, i, ts in events:
+            if u == user:
+                firsts[i] = min(ts, firsts.get(i, ts))
+        newest_first = sorted(firsts, key=lambda i: (firsts[i], i), reverse=True)
+        held = newest_first[:math.floor(len(firsts) * 0.2 + 0.5)]
+        assert {i for u, i in truth_pairs if u == user} == set(held)
+    # every event of a held-out pair leaves training (a re-take after the cut included); the rest stay
+    assert train_events == {(u, i, ts) for u, i, ts in events if (u, i) not in truth_pairs}
+    with pytest.raises(ValueError, match="share"):
+        latest_split(frame, 0.6)
 
 
 def test_item_gram_equals_numpy_and_covers_the_most_popular_items(spark):

@@ -97,3 +97,24 @@ def test_user_block_maps_item_ids_onto_catalog_positions_and_ignores_unknown_one
 def test_ties_go_to_the_smaller_item_id(k):
     bundle = Bundle(np.array([5, 6, 7]), {"m": Fixed([[1.0, 1.0, 1.0]])}, {"m": 1.0})
     assert lists(bundle.ranked(block_of([[]], 3), k)) == [[5, 6, 7][:k]]
+
+
+def test_blend_weights_take_a_real_gain_and_leave_out_a_negligible_one():
+    from nightrec.modeling import ValidationSample, learn_weights
+
+    rng = np.random.default_rng(0)
+    n_users, n_items = 300, 40
+    relevant = rng.integers(0, n_items, n_users)
+    boost = np.zeros((n_users, n_items), dtype=np.float32)
+    boost[np.arange(n_users), relevant] = 5.0
+    noise = rng.normal(size=(n_users, n_items)).astype(np.float32)
+    covers = lambda users: np.where(np.isin(np.arange(n_users), users)[:, None], boost, 0.0)  # noqa: E731
+    scores = {"good": [noise + covers(range(0, 200))],      # finds two users in three
+              "helper": [noise + covers(range(200, 290))],  # finds most of the others
+              "weak": [covers([290])]}                      # finds one more user: a 0.3% gain
+    sample = ValidationSample.__new__(ValidationSample)
+    sample.k = 10
+    sample.truth = sp.csr_matrix((np.ones(n_users, np.float32), (np.arange(n_users), relevant)), shape=(n_users, n_items))
+    weights, value = learn_weights(scores, [sample])
+    assert weights["good"] > 0 and weights["helper"] > 0 and weights["weak"] == 0
+    assert value > sample.ndcg(scores["good"][0]) + 0.03
