@@ -23,10 +23,10 @@ def latest_split(events: DataFrame, share: float) -> tuple[DataFrame, DataFrame]
     they first took them (ties: larger item id first). The events of every other (user, item) train.
 
     Every user with enough items is evaluated, not only those active in the last days; with
-    share <= 0.5 a user keeps at least as many training items as truth items.
+    share < 0.5 a user keeps more training items than truth items (round() goes half up).
     """
-    if not 0.0 < share <= 0.5:
-        raise ValueError(f"share must be in (0, 0.5], got {share}")
+    if not 0.0 < share < 0.5:
+        raise ValueError(f"share must be in (0, 0.5), got {share}")
     first = events.groupBy("user_id", "item_id").agg(F.min("ts").alias("first_ts"))
     latest_first = Window.partitionBy("user_id").orderBy(F.col("first_ts").desc(), F.col("item_id").desc())
     ranked = (first.withColumn("pos", F.row_number().over(latest_first))

@@ -47,7 +47,7 @@ class TrainingSet:
 class Selection:
     params: dict[str, dict]                  # chosen hyperparameters per family
     weights: dict[str, float]                # hybrid blend weights
-    validation_ndcg: dict[str, float]        # per candidate, on the inner validation split
+    validation_ndcg: dict[str, float]        # per candidate, mean over the inner validation folds
     trials: list[dict] = field(default_factory=list)
 
 
@@ -109,11 +109,13 @@ class ValidationSample:
         truth_users = truth.select("user_id").distinct()
         n = truth_users.count()
         if n == 0:
-            raise ValueError("the validation split has no users: widen the window or the validation days")
+            raise ValueError("the validation split has no users: load more days or raise the held-out share")
         # Keep the dense (users x catalog) score blocks of all families in memory bounded.
         max_users = max(1, min(max_users, 20_000_000 // max(len(data.catalog), 1)))
         if n > max_users:
-            truth_users = truth_users.orderBy(F.rand(seed)).limit(max_users)
+            # A hash, not rand(): the sample is computed twice (histories, relevant items) and must
+            # be the same users both times, whatever order the shuffle delivers them in.
+            truth_users = truth_users.orderBy(F.xxhash64(F.lit(seed), "user_id"), "user_id").limit(max_users)
         rows = data.user_rows().join(truth_users, "user_id").orderBy("user_id").toArrow()
         self.block = user_block(rows.combine_chunks().to_batches()[0], data.catalog)
         relevant = truth.join(truth_users, "user_id").toPandas()

@@ -58,13 +58,13 @@ class EventSettings(_Section):
 
 class ModelSettings(_Section):
     train_window_days: int = Field(ge=1)
-    holdout_share: float = Field(0.2, gt=0, le=0.5)  # each user's latest items held out: the promotion decision
+    holdout_share: float = Field(0.2, gt=0, lt=0.5)  # each user's latest items held out: the promotion decision
     search_space: str = "models/search_space.toml"
     seed: int = 42
     top_k: int = Field(100, ge=1, le=1000)
     eval_k: int = Field(10, ge=1)
     validation_users: int = Field(5000, ge=1)   # users sampled for the search and the blend weights
-    random_validation_share: float = Field(0.25, ge=0, le=0.5)  # second search fold; 0: latest-items fold only
+    random_validation_share: float = Field(0.25, ge=0, lt=0.5)  # second search fold; 0: latest-items fold only
     item_knn_max_items: int = Field(10000, ge=1)
     recency_half_life_days: float = Field(90.0, gt=0)
     max_per_category: int | None = Field(None, ge=1)

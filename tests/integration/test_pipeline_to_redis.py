@@ -60,6 +60,9 @@ def test_training_registers_every_candidate_and_a_champion(pipeline):
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "reports")}
         assert {"reports/metrics_vs_k.png", "reports/score_distribution.png", "reports/popularity_vs_catalog.png",
                 "reports/sample_recommendations.json"} <= artifacts
+    # tonight's best is the validation winner (the holdout only judges it against the champion)
+    validation = {name: summary["validation_ndcg_at_10"] for name, summary in trained.candidates.items()}
+    assert validation[trained.best_candidate] == max(validation.values())
     # the best candidate beats popularity on taste-group data by a wide margin
     best = trained.candidates[trained.best_candidate]["holdout_ndcg_at_10"]
     assert best > 1.5 * trained.candidates["popularity"]["holdout_ndcg_at_10"]

@@ -1,5 +1,5 @@
-"""Train: every candidate searched, evaluated on a holdout of each user's latest items, logged and registered in
-MLflow; the promotion gate decides whether the best one becomes `champion`.
+"""Train: every candidate searched, evaluated on a holdout of each user's latest items, logged and
+registered in MLflow; the promotion gate decides whether the best one becomes `champion`.
 
 Each user's items in the trailing window, in the order the user took them:
   inner train | inner validation (holdout_share) | holdout (holdout_share)
@@ -105,6 +105,9 @@ def run(spark: SparkSession, settings: Settings, ds: dt.date) -> TrainResult:
         rest, held = stratified_split(fit_feedback, 1 - m.random_validation_share, m.seed)
         folds.append((modeling.training_set(rest.cache(), items, as_of, opts), held.cache()))
     selection = modeling.select(folds, space, opts)
+    for fold_data, fold_truth in folds:
+        fold_data.feedback.unpersist()
+        fold_truth.unpersist()
     seconds["search"] = time.monotonic() - started
 
     started = time.monotonic()
@@ -168,7 +171,7 @@ def run(spark: SparkSession, settings: Settings, ds: dt.date) -> TrainResult:
     seconds["mlflow"] = time.monotonic() - started
     for evaluation in evaluations.values():
         evaluation.lists.unpersist()
-    for frame in (events, fit_events, truth, fit_data.feedback, full_data.feedback, *(f for fold in folds for f in (fold[0].feedback, fold[1]))):
+    for frame in (events, fit_events, truth, fit_data.feedback, full_data.feedback):
         frame.unpersist()
     current = registry.current_champion(settings.mlflow.registered_model)
     return TrainResult(run_id, settings.mlflow.registered_model, current.version if current else "",
