@@ -81,6 +81,18 @@ def test_latest_split_holds_out_each_users_newest_items_with_all_their_events(sp
         latest_split(frame, 0.6)
 
 
+def test_a_champion_that_cannot_be_refit_tonight_stops_the_gate_with_the_reason(spark):
+    from nightrec.errors import PermanentError
+    from nightrec.registry import Champion
+    from nightrec.stages.train import _refit_champion_ndcg
+
+    data = modeling.training_set(feedback_frame(spark, grouped_pairs()), None, AS_OF, modeling.ModelSettingsView())
+    champion = Champion("7", {"candidate": "content", "params": {"content": {"min_items_per_term": 1}},
+                              "weights": {"content": 1.0}})
+    with pytest.raises(PermanentError, match=r"champion version 7 \(content\) needs \['content'\].*item file"):
+        _refit_champion_ndcg(champion, {}, {}, data, None, (10,), "ndcg_at_10", modeling.ModelSettingsView(), None)
+
+
 def test_item_gram_equals_numpy_and_covers_the_most_popular_items(spark):
     pairs = grouped_pairs()
     catalog = np.arange(1, 49)

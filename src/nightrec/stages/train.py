@@ -203,7 +203,13 @@ def _refit_champion_ndcg(champion: registry.Champion, bundles, evaluations, fit_
             return evaluations[name].metrics[metric]
     selection = modeling.Selection(recipe["params"], recipe["weights"], {})
     refit, _ = modeling.fit_bundles(fit_data, selection, opts)
-    bundle = refit[recipe["candidate"]]
+    bundle = refit.get(recipe["candidate"])
+    missing = sorted(set(recipe["weights"]) - set(bundle.weights if bundle else ()))
+    if missing:
+        # Judging a champion without some of its parts would make it look worse than it is.
+        raise PermanentError(f"champion version {champion.version} ({recipe['candidate']}) needs {missing}, which "
+                             f"tonight's data cannot fit (content needs an item file): restore the item file "
+                             f"or roll the champion back")
     evaluation = modeling.evaluate(bundle, fit_data, truth, ks, m.cold_user_max_items)
     evaluation.lists.unpersist()
     return evaluation.metrics[metric]
