@@ -20,7 +20,6 @@ from pathlib import Path
 
 HOME = Path(__file__).resolve().parents[1]
 BENCH = HOME / "var" / "bench"
-DS = "1998-04-22"  # MovieLens-100K's last day; 215 days back covers it all
 PUBLISHED_NDCG = {  # Microsoft Recommenders' MovieLens-100K table: stratified 75/25, k=10
     "BiVAE (published)": 0.475, "BPR (published)": 0.442, "SAR (published)": 0.382, "Spark ALS (published)": 0.044}
 COLUMNS = ("map_at_10", "ndcg_at_10", "precision_at_10", "recall_at_10", "coverage_at_10")
@@ -33,23 +32,16 @@ def main(argv: list[str]) -> None:
     os.environ.update({"NIGHTREC_PATHS__LANDING": str(BENCH / "landing"), "NIGHTREC_PATHS__LAKE": str(BENCH / "lake"),
                        "NIGHTREC_PATHS__DATA_DOCS": str(BENCH / "data_docs")})
 
-    import datetime as dt
-
-    from nightrec import benchmark, lake, modeling, movielens
+    from nightrec import benchmark, modeling
     from nightrec.feedback import implicit_feedback
     from nightrec.settings import load_settings, resolve
     from nightrec.spark import get_spark
-    from nightrec.stages import ingest, validate
     from nightrec.stages.train import attributes, model_options, training_events
 
     settings = load_settings()
     spark = get_spark(settings, "nightrec-bench-movielens")
-    day = dt.date.fromisoformat(DS)
-    if not lake.table_exists(settings.table("silver/interactions")):
-        if not (BENCH / "landing" / "interactions").is_dir():
-            movielens.convert(movielens.fetch_wheel(HOME / "var" / "cache"), BENCH / "landing")
-        ingest.run(spark, settings, day, lookback_days=215)
-        validate.run(spark, settings, day, lookback_days=215)
+    day = benchmark.MOVIELENS_LAST_DAY
+    benchmark.movielens_lake(spark, settings, HOME / "var" / "cache")
     feedback = implicit_feedback(training_events(spark, settings, day), settings.events.weights).cache()
     items = attributes(spark, settings, "items", day)
     space = modeling.load_search_space(resolve(settings.home, settings.model.search_space))

@@ -12,7 +12,6 @@ var/bench/pipeline-<seed>/ with its own lake and MLflow store.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
 import shutil
 import statistics
@@ -22,8 +21,6 @@ from pathlib import Path
 
 HOME = Path(__file__).resolve().parents[1]
 BENCH = HOME / "var" / "bench"
-DAY = dt.date(1998, 4, 22)
-LOOKBACK = 215
 
 
 def seed_settings(seed: int):
@@ -45,7 +42,7 @@ def main(argv: list[str]) -> None:
                        "NIGHTREC_PATHS__DATA_DOCS": str(BENCH / "data_docs")})
     from pyspark.sql import functions as F
 
-    from nightrec import lake, movielens
+    from nightrec import benchmark, lake
     from nightrec.evaluation import ranking_metrics
     from nightrec.feedback import implicit_feedback, stratified_split
     from nightrec.scoring import ranked_rows
@@ -56,12 +53,9 @@ def main(argv: list[str]) -> None:
 
     base = load_settings()
     spark = get_spark(base, "nightrec-bench-published")
-    if not lake.table_exists(base.table("silver/interactions")):
-        if not (BENCH / "landing" / "interactions").is_dir():
-            movielens.convert(movielens.fetch_wheel(HOME / "var" / "cache"), BENCH / "landing")
-        ingest.run(spark, base, DAY, lookback_days=LOOKBACK)
-        validate.run(spark, base, DAY, lookback_days=LOOKBACK)
-    events = training_events(spark, base, DAY).cache()
+    benchmark.movielens_lake(spark, base, HOME / "var" / "cache")
+    day, lookback = benchmark.MOVIELENS_LAST_DAY, benchmark.MOVIELENS_DAYS
+    events = training_events(spark, base, day).cache()
     feedback = implicit_feedback(events, base.events.weights)
 
     rows = []
@@ -76,13 +70,13 @@ def main(argv: list[str]) -> None:
         for name in ("items.csv", "users.csv"):
             shutil.copy(BENCH / "landing" / name, home / "landing" / name)
         started = time.monotonic()
-        ingest.run(spark, settings, DAY, lookback_days=LOOKBACK)
-        validate.run(spark, settings, DAY, lookback_days=LOOKBACK)
+        ingest.run(spark, settings, day, lookback_days=lookback)
+        validate.run(spark, settings, day, lookback_days=lookback)
         prepared = time.monotonic()
-        trained = train.run(spark, settings, DAY)
+        trained = train.run(spark, settings, day)
         trained_at = time.monotonic()
-        score.run(spark, settings, DAY)
-        gold = lake.read_table(spark, settings.table("gold/recommendations"), [DAY])
+        score.run(spark, settings, day)
+        gold = lake.read_table(spark, settings.table("gold/recommendations"), [day])
         metrics = ranking_metrics(ranked_rows(gold), test, [10])
         rows.append((seed, trained.best_candidate, metrics, trained_at - prepared, time.monotonic() - started))
         print(f"seed {seed}: published {trained.best_candidate} NDCG@10 {metrics['ndcg_at_10']:.4f} "

@@ -12,13 +12,30 @@ from __future__ import annotations
 import datetime as dt
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, SparkSession
 
-from nightrec import modeling
+from nightrec import lake, modeling, movielens
 from nightrec.feedback import stratified_split
+from nightrec.settings import Settings
+from nightrec.stages import ingest, validate
 
 TRAIN_SHARE = 0.75
+MOVIELENS_LAST_DAY = dt.date(1998, 4, 22)
+MOVIELENS_DAYS = 215  # back from its last day, these cover all of MovieLens-100K
+
+
+def movielens_lake(spark: SparkSession, settings: Settings, cache_dir: Path) -> None:
+    """MovieLens-100K in the settings' lake, through the product's own ingest and validation; the
+    landing files are written from the downloaded wheel first. Nothing is done when silver exists."""
+    if lake.table_exists(settings.table("silver/interactions")):
+        return
+    landing = Path(settings.path("landing"))
+    if not (landing / "interactions").is_dir():
+        movielens.convert(movielens.fetch_wheel(cache_dir), landing)
+    ingest.run(spark, settings, MOVIELENS_LAST_DAY, lookback_days=MOVIELENS_DAYS)
+    validate.run(spark, settings, MOVIELENS_LAST_DAY, lookback_days=MOVIELENS_DAYS)
 
 
 @dataclass
