@@ -1,4 +1,4 @@
-"""nightrec_nightly: landing files of the logical date -> Delta lake -> ALS -> Redis.
+"""nightrec_nightly: service events and landing files of the logical date -> Delta lake -> models -> Redis.
 
 Configuration only: every task is one call into the nightrec package (see README, "Orchestration").
 """
@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from airflow.sdk import Param, chain, dag, task
 
 # Equal to nightrec.stages.STAGES (tests/dags keeps them in step); spelled out so parsing imports nothing heavy.
-STAGES = ("ingest", "validate", "train", "score", "publish", "smoke")
+STAGES = ("drain_events", "ingest", "validate", "train", "score", "publish", "smoke")
 
 
 def _stage_task(stage: str):

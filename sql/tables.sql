@@ -31,3 +31,7 @@ CREATE TABLE IF NOT EXISTS nightrec.gold_recommendations (
 CREATE TABLE IF NOT EXISTS nightrec.gold_fallbacks (
   segment STRING, item_ids ARRAY<INT>, scores ARRAY<FLOAT>, dt DATE
 ) USING DELTA PARTITIONED BY (dt) LOCATION '${lake}/gold/fallbacks';
+
+CREATE TABLE IF NOT EXISTS nightrec.gold_similar_items (
+  item_id INT, item_ids ARRAY<INT>, scores ARRAY<FLOAT>, dt DATE
+) USING DELTA PARTITIONED BY (dt) LOCATION '${lake}/gold/similar_items';

@@ -121,24 +121,28 @@ def stage(name: Annotated[str, typer.Argument(help="ingest|validate|train|score|
 def recs(user_id: int, k: Annotated[int, typer.Option(min=1, max=100)] = 10):
     """Print a user's live recommendations from Redis, with item titles when the lake has them."""
     from nightrec.publisher import connect
-    from nightrec.redis_layout import Keys, decode
+    from nightrec.redis_layout import GLOBAL_SEGMENT, Keys, decode, decode_user
 
     settings = _settings()
     keys = Keys(settings.redis.prefix)
-    client = connect(settings.redis.url)
+    client = connect(settings.redis.url, settings.redis.cluster)
     version = client.get(keys.live)
     if version is None:
         console.print("[red]nothing published yet[/]: run `nightrec run` first")
         raise typer.Exit(1)
     version = version.decode()
-    value, source = client.get(keys.user(version, user_id)), "personalized"
-    if value is None:
-        value, source = client.get(keys.fallback(version)), "popular (unknown user)"
-    if value is None:
-        console.print(f"[red]live version {version} has no list for user {user_id} and no fallback[/]")
-        raise typer.Exit(1)
+    value = client.get(keys.user(version, user_id))
+    stored = decode_user(value) if value is not None else GLOBAL_SEGMENT
+    source = "personalized"
+    if isinstance(stored, str):
+        source = "trending (unknown user)" if value is None else f"segment {stored}"
+        value = client.get(keys.fallback(version, stored))
+        if value is None:
+            console.print(f"[red]live version {version} has no {stored!r} list[/]")
+            raise typer.Exit(1)
+        stored = decode(value)
     meta = {k.decode(): v.decode() for k, v in client.hgetall(keys.meta(version)).items()}
-    ids, scores = decode(value)
+    ids, scores = stored
     titles = _item_titles(settings)
     table = Table(title=f"user {user_id}: {source}, version {version}, model {meta.get('model_version')}")
     for column in ("rank", "item_id", "score", "title"):
@@ -166,11 +170,11 @@ def _item_titles(settings) -> dict[str, str]:
 def status(count: Annotated[bool, typer.Option(help="also count users and list lengths in the live version")] = False):
     """Show the live and previous Redis versions, and the MLflow champion with its metrics."""
     from nightrec.publisher import connect
-    from nightrec.redis_layout import Keys, decode
+    from nightrec.redis_layout import Keys, decode_user
 
     settings = _settings()
     keys = Keys(settings.redis.prefix)
-    client = connect(settings.redis.url)
+    client = connect(settings.redis.url, settings.redis.cluster)
     live = client.get(keys.live)
     for label, key in (("live", keys.live), ("previous", keys.previous)):
         version = client.get(key)
@@ -180,9 +184,10 @@ def status(count: Annotated[bool, typer.Option(help="also count users and list l
         lengths: dict[int, int] = {}
         for key in client.scan_iter(match=keys.user(live.decode(), 0)[:-1] + "*", count=1000):
             value = client.get(key)
-            n = len(decode(value)[0]) if value is not None else 0
+            stored = decode_user(value) if value is not None else None
+            n = "segment list" if isinstance(stored, str) else len(stored[0]) if stored else 0
             lengths[n] = lengths.get(n, 0) + 1
-        console.print(f"redis users by list length: {dict(sorted(lengths.items()))}", highlight=False)
+        console.print(f"redis users by list length: {lengths}", highlight=False)
     console.print(_champion_summary(settings), highlight=False)
 
 

@@ -1,6 +1,6 @@
-"""Redis layout v1 (docs/redis-layout.md): key names and the packed value codec.
+"""Redis layout v1 (docs/redis-layout.md): key names and value codecs.
 
-Pure functions, no server: the loader and the lookup service both use this module, and the
+Pure functions, no server: the loader, the lookup service and the CLI all use this module, and the
 tests pin it byte for byte.
 """
 
@@ -12,23 +12,35 @@ from dataclasses import dataclass
 
 import numpy as np
 
-CODEC_VERSION = 1
-_HEADER = struct.Struct("<BH")  # codec version, item count
+RANKED = 1       # value codec: ranked item ids + scores
+SEGMENT_REF = 2  # value codec: "use the list of this segment" (users known only from the user file)
+ID_SET = 3       # value codec: sorted item ids (category members, unavailable items)
+_RANKED_HEADER = struct.Struct("<BH")  # codec, item count
+_SET_HEADER = struct.Struct("<BI")     # codec, id count
 _IDS = np.dtype("<i4")
 _SCORES = np.dtype("<f2")
 _VERSION_ID = re.compile(r"^[0-9A-Za-z._-]{1,64}$")
+_PREFIX = re.compile(r"^[0-9A-Za-z._-]{1,32}$")
+_NAME = re.compile(r"^[^{}*?\[\]\s\x00-\x1f][^{}*?\[\]\x00-\x1f]{0,99}$")  # segments, categories
+MAX_ID = 2**31 - 1
 
-FALLBACK_GLOBAL = "global"
+GLOBAL_SEGMENT = "global"  # the trending list every unknown user gets
 
 
 @dataclass(frozen=True)
 class Keys:
-    """Every key of the layout under one prefix (default "nightrec")."""
+    """Every key of the layout under one prefix (default "nightrec").
+
+    Control keys share the hash tag {prefix}, so the flip script may touch them together on a Redis
+    Cluster (one slot); data keys carry no tag and spread over the cluster's nodes.
+    """
 
     prefix: str = "nightrec"
 
-    # Control keys share the hash tag {prefix}, so the flip script may touch them together
-    # on a Redis Cluster (one slot); data keys carry no tag and spread over the cluster.
+    def __post_init__(self):
+        if not _PREFIX.match(self.prefix):
+            raise ValueError(f"invalid key prefix {self.prefix!r}: use 1-32 of [0-9A-Za-z._-]")
+
     @property
     def live(self) -> str:
         """String: the version id readers use. Flipped by one atomic script after a verified load."""
@@ -44,17 +56,48 @@ class Keys:
         """Sorted set: every version id whose load started, scored by start time (unix seconds)."""
         return f"{{{self.prefix}}}:versions"
 
+    @property
+    def sequence(self) -> str:
+        """Counter: INCR gives each load a short unique number (part of its version id)."""
+        return f"{{{self.prefix}}}:seq"
+
+    @property
+    def events(self) -> str:
+        """Stream: interaction events posted to the service, drained nightly into the landing zone."""
+        return f"{{{self.prefix}}}:events"
+
+    @property
+    def events_drained(self) -> str:
+        """String: the last stream id already written to the landing zone."""
+        return f"{{{self.prefix}}}:events:drained"
+
+    def consumed(self, user_id: int) -> str:
+        """Sorted set item -> arrival time: items the user took lately (filtered out until published)."""
+        return f"{self.prefix}:consumed:{int(user_id)}"
+
     def meta(self, version: str) -> str:
-        """Hash: what a version holds (ds, model_version, users, codec, published_at)."""
+        """Hash: what a version holds (ds, model_version, counts, categories, published_at)."""
         return f"{self.prefix}:v:{check_version(version)}:meta"
 
     def user(self, version: str, user_id: int) -> str:
-        """Packed recommendations of one user."""
+        """A user's ranked list, or a reference to a segment list."""
         return f"{self.prefix}:v:{check_version(version)}:u:{int(user_id)}"
 
-    def fallback(self, version: str, segment: str = FALLBACK_GLOBAL) -> str:
-        """Packed list for users without personal recommendations (unknown / new users)."""
-        return f"{self.prefix}:v:{check_version(version)}:fb:{segment}"
+    def fallback(self, version: str, segment: str = GLOBAL_SEGMENT) -> str:
+        """Ranked list for users without personal recommendations: global trending, or a segment's."""
+        return f"{self.prefix}:v:{check_version(version)}:fb:{check_name(segment, 'segment')}"
+
+    def similar(self, version: str, item_id: int) -> str:
+        """Ranked list of an item's nearest neighbours."""
+        return f"{self.prefix}:v:{check_version(version)}:sim:{int(item_id)}"
+
+    def category(self, version: str, name: str) -> str:
+        """Id set: the items of one category."""
+        return f"{self.prefix}:v:{check_version(version)}:cat:{check_name(name, 'category')}"
+
+    def unavailable(self, version: str) -> str:
+        """Id set: items that must not be recommended (out of stock, withdrawn)."""
+        return f"{self.prefix}:v:{check_version(version)}:unavailable"
 
     def version_pattern(self, version: str) -> str:
         """SCAN pattern matching every key of one version (used to delete old versions)."""
@@ -67,28 +110,88 @@ def check_version(version: str) -> str:
     return version
 
 
+def check_name(name: str, what: str) -> str:
+    if not _NAME.match(name):
+        raise ValueError(f"invalid {what} name {name!r}: 1-100 characters, no braces, glob characters, "
+                         "control characters or leading space")
+    return name
+
+
+def _check_ids(ids: np.ndarray) -> None:
+    if len(ids) and (ids.min() < 1 or ids.max() > MAX_ID):
+        raise ValueError("item ids must be integers in 1..2^31-1")
+
+
 def encode(item_ids, scores) -> bytes:
-    """Header (codec version u8, count u16) + int32 item ids + float16 scores, little-endian."""
+    """Codec 1: header (codec u8, count u16) + int32 item ids + float16 scores, little-endian."""
     ids = np.asarray(item_ids, dtype=np.int64)
     values = np.asarray(scores, dtype=np.float64)
     if ids.shape != values.shape or ids.ndim != 1:
         raise ValueError(f"item_ids and scores must be flat and equally long, got {ids.shape} and {values.shape}")
     if len(ids) > 0xFFFF:
         raise ValueError(f"at most 65535 items per value, got {len(ids)}")
-    if len(ids) and (ids.min() < 1 or ids.max() > np.iinfo(_IDS).max):
-        raise ValueError("item ids must be integers in 1..2^31-1")
-    return _HEADER.pack(CODEC_VERSION, len(ids)) + ids.astype(_IDS).tobytes() + values.astype(_SCORES).tobytes()
+    _check_ids(ids)
+    return _RANKED_HEADER.pack(RANKED, len(ids)) + ids.astype(_IDS).tobytes() + values.astype(_SCORES).tobytes()
+
+
+def encode_many(offsets: np.ndarray, item_ids: np.ndarray, scores: np.ndarray) -> list[bytes]:
+    """encode() of many lists at once, given as Arrow-style offsets into flat ids and scores."""
+    offsets = np.asarray(offsets, dtype=np.int64)
+    ids = np.asarray(item_ids, dtype=np.int64)
+    if len(ids) != len(scores) or offsets[-1] != len(ids):
+        raise ValueError("offsets, item_ids and scores do not describe the same lists")
+    counts = np.diff(offsets)
+    if len(counts) and counts.max() > 0xFFFF:
+        raise ValueError(f"at most 65535 items per value, got {counts.max()}")
+    _check_ids(ids)
+    id_bytes = ids.astype(_IDS).tobytes()
+    score_bytes = np.asarray(scores, dtype=np.float64).astype(_SCORES).tobytes()
+    pack = _RANKED_HEADER.pack
+    return [pack(RANKED, e - s) + id_bytes[4 * s:4 * e] + score_bytes[2 * s:2 * e]
+            for s, e in zip(offsets[:-1].tolist(), offsets[1:].tolist())]
 
 
 def decode(value: bytes) -> tuple[list[int], list[float]]:
-    if len(value) < _HEADER.size:
+    """Codec 1 -> (item ids, scores)."""
+    if len(value) < _RANKED_HEADER.size:
         raise ValueError("value too short for a nightrec header")
-    codec, count = _HEADER.unpack_from(value)
-    if codec != CODEC_VERSION:
-        raise ValueError(f"unknown codec version {codec}")
-    expected = _HEADER.size + count * (_IDS.itemsize + _SCORES.itemsize)
+    codec, count = _RANKED_HEADER.unpack_from(value)
+    if codec != RANKED:
+        raise ValueError(f"expected a ranked list (codec {RANKED}), found codec {codec}")
+    expected = _RANKED_HEADER.size + count * (_IDS.itemsize + _SCORES.itemsize)
     if len(value) != expected:
-        raise ValueError(f"value holds {len(value)} bytes, codec v1 with {count} items needs {expected}")
-    ids = np.frombuffer(value, dtype=_IDS, count=count, offset=_HEADER.size)
-    scores = np.frombuffer(value, dtype=_SCORES, count=count, offset=_HEADER.size + count * _IDS.itemsize)
+        raise ValueError(f"value holds {len(value)} bytes, codec 1 with {count} items needs {expected}")
+    ids = np.frombuffer(value, dtype=_IDS, count=count, offset=_RANKED_HEADER.size)
+    scores = np.frombuffer(value, dtype=_SCORES, count=count, offset=_RANKED_HEADER.size + count * _IDS.itemsize)
     return ids.tolist(), scores.astype(np.float32).tolist()
+
+
+def encode_segment_ref(segment: str) -> bytes:
+    """Codec 2: the user has no personal list; read the segment's fallback list instead."""
+    return bytes([SEGMENT_REF]) + check_name(segment, "segment").encode()
+
+
+def decode_user(value: bytes) -> tuple[list[int], list[float]] | str:
+    """A user key's value: (item ids, scores), or the name of the segment whose list applies."""
+    if value[:1] == bytes([SEGMENT_REF]):
+        try:
+            return check_name(value[1:].decode(), "segment")
+        except (UnicodeDecodeError, ValueError):
+            raise ValueError("segment reference holds no valid segment name") from None
+    return decode(value)
+
+
+def encode_id_set(item_ids) -> bytes:
+    """Codec 3: header (codec u8, count u32) + sorted distinct int32 item ids."""
+    ids = np.unique(np.asarray(item_ids, dtype=np.int64))
+    _check_ids(ids)
+    return _SET_HEADER.pack(ID_SET, len(ids)) + ids.astype(_IDS).tobytes()
+
+
+def decode_id_set(value: bytes) -> frozenset[int]:
+    if len(value) < _SET_HEADER.size:
+        raise ValueError("value too short for an id set header")
+    codec, count = _SET_HEADER.unpack_from(value)
+    if codec != ID_SET or len(value) != _SET_HEADER.size + count * _IDS.itemsize:
+        raise ValueError(f"not a codec {ID_SET} id set of {count} ids")
+    return frozenset(np.frombuffer(value, dtype=_IDS, count=count, offset=_SET_HEADER.size).tolist())

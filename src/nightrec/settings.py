@@ -72,6 +72,7 @@ class ModelSettings(_Section):
     promotion_tolerance: float = Field(0.01, ge=0)
     segment_min_users: int = Field(20, ge=1)
     trending_half_life_days: float = Field(7.0, ge=0)
+    similar_k: int = Field(50, ge=1, le=1000)    # neighbours stored per item ("more like this")
 
 
 class MlflowSettings(_Section):
@@ -82,8 +83,16 @@ class MlflowSettings(_Section):
 
 
 class RedisSettings(_Section):
-    url: str
-    prefix: str = "nightrec"
+    url: str                      # redis:// or rediss:// (TLS); the password goes in the URL, from the environment
+    prefix: str = Field("nightrec", pattern=r"^[0-9A-Za-z._-]{1,32}$")
+    cluster: bool = False         # true: the URL names one node of a Redis Cluster
+
+
+class ServiceSettings(_Section):
+    live_cache_seconds: float = Field(1.0, ge=0)   # how long a worker reuses the live version id it read
+    consumed_ttl_days: float = Field(3.0, gt=0)    # posted events filter items out this long (until published)
+    events_max_len: int = Field(10_000_000, ge=1000)  # stream cap (approximate) if the nightly drain stops
+    max_body_bytes: int = Field(65536, ge=1024)
 
 
 class Settings(_Section):
@@ -96,6 +105,7 @@ class Settings(_Section):
     model: ModelSettings
     mlflow: MlflowSettings
     redis: RedisSettings
+    service: ServiceSettings = ServiceSettings()
 
     def path(self, name: str) -> str:
         """A `paths` entry as an absolute path (URIs such as s3a://... are kept as they are)."""

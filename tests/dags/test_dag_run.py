@@ -12,11 +12,11 @@ from deltalake import DeltaTable
 
 from conftest import settings_environ
 from helpers import days_ending, write_landing
-from nightrec.redis_layout import Keys, decode
+from nightrec.redis_layout import Keys, decode_user
 
 DAY = dt.date(2024, 6, 30)
 TABLES = ("bronze/interactions", "bronze/items", "silver/interactions", "quarantine/interactions",
-          "gold/recommendations", "gold/fallbacks")
+          "gold/recommendations", "gold/fallbacks", "gold/similar_items")
 
 
 def run_dag(env) -> subprocess.CompletedProcess:
@@ -25,11 +25,15 @@ def run_dag(env) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=900)
 
 
+def item_ids(stored):
+    return stored if isinstance(stored, str) else stored[0]  # a segment's name, or the user's own items
+
+
 def snapshot(home: Path, client: redis.Redis) -> tuple[dict, dict]:
     counts = {t: DeltaTable(str(home / "lake" / t)).to_pyarrow_table().num_rows for t in TABLES}
     keys = Keys("test")
     live = client.get(keys.live).decode()
-    recs = {int(k.rsplit(b":", 1)[1]): decode(client.get(k))[0]
+    recs = {int(k.rsplit(b":", 1)[1]): item_ids(decode_user(client.get(k)))
             for k in client.scan_iter(match=keys.user(live, 0)[:-1] + "*")}
     return counts, recs
 
@@ -39,7 +43,7 @@ def test_nightly_dag_runs_end_to_end_and_a_rerun_changes_nothing(tmp_path, redis
     env = {**os.environ, **settings_environ(tmp_path, redis_url)}
     first = run_dag(env)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    for task in ("ingest", "validate", "train", "score", "publish", "smoke"):
+    for task in ("drain_events", "ingest", "validate", "train", "score", "publish", "smoke"):
         assert f"task {task}" in first.stdout
     client = redis.Redis.from_url(redis_url)
     counts, recs = snapshot(tmp_path, client)

@@ -12,7 +12,7 @@ from mlflow import MlflowClient
 from conftest import settings_environ
 from helpers import days_ending, write_landing
 from nightrec import lake, publisher, tracking
-from nightrec.redis_layout import Keys, decode
+from nightrec.redis_layout import Keys, decode, decode_user
 from nightrec.service import create_app
 from nightrec.settings import load_settings
 from nightrec.stages import ingest, publish, score, smoke, train, validate
@@ -85,17 +85,39 @@ def test_redis_holds_every_user_of_gold_under_the_live_version(spark, pipeline):
     client = redis.Redis.from_url(settings.redis.url)
     keys = Keys(settings.redis.prefix)
     assert client.get(keys.live).decode() == published.version and published.users == USERS + NEW_USERS
+    segments = 0
     for row in lake.read_table(spark, settings.table("gold/recommendations"), [DAY]).collect():
-        ids, scores = decode(client.get(keys.user(published.version, row.user_id)))
+        stored = decode_user(client.get(keys.user(published.version, row.user_id)))
+        if isinstance(stored, str):  # a user without history refers to the segment list gold copies
+            segments += 1
+            assert row.model_version in (f"segment:{stored}", "popular:global")
+            stored = decode(client.get(keys.fallback(published.version, stored)))
+        ids, scores = stored
         assert ids == list(row.item_ids)
         assert scores == pytest.approx(list(row.scores), rel=2e-3, abs=1e-3)
+    assert segments == NEW_USERS
     assert client.hget(keys.meta(published.version), "model_version").decode() == published.model_version
+    # neighbours of every item that has any, and category members, under the same version
+    similar = lake.read_table(spark, settings.table("gold/similar_items"), [DAY]).collect()
+    taken = lake.read_table(spark, settings.table("silver/interactions")).select("item_id").distinct().count()
+    assert published.similar_items == len(similar) == taken
+    for row in similar[:20]:
+        assert decode(client.get(keys.similar(published.version, row.item_id)))[0] == list(row.item_ids)
+        assert row.item_id not in row.item_ids and 0 < len(row.item_ids) <= settings.model.similar_k
+    assert published.categories == 4 and published.segments >= 1
+
+
+def test_similar_items_stay_inside_the_taste_group(spark, pipeline):
+    settings = pipeline[0]
+    similar = lake.read_table(spark, settings.table("gold/similar_items"), [DAY]).collect()
+    same = sum(1 for row in similar for i in row.item_ids[:5] if i % 4 == row.item_id % 4)
+    assert same / (5 * len(similar)) > 0.95
 
 
 def test_smoke_stage_checks_through_the_service(pipeline):
     settings, _, _, published = pipeline
     result = smoke.run(settings, DAY)
-    assert result.live_version == published.version and result.unknown_user_source == "popular"
+    assert result.live_version == published.version and result.unknown_user_source == "trending"
 
 
 def test_republishing_flips_atomically_and_keeps_one_previous_version(spark, pipeline):
@@ -123,8 +145,8 @@ def test_a_load_failing_half_way_leaves_the_live_version_untouched(spark, pipeli
     good = [(u, [1, 2, 3], [0.3, 0.2, 0.1]) for u in range(1, 200)]
     broken = spark.createDataFrame(good + [(999, [0], [1.0])], "user_id int, item_ids array<int>, scores array<float>")
     with pytest.raises(Exception, match="item ids must be integers"):
-        publisher.publish(broken.repartition(4), ([1], [1.0]), url=settings.redis.url, prefix=settings.redis.prefix,
-                          ds=DAY, model_version="broken/1")
+        publisher.publish(broken.repartition(4), publisher.Extras({"global": ([1], [1.0])}), url=settings.redis.url,
+                          prefix=settings.redis.prefix, ds=DAY, model_version="broken/1")
     assert client.get(keys.live) == live_before
     with TestClient(create_app(settings)) as api:
         body = api.get("/v1/users/1/recommendations").json()
@@ -145,7 +167,7 @@ def test_sql_table_definitions_match_the_tables_written(spark, pipeline):
     settings = pipeline[0]
     ddl = (Path(__file__).parents[2] / "sql" / "tables.sql").read_text()
     tables = re.findall(r"CREATE TABLE IF NOT EXISTS nightrec\.(\w+) \((.*?)\) USING DELTA", ddl, re.S)
-    assert len(tables) == 7
+    assert len(tables) == 8
     for name, columns in tables:
         declared = StructType.fromDDL(" ".join(columns.split()))
         actual = lake.read_table(spark, settings.table(name.replace("_", "/", 1))).schema

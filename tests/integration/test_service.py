@@ -1,56 +1,153 @@
 """The lookup service against a real redis-server, with versions written by the real loader."""
 
 import datetime as dt
+import json
 
 import pytest
 import redis
 from fastapi.testclient import TestClient
 
 from nightrec import publisher
-from nightrec.redis_layout import Keys
+from nightrec.redis_layout import Keys, encode
 from nightrec.service import create_app
+from nightrec.stages import drain_events
 
 DAY = dt.date(2024, 1, 1)
+UNAVAILABLE = 5
+COMEDY = list(range(2, 201, 2))
+
+
+def publish_sample(spark, redis_url, prefix="test", cluster=False):
+    rows = [(u, list(range(u, u + 100)), [1.0 - i / 100 for i in range(100)], None) for u in (1, 2, 3)]
+    rows.append((4, [60, 61, 62], [3.0, 2.0, 1.0], "gender=F"))  # known user, no history: a segment's list
+    recs = spark.createDataFrame(rows, "user_id int, item_ids array<int>, scores array<float>, segment string")
+    similar = spark.createDataFrame([(10, [11, 12, 13, 14], [0.9, 0.8, 0.7, 0.6])],
+                                    "item_id int, item_ids array<int>, scores array<float>")
+    extras = publisher.Extras({"global": ([50, 40, 30], [0.9, 0.5, 0.1]), "gender=F": ([60, 61, 62], [3.0, 2.0, 1.0])},
+                              {"comedy": COMEDY, "drama": [3, 7, 11]}, [UNAVAILABLE])
+    return publisher.publish(recs, extras, url=redis_url, prefix=prefix, ds=DAY, model_version="nightrec/7",
+                             similar=similar, cluster=cluster)
 
 
 @pytest.fixture
-def api(spark, redis_url, make_settings):
-    settings = make_settings(redis_url)
-    recs = spark.createDataFrame([(u, list(range(u, u + 100)), [1.0 - i / 100 for i in range(100)]) for u in (1, 2, 3)],
-                                 "user_id int, item_ids array<int>, scores array<float>")
-    publisher.publish(recs, ([50, 40, 30], [0.9, 0.5, 0.1]), url=redis_url, prefix=settings.redis.prefix,
-                      ds=DAY, model_version="nightrec-als/7")
+def settings(redis_url, make_settings):
+    return make_settings(redis_url, service__live_cache_seconds=0)
+
+
+@pytest.fixture
+def api(spark, redis_url, settings):
+    publish_sample(spark, redis_url)
     with TestClient(create_app(settings)) as client:
         yield client
 
 
-def test_known_user_gets_k_ranked_items(api):
+def item_ids(response) -> list[int]:
+    assert response.status_code == 200, response.text
+    return [i["item_id"] for i in response.json()["items"]]
+
+
+def test_known_user_gets_k_ranked_available_items(api):
     response = api.get("/v1/users/2/recommendations", params={"k": 10})
-    assert response.status_code == 200
     body = response.json()
-    assert body["source"] == "personalized" and body["model_version"] == "nightrec-als/7"
-    assert [i["item_id"] for i in body["items"]] == list(range(2, 12))
+    assert body["source"] == "personalized" and body["segment"] is None and body["model_version"] == "nightrec/7"
+    assert item_ids(response) == [2, 3, 4, 6, 7, 8, 9, 10, 11, 12]  # 5 is unavailable
     assert [i["rank"] for i in body["items"]] == list(range(1, 11))
-    assert body["items"][0]["score"] == pytest.approx(1.0) and body["items"][9]["score"] == pytest.approx(0.91, abs=1e-3)
-    assert len(api.get("/v1/users/2/recommendations", params={"k": 100}).json()["items"]) == 100
-    assert len(api.get("/v1/users/2/recommendations").json()["items"]) == 10  # default k
+    assert body["items"][0]["score"] == pytest.approx(1.0) and body["items"][9]["score"] == pytest.approx(0.9, abs=1e-3)
+    assert len(item_ids(api.get("/v1/users/2/recommendations", params={"k": 100}))) == 99
+    assert len(item_ids(api.get("/v1/users/2/recommendations"))) == 10  # default k
 
 
-def test_unknown_user_gets_popular_items_marked_as_such(api):
-    body = api.get("/v1/users/777/recommendations", params={"k": 2}).json()
-    assert body["source"] == "popular" and [i["item_id"] for i in body["items"]] == [50, 40]
+def test_category_and_exclude_filter_the_stored_list(api):
+    assert item_ids(api.get("/v1/users/2/recommendations", params={"k": 5, "category": "Comedy"})) == [2, 4, 6, 8, 10]
+    assert item_ids(api.get("/v1/users/3/recommendations", params={"category": "drama"})) == [3, 7, 11]
+    assert item_ids(api.get("/v1/users/2/recommendations", params={"k": 4, "exclude": "3,4,99"})) == [2, 6, 7, 8]
+    response = api.get("/v1/users/2/recommendations", params={"category": "western"})
+    assert response.status_code == 422 and "known: comedy, drama" in response.json()["detail"][0]["msg"]
+
+
+def test_users_without_a_personal_list_get_a_fallback_that_says_which(api):
+    unknown = api.get("/v1/users/777/recommendations", params={"k": 2}).json()
+    assert unknown["source"] == "trending" and unknown["segment"] == "global"
+    assert [i["item_id"] for i in unknown["items"]] == [50, 40]
+    segment = api.get("/v1/users/4/recommendations").json()
+    assert segment["source"] == "segment" and segment["segment"] == "gender=F"
+    assert [i["item_id"] for i in segment["items"]] == [60, 61, 62]
+
+
+def test_similar_items(api):
+    assert item_ids(api.get("/v1/items/10/similar", params={"k": 3})) == [11, 12, 13]
+    assert item_ids(api.get("/v1/items/10/similar", params={"category": "comedy", "exclude": "12"})) == [14]
+    missing = api.get("/v1/items/999/similar")
+    assert missing.status_code == 404 and "no neighbours" in missing.json()["detail"]
+
+
+def test_a_posted_event_is_streamed_and_filters_the_item_at_once(api, redis_url):
+    assert item_ids(api.get("/v1/users/2/recommendations", params={"k": 1})) == [2]
+    response = api.post("/v1/events", json={"user_id": 2, "item_id": 2, "event_type": "Purchase",
+                                            "ts": "2024-01-02T10:00:00Z"})
+    assert response.status_code == 202
+    assert item_ids(api.get("/v1/users/2/recommendations", params={"k": 1})) == [3]
+    assert item_ids(api.get("/v1/users/1/recommendations", params={"k": 2})) == [1, 2]  # other users unaffected
+    entries = redis.Redis.from_url(redis_url).xrange(Keys("test").events)
+    assert [e[0].decode() for e in entries] == [response.json()["id"]]
+    assert entries[0][1] == {b"user_id": b"2", b"item_id": b"2", b"event_type": b"purchase", b"value": b"",
+                             b"ts": b"2024-01-02T10:00:00+00:00"}
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"user_id": 1, "item_id": 2, "event_type": "teleport"}, "event_type"),
+    ({"user_id": 0, "item_id": 2, "event_type": "click"}, "user_id"),
+    ({"user_id": 1, "item_id": 2**31, "event_type": "click"}, "item_id"),
+    ({"user_id": 1, "item_id": 2, "event_type": "click", "ts": "yesterday"}, "ts"),
+    ({"user_id": 1, "item_id": 2, "event_type": "click", "ts": "2024-01-02T10:00:00"}, "ts"),
+    ({"user_id": 1, "item_id": 2, "event_type": "click", "ts": "2999-01-01T00:00:00Z"}, "ts"),
+    ({"user_id": 1, "item_id": 2, "event_type": "click", "value": -1}, "value"),
+    ({"user_id": 1, "item_id": 2, "event_type": "click", "color": "red"}, "color"),
+    ({"item_id": 2, "event_type": "click"}, "user_id"),
+])
+def test_bad_events_get_a_422_naming_the_field(api, body, field):
+    response = api.post("/v1/events", json=body)
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["loc"][-1] == field
+
+
+def test_malformed_and_oversize_bodies_are_4xx(api):
+    assert api.post("/v1/events", content=b"{not json", headers={"content-type": "application/json"}).status_code == 422
+    assert api.post("/v1/events", content=b"[]").status_code == 422
+    huge = json.dumps({"user_id": 1, "item_id": 2, "event_type": "click", "pad": "x" * 70000})
+    assert api.post("/v1/events", content=huge).status_code == 413
 
 
 @pytest.mark.parametrize("path", [
     "/v1/users/1/recommendations?k=0", "/v1/users/1/recommendations?k=101", "/v1/users/1/recommendations?k=ten",
     "/v1/users/abc/recommendations", "/v1/users/0/recommendations", "/v1/users/-5/recommendations",
     "/v1/users/2147483648/recommendations", "/v1/users/1.5/recommendations",
+    "/v1/users/1/recommendations?exclude=a,b", "/v1/users/1/recommendations?exclude=0",
+    "/v1/items/0/similar", "/v1/items/1/similar?k=1000",
 ])
 def test_bad_requests_get_a_4xx_that_names_the_problem(api, path):
     response = api.get(path)
     assert response.status_code == 422
     detail = response.json()["detail"][0]
-    assert detail["loc"][-1] in ("k", "user_id") and detail["msg"]
+    assert detail["loc"][-1] in ("k", "user_id", "item_id", "exclude") and detail["msg"]
+
+
+def test_metrics_count_latency_sources_and_errors(api):
+    api.get("/v1/users/2/recommendations")
+    api.get("/v1/users/777/recommendations")
+    api.get("/v1/users/0/recommendations")
+    text = api.get("/metrics").text
+    assert 'nightrec_request_seconds_count{route="/v1/users/{user_id}/recommendations"} 3.0' in text
+    assert 'nightrec_responses_total{route="/v1/users/{user_id}/recommendations",status="422"} 1.0' in text
+    assert 'nightrec_recommendation_source_total{source="trending"} 1.0' in text
+    assert 'nightrec_recommendation_source_total{source="personalized"} 1.0' in text
+
+
+def test_openapi_docs_describe_every_endpoint(api):
+    assert api.get("/docs").status_code == 200
+    paths = api.get("/openapi.json").json()["paths"]
+    assert {"/v1/users/{user_id}/recommendations", "/v1/items/{item_id}/similar", "/v1/events"} <= set(paths)
+    assert "event_type" in json.dumps(paths["/v1/events"]["post"]["requestBody"])
 
 
 def test_a_corrupt_stored_value_is_a_503_that_says_so(api, redis_url):
@@ -67,8 +164,8 @@ def test_healthz_reports_the_live_version(api, redis_url):
     assert body["live_version"] == redis.Redis.from_url(redis_url).get(Keys("test").live).decode()
 
 
-def test_nothing_published_yet_is_a_503_not_a_500(redis_url, make_settings):
-    with TestClient(create_app(make_settings(redis_url))) as client:
+def test_nothing_published_yet_is_a_503_not_a_500(settings):
+    with TestClient(create_app(settings)) as client:
         response = client.get("/v1/users/1/recommendations")
     assert response.status_code == 503 and "no recommendations have been published" in response.json()["detail"]
 
@@ -76,4 +173,24 @@ def test_nothing_published_yet_is_a_503_not_a_500(redis_url, make_settings):
 def test_redis_down_is_a_503_not_a_500(make_settings):
     with TestClient(create_app(make_settings("redis://127.0.0.1:1/0"))) as client:
         response = client.get("/v1/users/1/recommendations")
+        assert client.post("/v1/events", json={"user_id": 1, "item_id": 2, "event_type": "click"}).status_code == 503
     assert response.status_code == 503 and response.json()["detail"] == "recommendation store unavailable"
+
+
+def test_the_nightly_drain_writes_posted_events_to_landing_once(spark, api, settings):
+    from nightrec.landing import read_interactions
+    from nightrec.validation import typed
+
+    for item, ts in ((7, "2024-01-02T23:59:00Z"), (8, "2024-01-03T00:01:00+01:00"), (9, "2024-01-03T08:00:00Z")):
+        assert api.post("/v1/events", json={"user_id": 1, "item_id": item, "event_type": "click", "value": 2,
+                                            "ts": ts}).status_code == 202
+    first = drain_events.run(settings, dt.date(2024, 1, 3))
+    assert first.events == 3 and len(first.files) == 2
+    assert drain_events.run(settings, dt.date(2024, 1, 3)).events == 0  # nothing twice
+    api.post("/v1/events", json={"user_id": 2, "item_id": 9, "event_type": "view", "ts": "2024-01-03T09:00:00Z"})
+    assert drain_events.run(settings, dt.date(2024, 1, 3)).events == 1
+    frame, days = read_interactions(spark, settings.path("landing"), [dt.date(2024, 1, 2), dt.date(2024, 1, 3)])
+    rows = sorted((r.user_id, r.item_id, r.event_type, r.value, str(r.dt)) for r in typed(frame).collect())
+    assert rows == [(1, 7, "click", 2.0, "2024-01-02"), (1, 8, "click", 2.0, "2024-01-02"),
+                    (1, 9, "click", 2.0, "2024-01-03"), (2, 9, "view", 1.0, "2024-01-03")]
+    assert len(redis.Redis.from_url(settings.redis.url).xrange(Keys("test").events)) == 1  # trimmed to the newest

@@ -1,8 +1,10 @@
 import struct
 
+import numpy as np
 import pytest
 
-from nightrec.redis_layout import Keys, decode, encode
+from nightrec.redis_layout import (Keys, decode, decode_id_set, decode_user, encode, encode_id_set, encode_many,
+                                   encode_segment_ref)
 
 
 def test_keys_are_exactly_as_documented():
@@ -10,16 +12,29 @@ def test_keys_are_exactly_as_documented():
     assert keys.live == "{nightrec}:live"
     assert keys.previous == "{nightrec}:previous"
     assert keys.versions == "{nightrec}:versions"
-    assert keys.meta("19980422-x") == "nightrec:v:19980422-x:meta"
-    assert keys.user("19980422-x", 42) == "nightrec:v:19980422-x:u:42"
-    assert keys.fallback("19980422-x") == "nightrec:v:19980422-x:fb:global"
+    assert keys.sequence == "{nightrec}:seq"
+    assert keys.events == "{nightrec}:events"
+    assert keys.events_drained == "{nightrec}:events:drained"
+    assert keys.consumed(42) == "nightrec:consumed:42"
+    assert keys.meta("19980422.7") == "nightrec:v:19980422.7:meta"
+    assert keys.user("19980422.7", 42) == "nightrec:v:19980422.7:u:42"
+    assert keys.fallback("19980422.7") == "nightrec:v:19980422.7:fb:global"
+    assert keys.fallback("19980422.7", "age=25-34|gender=F") == "nightrec:v:19980422.7:fb:age=25-34|gender=F"
+    assert keys.similar("19980422.7", 50) == "nightrec:v:19980422.7:sim:50"
+    assert keys.category("19980422.7", "children's") == "nightrec:v:19980422.7:cat:children's"
+    assert keys.unavailable("19980422.7") == "nightrec:v:19980422.7:unavailable"
     assert keys.version_pattern("v1") == "nightrec:v:v1:*"
 
 
-def test_version_ids_cannot_smuggle_key_syntax():
-    for bad in ("", "a:b", "a*", "x" * 65, "a b"):
+def test_version_ids_names_and_prefixes_cannot_smuggle_key_syntax():
+    for bad in ("", "a:b", "a*", "x" * 65, "a b", "{x}"):
         with pytest.raises(ValueError, match="invalid version id"):
             Keys().user(bad, 1)
+    for bad in ("", "{tag}", "a*", "x" * 101, " lead", "new\nline"):
+        with pytest.raises(ValueError, match="invalid segment name"):
+            Keys().fallback("v1", bad)
+    with pytest.raises(ValueError, match="invalid key prefix"):
+        Keys("{x}")
 
 
 def test_encoding_is_byte_exact():
@@ -28,6 +43,18 @@ def test_encoding_is_byte_exact():
                      + struct.pack("<ii", 7, 300)              # int32 item ids
                      + b"\x00\x3c" + b"\x00\x38")              # float16 1.0 and 0.5
     assert len(encode(range(1, 101), [0.1] * 100)) == 3 + 100 * 6
+    assert encode_segment_ref("gender=F") == b"\x02gender=F"
+    assert encode_id_set([300, 7, 7]) == b"\x03" + struct.pack("<I", 2) + struct.pack("<ii", 7, 300)
+
+
+def test_encode_many_equals_encode_row_by_row():
+    rng = np.random.default_rng(0)
+    lengths = [100, 0, 3, 100, 1]
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    ids = rng.integers(1, 2**31 - 1, offsets[-1])
+    scores = rng.normal(size=offsets[-1]).astype(np.float32)
+    many = encode_many(offsets, ids, scores)
+    assert many == [encode(ids[s:e], scores[s:e]) for s, e in zip(offsets[:-1], offsets[1:])]
 
 
 def test_round_trip_keeps_order_and_scores_to_float16_precision():
@@ -36,6 +63,9 @@ def test_round_trip_keeps_order_and_scores_to_float16_precision():
     assert ids_back == ids
     assert scores_back == pytest.approx([0.9, 0.7, 0.333, 0.0], abs=1e-3)
     assert decode(encode([], [])) == ([], [])
+    assert decode_user(encode([3], [1.0])) == ([3], [1.0])
+    assert decode_user(encode_segment_ref("age=25-34|gender=F")) == "age=25-34|gender=F"
+    assert decode_id_set(encode_id_set([9, 2])) == {2, 9}
 
 
 @pytest.mark.parametrize("ids, scores, message", [
@@ -46,13 +76,24 @@ def test_round_trip_keeps_order_and_scores_to_float16_precision():
 def test_encode_rejects_what_the_codec_cannot_hold(ids, scores, message):
     with pytest.raises(ValueError, match=message):
         encode(ids, scores)
+    with pytest.raises(ValueError):
+        encode_many([0, len(ids)], ids, scores)
 
 
 @pytest.mark.parametrize("value, message", [
     (b"\x01", "too short"),
-    (b"\x02\x00\x00", "unknown codec version 2"),
+    (b"\x03\x00\x00", "expected a ranked list"),
     (b"\x01\x02\x00" + b"\x00" * 6, "needs 15"),
+    (b"\x02", "no valid segment name"),
+    (b"\x02\xff\xfe", "no valid segment name"),
+    (b"\x02{bad}", "no valid segment name"),
 ])
 def test_decode_rejects_corrupt_values(value, message):
     with pytest.raises(ValueError, match=message):
-        decode(value)
+        decode_user(value)
+
+
+def test_decode_id_set_rejects_corrupt_values():
+    for value in (b"\x03", b"\x01\x01\x00\x00\x00" + b"\x00" * 4, b"\x03\x02\x00\x00\x00" + b"\x00" * 4):
+        with pytest.raises(ValueError):
+            decode_id_set(value)

@@ -1,6 +1,6 @@
 """Score: the champion's top-k per user -> gold/recommendations; trending lists (global and per
-segment) -> gold/fallbacks. Users known only from the user file (no interactions yet) get their
-segment's list, or the global one."""
+segment) -> gold/fallbacks; each item's nearest neighbours -> gold/similar_items. Users known only
+from the user file (no interactions yet) get their segment's list, or the global one."""
 
 from __future__ import annotations
 
@@ -14,12 +14,15 @@ from pyspark.sql import functions as F
 from nightrec import lake, registry, tracking
 from nightrec.candidates import popularity
 from nightrec.feedback import implicit_feedback
+from nightrec.modeling import UNAVAILABLE
 from nightrec.scoring import recommend, user_rows
+from nightrec.similar import similar_items
 from nightrec.settings import Settings
 from nightrec.stages import stage_main
 from nightrec.stages.train import attributes, start_of, training_events
 
 GLOBAL = "global"
+SEGMENT_PREFIX, GLOBAL_SOURCE = "segment:", f"popular:{GLOBAL}"  # model_version of lists that are fallbacks
 
 
 @dataclass
@@ -29,6 +32,7 @@ class ScoreResult:
     new_users: int
     min_items_per_user: int
     fallback_lists: int
+    similar_items: int
 
 
 def fallback_lists(feedback: DataFrame, users: DataFrame | None, settings: Settings, as_of: dt.datetime) -> DataFrame:
@@ -54,8 +58,21 @@ def new_user_recs(users: DataFrame, feedback: DataFrame, fallbacks: DataFrame) -
         "user_id",
         F.coalesce("item_ids", "g_items").alias("item_ids"),
         F.coalesce("scores", "g_scores").alias("scores"),
-        F.when(F.col("item_ids").isNotNull(), F.concat(F.lit("segment:"), "segment"))
-        .otherwise(F.lit(f"popular:{GLOBAL}")).alias("model_version"))
+        F.when(F.col("item_ids").isNotNull(), F.concat(F.lit(SEGMENT_PREFIX), "segment"))
+        .otherwise(F.lit(GLOBAL_SOURCE)).alias("model_version"))
+
+
+def fallback_segment(model_version):
+    """Column: the segment whose list a gold row copies (null for personal recommendations)."""
+    return (F.when(model_version.startswith(SEGMENT_PREFIX), F.substring(model_version, len(SEGMENT_PREFIX) + 1, 1000))
+            .when(model_version == GLOBAL_SOURCE, F.lit(GLOBAL)))
+
+
+def unavailable_items(items: DataFrame | None) -> set[int]:
+    if items is None:
+        return set()
+    flag = F.lower(F.trim(F.col("attributes")["available"]))
+    return {r.item_id for r in items.where(flag.isin(list(UNAVAILABLE))).select("item_id").collect()}
 
 
 def run(spark: SparkSession, settings: Settings, ds: dt.date) -> ScoreResult:
@@ -64,6 +81,7 @@ def run(spark: SparkSession, settings: Settings, ds: dt.date) -> ScoreResult:
     as_of = start_of(ds + dt.timedelta(days=1))
     feedback = implicit_feedback(training_events(spark, settings, ds), settings.events.weights).cache()
     users = attributes(spark, settings, "users", ds)
+    items = attributes(spark, settings, "items", ds)
     personal = (recommend(bundle, user_rows(feedback, as_of, settings.model.recency_half_life_days), settings.model.top_k)
                 .withColumn("model_version", F.lit(model_version)))
     fallbacks = fallback_lists(feedback, users, settings, as_of).cache()
@@ -72,6 +90,8 @@ def run(spark: SparkSession, settings: Settings, ds: dt.date) -> ScoreResult:
     if users is not None:
         recs = personal.unionByName(new_user_recs(users, feedback, fallbacks))
     lake.replace_partitions(recs.withColumn("dt", F.lit(ds)), settings.table("gold/recommendations"), [ds])
+    similar = similar_items(feedback, settings.model.similar_k, unavailable_items(items))
+    n_similar = lake.replace_partitions(similar.withColumn("dt", F.lit(ds)), settings.table("gold/similar_items"), [ds])
     stored = lake.read_table(spark, settings.table("gold/recommendations"), [ds]).agg(
         F.count("*").alias("users"), F.min(F.size("item_ids")).alias("min_items"),
         F.sum(F.when(F.col("model_version") != model_version, 1).otherwise(0)).alias("new_users")).first()
@@ -79,7 +99,7 @@ def run(spark: SparkSession, settings: Settings, ds: dt.date) -> ScoreResult:
     feedback.unpersist()
     fallbacks.unpersist()
     return ScoreResult(model_version, int(stored["users"]), int(stored["new_users"] or 0),
-                       int(stored["min_items"] or 0), n_lists)
+                       int(stored["min_items"] or 0), n_lists, n_similar)
 
 
 def main(argv=None) -> dict:

@@ -46,7 +46,7 @@ def run(settings: Settings, ds: dt.date) -> SmokeResult:
     if personal.status_code != 200 or len(personal.json()["items"]) != 10 \
             or personal.json()["source"] != "personalized":
         problems.append(f"user {known}: {personal.status_code} {personal.text[:200]}")
-    if fallback.status_code != 200 or fallback.json()["source"] != "popular":
+    if fallback.status_code != 200 or fallback.json()["source"] != "trending":
         problems.append(f"unknown user {unknown}: {fallback.status_code} {fallback.text[:200]}")
     if bad_k.status_code != 422:
         problems.append(f"k=0 answered {bad_k.status_code}, expected 422")
