@@ -37,16 +37,50 @@ def redis_server(tmp_path_factory):
                              "--dir", str(folder)], stdout=subprocess.DEVNULL)
     import redis
 
-    client = redis.Redis(port=port)
-    for _ in range(100):
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.05)
+    _wait_for(redis.Redis(port=port))
     yield f"redis://127.0.0.1:{port}/0"
     proc.terminate()
     proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory):
+    """A real 3-node Redis Cluster (3 primaries, no replicas) on free ports; yields one node's URL."""
+    import redis
+
+    folder = tmp_path_factory.mktemp("redis-cluster")
+    ports = [free_port() for _ in range(3)]
+    procs = []
+    for port in ports:
+        node = folder / str(port)
+        node.mkdir()
+        procs.append(subprocess.Popen(
+            [shutil.which("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+             "--cluster-config-file", str(node / "nodes.conf"), "--save", "", "--appendonly", "no",
+             "--dir", str(node)], stdout=subprocess.DEVNULL))
+    for port in ports:
+        _wait_for(redis.Redis(port=port))
+    subprocess.run(["redis-cli", "--cluster", "create", *[f"127.0.0.1:{p}" for p in ports], "--cluster-replicas", "0",
+                    "--cluster-yes"], check=True, capture_output=True, timeout=60)
+    for _ in range(200):
+        if all(b"cluster_state:ok" in redis.Redis(port=p).execute_command("CLUSTER INFO") for p in ports):
+            break
+        time.sleep(0.05)
+    yield f"redis://127.0.0.1:{ports[0]}/0"
+    for proc in procs:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _wait_for(client) -> None:
+    import redis
+
+    for _ in range(100):
+        try:
+            client.ping()
+            return
+        except redis.ConnectionError:
+            time.sleep(0.05)
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import datetime as dt
 import json
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
 import redis
 from pyspark.sql import DataFrame
@@ -93,9 +94,11 @@ def _write_lists(batches, *, url: str, cluster: bool, prefix: str, version: str,
 
 def _values(chunk: pa.RecordBatch) -> list[bytes]:
     ids, scores = chunk.column(1), chunk.column(2)
-    offsets = ids.offsets.to_numpy() - ids.offsets[0].as_py()
-    values = encode_many(offsets, ids.values.to_numpy(zero_copy_only=False),
-                         scores.values.to_numpy(zero_copy_only=False)) if len(ids) else []
+    offsets = ids.offsets.to_numpy()  # of this slice: relative to the batch's first row
+    if not np.array_equal(np.diff(offsets), np.diff(scores.offsets.to_numpy())):
+        raise PublishError("item_ids and scores differ in length for some rows")
+    values = encode_many(offsets - offsets[0], ids.flatten().to_numpy(zero_copy_only=False),
+                         scores.flatten().to_numpy(zero_copy_only=False))
     if chunk.num_columns > 3:  # users whose list is a segment's: a reference, not a copy
         for row, segment in enumerate(chunk.column(3).to_pylist()):
             if segment is not None:

@@ -7,26 +7,10 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from nightrec import publisher
-from nightrec.redis_layout import Keys, encode
+from helpers import publish_sample
+from nightrec.redis_layout import Keys
 from nightrec.service import create_app
 from nightrec.stages import drain_events
-
-DAY = dt.date(2024, 1, 1)
-UNAVAILABLE = 5
-COMEDY = list(range(2, 201, 2))
-
-
-def publish_sample(spark, redis_url, prefix="test", cluster=False):
-    rows = [(u, list(range(u, u + 100)), [1.0 - i / 100 for i in range(100)], None) for u in (1, 2, 3)]
-    rows.append((4, [60, 61, 62], [3.0, 2.0, 1.0], "gender=F"))  # known user, no history: a segment's list
-    recs = spark.createDataFrame(rows, "user_id int, item_ids array<int>, scores array<float>, segment string")
-    similar = spark.createDataFrame([(10, [11, 12, 13, 14], [0.9, 0.8, 0.7, 0.6])],
-                                    "item_id int, item_ids array<int>, scores array<float>")
-    extras = publisher.Extras({"global": ([50, 40, 30], [0.9, 0.5, 0.1]), "gender=F": ([60, 61, 62], [3.0, 2.0, 1.0])},
-                              {"comedy": COMEDY, "drama": [3, 7, 11]}, [UNAVAILABLE])
-    return publisher.publish(recs, extras, url=redis_url, prefix=prefix, ds=DAY, model_version="nightrec/7",
-                             similar=similar, cluster=cluster)
 
 
 @pytest.fixture

@@ -1,0 +1,79 @@
+"""A loader process killed (SIGKILL) half-way through a big load: the live version never changes and
+every read during and after the kill is a complete, consistent answer of the previous version."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import redis
+from fastapi.testclient import TestClient
+
+from helpers import publish_sample
+from nightrec.redis_layout import Keys
+from nightrec.service import create_app
+
+LOADER = textwrap.dedent("""
+    import datetime as dt, sys
+    from pyspark.sql import functions as F
+    from nightrec import publisher
+    from nightrec.settings import load_settings
+    from nightrec.spark import get_spark
+
+    spark = get_spark(load_settings("local", {}), "killed-loader")
+    users = spark.range(1, 2_000_001, numPartitions=8).select(
+        F.col("id").cast("int").alias("user_id"),
+        F.sequence(F.lit(1000), F.lit(1099)).alias("item_ids"),
+        F.array_repeat(F.lit(0.5).cast("float"), 100).alias("scores"))
+    publisher.publish(users, publisher.Extras({"global": ([1], [1.0])}), url=sys.argv[1], prefix="test",
+                      ds=dt.date(2024, 1, 2), model_version="big/1")
+""")
+
+
+def test_killing_the_loader_mid_load_leaves_the_previous_version_live(spark, redis_url, make_settings):
+    old = publish_sample(spark, redis_url)
+    client = redis.Redis.from_url(redis_url)
+    keys = Keys("test")
+    loader = subprocess.Popen([sys.executable, "-c", LOADER, redis_url], start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    answers, stop = [], threading.Event()
+
+    def read_continuously():
+        with TestClient(create_app(make_settings(redis_url, service__live_cache_seconds=0))) as api:
+            while not stop.is_set():
+                answers.append(api.get("/v1/users/2/recommendations", params={"k": 5}).json())
+
+    reader = threading.Thread(target=read_continuously)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:  # wait until the new version holds a good share of its users
+            new = [v.decode() for v in client.zrange(keys.versions, 0, -1) if v.decode() != old.version]
+            if new and client.dbsize() > 200_000:
+                break
+            assert loader.poll() is None, "the loader ended before it could be killed"
+            time.sleep(0.2)
+        else:
+            raise AssertionError("the loader never got half-way")
+        os.killpg(loader.pid, signal.SIGKILL)  # the Python driver, its JVM and the workers
+        loader.wait(30)
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        reader.join(30)
+        if loader.poll() is None:
+            os.killpg(loader.pid, signal.SIGKILL)
+
+    partial = new[0]
+    assert client.get(keys.live).decode() == old.version
+    assert not client.exists(keys.meta(partial)) and client.exists(keys.user(partial, 1))
+    assert len(answers) > 20
+    expected = {"source": "personalized", "version": old.version, "items": [2, 3, 4, 6, 7]}
+    assert all({"source": a["source"], "version": a["version"], "items": [i["item_id"] for i in a["items"]]}
+               == expected for a in answers)
+    # the next successful publish removes what the killed load left behind
+    after = publish_sample(spark, redis_url)
+    assert partial in after.deleted_versions and not client.exists(keys.user(partial, 1))
