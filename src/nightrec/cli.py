@@ -182,7 +182,7 @@ def status(count: Annotated[bool, typer.Option(help="also count users and list l
         console.print(f"redis {label:>8}: {version.decode() if version else '-'} {meta or ''}", highlight=False)
     if count and live:
         lengths: dict[int, int] = {}
-        for key in client.scan_iter(match=keys.user(live.decode(), 0)[:-1] + "*", count=1000):
+        for key in client.scan_iter(match=keys.user_prefix(live.decode()) + "*", count=1000):
             value = client.get(key)
             stored = decode_user(value) if value is not None else None
             n = "segment list" if isinstance(stored, str) else len(stored[0]) if stored else 0
@@ -229,11 +229,20 @@ def rollback(ds: DsOption, to: Annotated[Optional[str], typer.Option(help="model
 
 
 @app.command()
-def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 1):
-    """Start the lookup service (FastAPI under uvicorn)."""
+def serve(host: str = "127.0.0.1", port: int = 8000,
+          workers: Annotated[int, typer.Option(min=1, help="worker processes (default: one per core)")] = 0,
+          log_level: str = "info", access_log: bool = False):
+    """Start the lookup service (FastAPI under uvicorn, uvloop + httptools)."""
+    import tempfile
+
     import uvicorn
 
-    uvicorn.run("nightrec.service:create_app", factory=True, host=host, port=port, workers=workers)
+    workers = workers or os.cpu_count() or 1
+    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # /metrics adds up every worker's counters from files in this folder (prometheus_client multiprocess mode)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="nightrec-metrics-")
+    uvicorn.run("nightrec.service:create_app", factory=True, host=host, port=port, workers=workers,
+                log_level=log_level, access_log=access_log, proxy_headers=False)
 
 
 @app.command("mlflow-ui")

@@ -74,14 +74,14 @@ def new_version_id(client, keys: Keys, ds: dt.date) -> str:
 def _write_lists(batches, *, url: str, cluster: bool, prefix: str, version: str, kind: str):
     """Runs in Spark tasks: (id, item_ids, scores[, segment]) batches -> MSETs; yields rows written."""
     keys = Keys(prefix)
-    key_of = keys.user if kind == "user" else keys.similar
+    keys_of = keys.users if kind == "user" else keys.similars
     client = connect(url, cluster)
     written = 0
     try:
         for batch in batches:
             for start in range(0, batch.num_rows, BATCH):
                 chunk = batch.slice(start, BATCH)
-                mapping = dict(zip((key_of(version, i) for i in chunk.column(0).to_pylist()), _values(chunk)))
+                mapping = dict(zip(keys_of(version, chunk.column(0).to_pylist()), _values(chunk)))
                 if cluster:
                     client.mset_nonatomic(mapping)
                 else:

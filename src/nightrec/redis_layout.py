@@ -23,6 +23,7 @@ _VERSION_ID = re.compile(r"^[0-9A-Za-z._-]{1,64}$")
 _PREFIX = re.compile(r"^[0-9A-Za-z._-]{1,32}$")
 _NAME = re.compile(r"^[^{}*?\[\]\s\x00-\x1f][^{}*?\[\]\x00-\x1f]{0,99}$")  # segments, categories
 MAX_ID = 2**31 - 1
+MAX_CONSUMED = 1000  # newest consumed items kept per user
 
 GLOBAL_SEGMENT = "global"  # the trending list every unknown user gets
 
@@ -72,16 +73,26 @@ class Keys:
         return f"{{{self.prefix}}}:events:drained"
 
     def consumed(self, user_id: int) -> str:
-        """Sorted set item -> arrival time: items the user took lately (filtered out until published)."""
-        return f"{self.prefix}:consumed:{int(user_id)}"
+        """String of int32 item ids the user took lately (posted events): filtered out until published.
+        Shares the user's hash tag with the user's list, so one MGET reads both, on a cluster too."""
+        return f"{self.prefix}:consumed:{{{int(user_id)}}}"
 
     def meta(self, version: str) -> str:
         """Hash: what a version holds (ds, model_version, counts, categories, published_at)."""
         return f"{self.prefix}:v:{check_version(version)}:meta"
 
     def user(self, version: str, user_id: int) -> str:
-        """A user's ranked list, or a reference to a segment list."""
-        return f"{self.prefix}:v:{check_version(version)}:u:{int(user_id)}"
+        """A user's ranked list, or a reference to a segment list. Hash tag: the user id."""
+        return f"{self.user_prefix(version)}{{{int(user_id)}}}"
+
+    def user_prefix(self, version: str) -> str:
+        """What every user key of a version starts with."""
+        return f"{self.prefix}:v:{check_version(version)}:u:"
+
+    def users(self, version: str, user_ids: list[int]) -> list[str]:
+        """user() of many ids at once (bulk loads)."""
+        prefix = self.user_prefix(version)
+        return [f"{prefix}{{{u}}}" for u in user_ids]
 
     def fallback(self, version: str, segment: str = GLOBAL_SEGMENT) -> str:
         """Ranked list for users without personal recommendations: global trending, or a segment's."""
@@ -89,7 +100,14 @@ class Keys:
 
     def similar(self, version: str, item_id: int) -> str:
         """Ranked list of an item's nearest neighbours."""
-        return f"{self.prefix}:v:{check_version(version)}:sim:{int(item_id)}"
+        return f"{self.similar_prefix(version)}{int(item_id)}"
+
+    def similar_prefix(self, version: str) -> str:
+        return f"{self.prefix}:v:{check_version(version)}:sim:"
+
+    def similars(self, version: str, item_ids: list[int]) -> list[str]:
+        prefix = self.similar_prefix(version)
+        return [f"{prefix}{i}" for i in item_ids]
 
     def category(self, version: str, name: str) -> str:
         """Id set: the items of one category."""
@@ -195,3 +213,15 @@ def decode_id_set(value: bytes) -> frozenset[int]:
     if codec != ID_SET or len(value) != _SET_HEADER.size + count * _IDS.itemsize:
         raise ValueError(f"not a codec {ID_SET} id set of {count} ids")
     return frozenset(np.frombuffer(value, dtype=_IDS, count=count, offset=_SET_HEADER.size).tolist())
+
+
+def encode_consumed(item_id: int) -> bytes:
+    """One consumed item as appended to a user's consumed key: int32, little-endian, no header."""
+    _check_ids(np.asarray([item_id], dtype=np.int64))
+    return _IDS.type(item_id).tobytes()
+
+
+def decode_consumed(value: bytes | None) -> set[int]:
+    if not value:
+        return set()
+    return set(np.frombuffer(value, dtype=_IDS, count=len(value) // _IDS.itemsize).tolist())

@@ -1,9 +1,13 @@
 """Lookup service: recommendations, similar items and event capture, straight from the live Redis version.
 
 A version is immutable once live, so what every request of it shares (meta, fallback lists,
-category members, unavailable items) is read once per worker and kept; a request then costs one
-Redis round trip (the user's list and the items the user consumed since the publish). The live
-version id itself is re-read at most every `service.live_cache_seconds`.
+category members, unavailable items) is read once per worker and kept; a lookup then costs one
+Redis command (MGET of the user's list and the items the user consumed lately). The live version
+id itself is re-read at most every `service.live_cache_seconds`.
+
+GET /v1/users/{id}/recommendations is the hot path: a plainly valid request is answered by a small
+ASGI layer in front of FastAPI's routing and validation (which cost more than the lookup itself);
+anything else goes through FastAPI, so errors and docs come from one place. Both call Lookup.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import datetime as dt
 import json
 import logging
 import os
+import re
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -24,13 +29,25 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisError
 
-from nightrec.redis_layout import GLOBAL_SEGMENT, MAX_ID, Keys, decode, decode_id_set, decode_user
+from nightrec.redis_layout import (GLOBAL_SEGMENT, MAX_CONSUMED, MAX_ID, Keys, decode, decode_consumed, decode_id_set,
+                                   decode_user, encode_consumed)
+from nightrec.resp import MultiplexedRedis
 from nightrec.settings import Settings, load_settings
 
 MAX_K = 100
 MAX_EXCLUDE = 100
 FUTURE_SLACK = dt.timedelta(minutes=5)  # clocks differ: events a little ahead of ours are accepted
+REDIS_TIMEOUT = 1.0  # seconds; a slower Redis is reported as unavailable (503)
+# Append an item to a user's consumed list, keep the newest MAX_CONSUMED, restart the expiry.
+CONSUMED_SCRIPT = """
+redis.call('APPEND', KEYS[1], ARGV[1])
+local size = redis.call('STRLEN', KEYS[1])
+local limit = tonumber(ARGV[2])
+if size > limit then redis.call('SET', KEYS[1], redis.call('GETRANGE', KEYS[1], size - limit, -1)) end
+return redis.call('EXPIRE', KEYS[1], ARGV[3])
+"""
 log = logging.getLogger("nightrec.service")
 
 Source = Literal["personalized", "segment", "trending"]
@@ -182,74 +199,69 @@ def ranked(ids: list[int], scores: list[float], k: int, drop: set[int] | frozens
     return items
 
 
+def unreadable(what: str, version: str, error: ValueError) -> HTTPException:
+    log.error("unreadable value for %s in version %s: %s", what, version, error)
+    return HTTPException(503, f"stored recommendations of version {version} are unreadable")
+
+
 def json_response(body: dict, status: int = 200) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type="application/json")
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or load_settings()
-    keys = Keys(settings.redis.prefix)
-    options = settings.service
-    event_types = sorted(settings.events.weights)
-    metrics = Metrics()
+class Lookup:
+    """Everything a request needs: Redis clients, the live version, per-version caches."""
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):
+    def __init__(self, settings: Settings):
+        self.keys = Keys(settings.redis.prefix)
+        self.options = settings.service
+        self.event_types = sorted(settings.events.weights)
         if settings.redis.cluster:
-            app.state.redis = RedisCluster.from_url(settings.redis.url)
+            self.redis = RedisCluster.from_url(settings.redis.url, socket_timeout=REDIS_TIMEOUT)
+            self.hot = self.redis  # user and consumed keys share a hash tag: MGET works on a cluster
         else:
-            app.state.redis = aioredis.Redis.from_url(settings.redis.url)
-        app.state.live = (None, 0.0)
-        app.state.versions = {}
-        yield
-        await app.state.redis.aclose()
+            self.redis = aioredis.Redis.from_url(settings.redis.url, socket_timeout=REDIS_TIMEOUT)
+            self.hot = MultiplexedRedis(settings.redis.url, REDIS_TIMEOUT)
+        self.live: tuple[str | None, float] = (None, 0.0)
+        self.versions: dict[str, VersionData] = {}
 
-    app = FastAPI(title="nightrec lookup", version="1", lifespan=lifespan,
-                  description="Precomputed recommendations from the live Redis version. Layout: docs/redis-layout.md")
+    async def aclose(self) -> None:
+        await self.redis.aclose()
+        if self.hot is not self.redis:
+            await self.hot.aclose()
 
-    app.add_middleware(Observe, metrics=metrics, max_body_bytes=options.max_body_bytes)
-
-    @app.exception_handler(aioredis.RedisError)
-    async def redis_unavailable(request: Request, exc: aioredis.RedisError):
-        log.warning("redis error on %s: %r", request.url.path, exc)  # details stay in the log, not the answer
-        return JSONResponse(status_code=503, content={"detail": "recommendation store unavailable"})
-
-    async def live_version(request: Request) -> str:
-        state = request.app.state
-        version, read_at = state.live
-        if version is None or time.monotonic() - read_at >= options.live_cache_seconds:
-            value = await state.redis.get(keys.live)
+    async def live_version(self) -> str:
+        version, read_at = self.live
+        if version is None or time.monotonic() - read_at >= self.options.live_cache_seconds:
+            value = await self.redis.get(self.keys.live)
             if value is None:
                 raise HTTPException(503, "no recommendations have been published yet")
             version = value.decode()
-            state.live = (version, time.monotonic())
+            self.live = (version, time.monotonic())
         return version
 
-    async def version_data(request: Request, version: str) -> VersionData:
-        known = request.app.state.versions
-        if version not in known:
-            client = request.app.state.redis
-            meta = {k.decode(): v.decode() for k, v in (await client.hgetall(keys.meta(version))).items()}
+    async def version_data(self, version: str) -> VersionData:
+        if version not in self.versions:
+            meta = {k.decode(): v.decode() for k, v in (await self.redis.hgetall(self.keys.meta(version))).items()}
             if not meta:
                 raise HTTPException(503, f"live version {version} has no meta key")
-            unavailable = await client.get(keys.unavailable(version))
+            unavailable = await self.redis.get(self.keys.unavailable(version))
             data = VersionData(meta.get("model_version", ""), frozenset(json.loads(meta.get("segments", "[]"))),
                                frozenset(json.loads(meta.get("categories", "[]"))),
                                decode_id_set(unavailable) if unavailable else frozenset())
-            for old in list(known)[:-2]:  # the live one and the one before are enough
-                del known[old]
-            known[version] = data
-        return known[version]
+            for old in list(self.versions)[:-2]:  # the live one and the one before are enough
+                del self.versions[old]
+            self.versions[version] = data
+        return self.versions[version]
 
-    async def fallback(request: Request, version: str, data: VersionData, segment: str):
+    async def fallback(self, version: str, data: VersionData, segment: str) -> tuple[list[int], list[float]]:
         if segment not in data.fallbacks:
-            value = await request.app.state.redis.get(keys.fallback(version, segment))
+            value = await self.redis.get(self.keys.fallback(version, segment))
             if value is None:
                 raise HTTPException(503, f"live version {version} has no {segment!r} list")
             data.fallbacks[segment] = decode(value)
         return data.fallbacks[segment]
 
-    async def category_members(request: Request, version: str, data: VersionData, category: str | None):
+    async def category_members(self, version: str, data: VersionData, category: str | None) -> frozenset[int] | None:
         if category is None:
             return None
         name = category.strip().lower()
@@ -257,13 +269,135 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             shown = ", ".join(sorted(data.categories)[:30]) or "none published"
             raise invalid("category", f"unknown category {category!r}; known: {shown}")
         if name not in data.members:
-            value = await request.app.state.redis.get(keys.category(version, name))
+            value = await self.redis.get(self.keys.category(version, name))
             data.members[name] = decode_id_set(value) if value is not None else frozenset()
         return data.members[name]
 
-    def unreadable(what: str, version: str, error: ValueError) -> HTTPException:
-        log.error("unreadable value for %s in version %s: %s", what, version, error)
-        return HTTPException(503, f"stored recommendations of version {version} are unreadable")
+    async def recommendations(self, user_id: int, k: int, category: str | None, exclude: str | None) -> dict:
+        drop = parse_exclude(exclude)
+        version = await self.live_version()
+        data = await self.version_data(version)
+        keep_only = await self.category_members(version, data, category)
+        value, consumed = await self.hot.mget(self.keys.user(version, user_id), self.keys.consumed(user_id))
+        try:
+            stored = decode_user(value) if value is not None else GLOBAL_SEGMENT
+        except ValueError as error:
+            raise unreadable(f"user {user_id}", version, error) from None
+        if isinstance(stored, str):
+            segment = stored
+            source = "trending" if segment == GLOBAL_SEGMENT else "segment"
+            ids, scores = await self.fallback(version, data, segment)
+        else:
+            source, segment = "personalized", None
+            ids, scores = stored
+        drop |= data.unavailable
+        drop |= decode_consumed(consumed)
+        return {"user_id": user_id, "source": source, "segment": segment, "version": version,
+                "model_version": data.model_version, "items": ranked(ids, scores, k, drop, keep_only)}
+
+    async def similar(self, item_id: int, k: int, category: str | None, exclude: str | None) -> dict:
+        drop = parse_exclude(exclude)
+        version = await self.live_version()
+        data = await self.version_data(version)
+        keep_only = await self.category_members(version, data, category)
+        value = await self.redis.get(self.keys.similar(version, item_id))
+        if value is None:
+            raise HTTPException(404, f"item {item_id} has no neighbours in version {version}")
+        try:
+            ids, scores = decode(value)
+        except ValueError as error:
+            raise unreadable(f"item {item_id}", version, error) from None
+        return {"item_id": item_id, "version": version, "items": ranked(ids, scores, k, drop | data.unavailable, keep_only)}
+
+    async def record(self, event: Event) -> str:
+        """Append to the stream; the item leaves the user's lists at once. Returns the stream id."""
+        now = dt.datetime.now(dt.timezone.utc)
+        ts = event.ts or now
+        if event.event_type.lower() not in self.event_types:
+            raise invalid("event_type", f"unknown event type {event.event_type!r}; use one of {self.event_types}",
+                          "body")
+        if ts > now + FUTURE_SLACK:
+            raise invalid("ts", "ts lies in the future", "body")
+        fields = {"user_id": event.user_id, "item_id": event.item_id, "event_type": event.event_type.lower(),
+                  "value": "" if event.value is None else repr(event.value),
+                  "ts": ts.astimezone(dt.timezone.utc).isoformat()}
+        stream_id = await self.redis.xadd(self.keys.events, fields, maxlen=self.options.events_max_len,
+                                          approximate=True)
+        await self.redis.eval(CONSUMED_SCRIPT, 1, self.keys.consumed(event.user_id), encode_consumed(event.item_id),
+                              4 * MAX_CONSUMED, int(self.options.consumed_ttl_days * 86400))
+        return stream_id.decode()
+
+
+class FastRecommendations:
+    """The service's outermost ASGI layer: answers plainly valid GET /v1/users/{id}/recommendations
+    itself; every other request (and one it does not accept verbatim) goes on to the FastAPI app."""
+
+    PATH = re.compile(r"^/v1/users/([1-9][0-9]{0,9})/recommendations$")
+    QUERY = re.compile(r"^[A-Za-z0-9_=&,.-]*$")  # no escapes: anything fancier is FastAPI's to parse
+    ROUTE = "/v1/users/{user_id}/recommendations"
+
+    def __init__(self, app: FastAPI, metrics: Metrics):
+        self.app, self.metrics = app, metrics
+
+    def arguments(self, scope) -> dict | None:
+        match = self.PATH.match(scope["path"])
+        query = scope["query_string"]
+        if match is None or scope["method"] != "GET" or not self.QUERY.match(query.decode("latin-1")):
+            return None
+        user_id = int(match[1])
+        args = {"user_id": user_id, "k": 10, "category": None, "exclude": None}
+        seen = set()
+        for pair in query.decode().split("&") if query else ():
+            name, _, value = pair.partition("=")
+            if name in seen or name not in ("k", "category", "exclude") or not value:
+                return None
+            seen.add(name)
+            args[name] = value
+        k = args["k"]
+        if isinstance(k, str):
+            if not k.isdigit() or not 1 <= int(k) <= MAX_K:
+                return None
+            args["k"] = int(k)
+        return args if user_id <= MAX_ID else None
+
+    async def __call__(self, scope, receive, send):
+        args = self.arguments(scope) if scope["type"] == "http" else None
+        if args is None:
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        try:
+            body, status = await self.app.state.lookup.recommendations(**args), 200
+            self.metrics.sources.labels(body["source"]).inc()
+        except HTTPException as error:
+            body, status = {"detail": error.detail}, error.status_code
+        except RedisError as error:
+            log.warning("redis error on %s: %r", scope["path"], error)
+            body, status = {"detail": "recommendation store unavailable"}, 503
+        await json_response(body, status)(scope, receive, send)
+        self.metrics.latency.labels(self.ROUTE).observe(time.perf_counter() - started)
+        self.metrics.responses.labels(self.ROUTE, str(status)).inc()
+
+
+def create_app(settings: Settings | None = None) -> FastRecommendations:
+    """The ASGI app: the FastAPI service behind its fast path (see FastRecommendations)."""
+    settings = settings or load_settings()
+    metrics = Metrics()
+    max_body = settings.service.max_body_bytes
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        app.state.lookup = Lookup(settings)
+        yield
+        await app.state.lookup.aclose()
+
+    app = FastAPI(title="nightrec lookup", version="1", lifespan=lifespan,
+                  description="Precomputed recommendations from the live Redis version. Layout: docs/redis-layout.md")
+    app.add_middleware(Observe, metrics=metrics, max_body_bytes=max_body)
+
+    @app.exception_handler(RedisError)
+    async def redis_unavailable(request: Request, exc: RedisError):
+        log.warning("redis error on %s: %r", request.url.path, exc)  # details stay in the log, not the answer
+        return JSONResponse(status_code=503, content={"detail": "recommendation store unavailable"})
 
     @app.get("/v1/users/{user_id}/recommendations", response_model=Recommendations,
              responses={422: {"description": "invalid user id, k, category or exclude"},
@@ -272,32 +406,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                               exclude: ExcludeFilter = None):
         """The user's top k, best first, without excluded, unavailable and recently consumed items.
         Users without a personal list get their segment's list or the global trending one."""
-        drop = parse_exclude(exclude)
-        version = await live_version(request)
-        data = await version_data(request, version)
-        keep_only = await category_members(request, version, data, category)
-        async with request.app.state.redis.pipeline(transaction=False) as pipe:
-            pipe.get(keys.user(version, user_id))
-            pipe.zrange(keys.consumed(user_id), 0, -1)
-            value, consumed = await pipe.execute()
-        segment = GLOBAL_SEGMENT
-        try:
-            stored = decode_user(value) if value is not None else GLOBAL_SEGMENT
-        except ValueError as error:
-            raise unreadable(f"user {user_id}", version, error) from None
-        if isinstance(stored, str):
-            segment = stored
-            source = "trending" if segment == GLOBAL_SEGMENT else "segment"
-            ids, scores = await fallback(request, version, data, segment)
-        else:
-            source, segment = "personalized", None
-            ids, scores = stored
-        drop |= data.unavailable
-        drop.update(int(i) for i in consumed)
-        metrics.sources.labels(source).inc()
-        return json_response({"user_id": user_id, "source": source, "segment": segment, "version": version,
-                              "model_version": data.model_version,
-                              "items": ranked(ids, scores, k, drop, keep_only)})
+        body = await request.app.state.lookup.recommendations(user_id, k, category, exclude)
+        metrics.sources.labels(body["source"]).inc()
+        return json_response(body)
 
     @app.get("/v1/items/{item_id}/similar", response_model=SimilarItems,
              responses={404: {"description": "the item has no neighbours in the live version"},
@@ -305,19 +416,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def similar(request: Request, item_id: ItemId, k: K = 10, category: CategoryFilter = None,
                       exclude: ExcludeFilter = None):
         """Items most often taken by the same users as this one (precomputed nightly)."""
-        drop = parse_exclude(exclude)
-        version = await live_version(request)
-        data = await version_data(request, version)
-        keep_only = await category_members(request, version, data, category)
-        value = await request.app.state.redis.get(keys.similar(version, item_id))
-        if value is None:
-            raise HTTPException(404, f"item {item_id} has no neighbours in version {version}")
-        try:
-            ids, scores = decode(value)
-        except ValueError as error:
-            raise unreadable(f"item {item_id}", version, error) from None
-        return json_response({"item_id": item_id, "version": version,
-                              "items": ranked(ids, scores, k, drop | data.unavailable, keep_only)})
+        return json_response(await request.app.state.lookup.similar(item_id, k, category, exclude))
 
     @app.post("/v1/events", status_code=202, response_model=Accepted,
               openapi_extra={"requestBody": {"required": True, "content": {
@@ -327,30 +426,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Record an interaction: appended to the event stream (the nightly run drains it into the
         landing zone) and the item is left out of the user's recommendations from now on."""
         body = await request.body()
-        if len(body) > options.max_body_bytes:
-            raise HTTPException(413, f"request body over {options.max_body_bytes} bytes")
+        if len(body) > max_body:
+            raise HTTPException(413, f"request body over {max_body} bytes")
         try:
             event = Event.model_validate_json(body)
         except ValidationError as error:
             details = [{"loc": ["body", *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in error.errors()]
             raise HTTPException(422, details) from None
-        now = dt.datetime.now(dt.timezone.utc)
-        ts = event.ts or now
-        if event.event_type.lower() not in event_types:
-            raise invalid("event_type", f"unknown event type {event.event_type!r}; use one of {event_types}", "body")
-        if ts > now + FUTURE_SLACK:
-            raise invalid("ts", "ts lies in the future", "body")
-        ttl = int(options.consumed_ttl_days * 86400)
-        fields = {"user_id": event.user_id, "item_id": event.item_id, "event_type": event.event_type.lower(),
-                  "value": "" if event.value is None else repr(event.value),
-                  "ts": ts.astimezone(dt.timezone.utc).isoformat()}
-        async with request.app.state.redis.pipeline(transaction=False) as pipe:
-            pipe.xadd(keys.events, fields, maxlen=options.events_max_len, approximate=True)
-            pipe.zadd(keys.consumed(event.user_id), {event.item_id: now.timestamp()})  # kept from arrival
-            pipe.zremrangebyscore(keys.consumed(event.user_id), "-inf", now.timestamp() - ttl)
-            pipe.expire(keys.consumed(event.user_id), ttl)
-            stream_id, *_ = await pipe.execute()
-        return json_response({"id": stream_id.decode()}, status=202)
+        return json_response({"id": await request.app.state.lookup.record(event)}, status=202)
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus():
@@ -358,9 +441,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/healthz")
     async def healthz(request: Request):
-        await request.app.state.redis.ping()
-        version = await request.app.state.redis.get(keys.live)
+        lookup = request.app.state.lookup
+        await lookup.redis.ping()
+        version = await lookup.redis.get(lookup.keys.live)
         return {"status": "ok", "live_version": version.decode() if version else None}
 
-    return app
-
+    return FastRecommendations(app, metrics)

@@ -33,8 +33,8 @@ def snapshot(home: Path, client: redis.Redis) -> tuple[dict, dict]:
     counts = {t: DeltaTable(str(home / "lake" / t)).to_pyarrow_table().num_rows for t in TABLES}
     keys = Keys("test")
     live = client.get(keys.live).decode()
-    recs = {int(k.rsplit(b":", 1)[1]): item_ids(decode_user(client.get(k)))
-            for k in client.scan_iter(match=keys.user(live, 0)[:-1] + "*")}
+    recs = {int(k.rsplit(b":", 1)[1].strip(b"{}")): item_ids(decode_user(client.get(k)))
+            for k in client.scan_iter(match=keys.user_prefix(live) + "*")}
     return counts, recs
 
 

@@ -49,6 +49,16 @@ def test_category_and_exclude_filter_the_stored_list(api):
     assert response.status_code == 422 and "known: comedy, drama" in response.json()["detail"][0]["msg"]
 
 
+@pytest.mark.parametrize("user", [2, 4, 777])
+def test_the_fast_path_and_fastapi_answer_alike(api, user):
+    # Percent-escapes send a request through FastAPI's own parsing; plain ones take the fast path.
+    for plain, escaped in (("k=3&category=comedy", "k=3&category=%63omedy"), ("exclude=2,3", "exclude=2%2C3"),
+                           ("k=7&category=Western", "k=7&category=%57estern"), ("", "k=%310")):
+        fast = api.get(f"/v1/users/{user}/recommendations?{plain}")
+        slow = api.get(f"/v1/users/{user}/recommendations?{escaped}")
+        assert (fast.status_code, fast.json()) == (slow.status_code, slow.json())
+
+
 def test_users_without_a_personal_list_get_a_fallback_that_says_which(api):
     unknown = api.get("/v1/users/777/recommendations", params={"k": 2}).json()
     assert unknown["source"] == "trending" and unknown["segment"] == "global"

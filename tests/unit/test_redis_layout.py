@@ -3,8 +3,8 @@ import struct
 import numpy as np
 import pytest
 
-from nightrec.redis_layout import (Keys, decode, decode_id_set, decode_user, encode, encode_id_set, encode_many,
-                                   encode_segment_ref)
+from nightrec.redis_layout import (Keys, decode, decode_consumed, decode_id_set, decode_user, encode,
+                                   encode_consumed, encode_id_set, encode_many, encode_segment_ref)
 
 
 def test_keys_are_exactly_as_documented():
@@ -15,9 +15,11 @@ def test_keys_are_exactly_as_documented():
     assert keys.sequence == "{nightrec}:seq"
     assert keys.events == "{nightrec}:events"
     assert keys.events_drained == "{nightrec}:events:drained"
-    assert keys.consumed(42) == "nightrec:consumed:42"
+    assert keys.consumed(42) == "nightrec:consumed:{42}"
     assert keys.meta("19980422.7") == "nightrec:v:19980422.7:meta"
-    assert keys.user("19980422.7", 42) == "nightrec:v:19980422.7:u:42"
+    assert keys.user("19980422.7", 42) == "nightrec:v:19980422.7:u:{42}"
+    assert keys.users("19980422.7", [42, 7]) == [keys.user("19980422.7", 42), keys.user("19980422.7", 7)]
+    assert keys.similars("19980422.7", [50]) == [keys.similar("19980422.7", 50)]
     assert keys.fallback("19980422.7") == "nightrec:v:19980422.7:fb:global"
     assert keys.fallback("19980422.7", "age=25-34|gender=F") == "nightrec:v:19980422.7:fb:age=25-34|gender=F"
     assert keys.similar("19980422.7", 50) == "nightrec:v:19980422.7:sim:50"
@@ -45,6 +47,14 @@ def test_encoding_is_byte_exact():
     assert len(encode(range(1, 101), [0.1] * 100)) == 3 + 100 * 6
     assert encode_segment_ref("gender=F") == b"\x02gender=F"
     assert encode_id_set([300, 7, 7]) == b"\x03" + struct.pack("<I", 2) + struct.pack("<ii", 7, 300)
+
+
+def test_consumed_items_are_appended_int32s():
+    value = encode_consumed(7) + encode_consumed(300) + encode_consumed(7)
+    assert value == struct.pack("<iii", 7, 300, 7)
+    assert decode_consumed(value) == {7, 300} and decode_consumed(None) == set()
+    with pytest.raises(ValueError):
+        encode_consumed(0)
 
 
 def test_encode_many_equals_encode_row_by_row():
