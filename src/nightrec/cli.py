@@ -109,7 +109,7 @@ def _follow(command: list[str], env: dict, log_path: Path) -> int:
 
 
 @app.command()
-def stage(name: Annotated[str, typer.Argument(help="ingest|validate|train|score|publish|smoke")], ds: DsOption,
+def stage(name: Annotated[str, typer.Argument(help="drain_events|ingest|validate|train|score|publish|smoke")], ds: DsOption,
           lookback_days: Annotated[int, typer.Option(min=1)] = 1):
     """Run one stage directly (no Airflow), e.g. to debug or re-run a single step."""
     from nightrec.orchestration import run_stage
