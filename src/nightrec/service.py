@@ -425,9 +425,11 @@ def create_app(settings: Settings | None = None) -> FastRecommendations:
     async def post_event(request: Request):
         """Record an interaction: appended to the event stream (the nightly run drains it into the
         landing zone) and the item is left out of the user's recommendations from now on."""
-        body = await request.body()
-        if len(body) > max_body:
-            raise HTTPException(413, f"request body over {max_body} bytes")
+        body = bytearray()
+        async for chunk in request.stream():  # bodies without a content-length are capped as they arrive
+            body += chunk
+            if len(body) > max_body:
+                raise HTTPException(413, f"request body over {max_body} bytes")
         try:
             event = Event.model_validate_json(body)
         except ValidationError as error:

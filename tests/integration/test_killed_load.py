@@ -1,6 +1,7 @@
 """A loader process killed (SIGKILL) half-way through a big load: the live version never changes and
 every read during and after the kill is a complete, consistent answer of the previous version."""
 
+import datetime as dt
 import os
 import signal
 import subprocess
@@ -77,3 +78,36 @@ def test_killing_the_loader_mid_load_leaves_the_previous_version_live(spark, red
     # the next successful publish removes what the killed load left behind
     after = publish_sample(spark, redis_url)
     assert partial in after.deleted_versions and not client.exists(keys.user(partial, 1))
+
+
+def test_the_loader_retries_when_redis_drops_its_connections(spark, redis_url):
+    from pyspark.sql import functions as F
+
+    from nightrec import publisher
+    from nightrec.redis_layout import decode
+
+    client = redis.Redis.from_url(redis_url)
+    users = spark.range(1, 300_001, numPartitions=4).select(
+        F.col("id").cast("int").alias("user_id"), F.array(F.col("id").cast("int")).alias("item_ids"),
+        F.array(F.lit(1.0).cast("float")).alias("scores")).cache()
+    users.count()
+    kills, stop = [], threading.Event()
+
+    def drop_connections():  # a flaky network: every loader connection is cut, again and again
+        while not stop.is_set():
+            if client.dbsize() > 20_000:
+                kills.append(client.client_kill_filter(_type="normal", skipme=True))
+            time.sleep(0.05)
+
+    cutter = threading.Thread(target=drop_connections)
+    cutter.start()
+    try:
+        result = publisher.publish(users, publisher.Extras({"global": ([1], [1.0])}), url=redis_url, prefix="test",
+                                   ds=dt.date(2024, 1, 3), model_version="flaky/1")
+    finally:
+        stop.set()
+        cutter.join(10)
+    assert sum(kills) > 0  # connections really were cut during the load
+    assert result.users == 300_000 and client.get(Keys("test").live).decode() == result.version
+    assert len(list(client.scan_iter(match=Keys("test").user_prefix(result.version) + "*", count=10_000))) == 300_000
+    assert decode(client.get(Keys("test").user(result.version, 123_456)))[0] == [123_456]

@@ -110,6 +110,8 @@ def test_malformed_and_oversize_bodies_are_4xx(api):
     assert api.post("/v1/events", content=b"[]").status_code == 422
     huge = json.dumps({"user_id": 1, "item_id": 2, "event_type": "click", "pad": "x" * 70000})
     assert api.post("/v1/events", content=huge).status_code == 413
+    chunked = api.post("/v1/events", content=iter([huge[:40000].encode(), huge[40000:].encode()]))  # no length
+    assert chunked.status_code == 413 and "over 65536 bytes" in chunked.json()["detail"]
 
 
 @pytest.mark.parametrize("path", [
