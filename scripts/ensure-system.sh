@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# System packages nightrec needs beside its virtualenv: Java 17 (Spark) and redis-server.
+# System packages nightrec needs beside its virtualenv: Java 17 (Spark), redis-server (with
+# redis-cli and redis-benchmark) and openssl (the tests' TLS Redis).
 # Installs them with apt on Debian/Ubuntu; elsewhere says what to install.
 set -euo pipefail
 
 need=()
 command -v java >/dev/null 2>&1 || need+=(openjdk-17-jre-headless)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 [ ${#need[@]} -eq 0 ] && exit 0
 
 if command -v apt-get >/dev/null 2>&1; then
@@ -15,7 +17,7 @@ if command -v apt-get >/dev/null 2>&1; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 else
-  echo "nightrec needs: ${need[*]} (Java 17 for Spark, redis-server for serving and tests)." >&2
+  echo "nightrec needs: ${need[*]} (Java 17 for Spark, redis-server for serving and tests, openssl for tests)." >&2
   echo "This system has no apt-get: install them with your package manager, then re-run make." >&2
   exit 1
 fi

@@ -96,11 +96,15 @@ class MultiplexedRedis:
                     else:
                         _, protocol = await loop.create_connection(_Protocol, o.get("host", "localhost"),
                                                                    o.get("port", 6379), ssl=self._tls())
-                    if o.get("password"):
-                        auth = ("AUTH", o["username"], o["password"]) if o.get("username") else ("AUTH", o["password"])
-                        await protocol.call(*auth)
-                    if o.get("db"):
-                        await protocol.call("SELECT", o["db"])
+                    try:
+                        if o.get("password"):
+                            auth = ("AUTH", o["username"], o["password"]) if o.get("username") else ("AUTH", o["password"])
+                            await protocol.call(*auth)
+                        if o.get("db"):
+                            await protocol.call("SELECT", o["db"])
+                    except BaseException:
+                        protocol.transport.close()
+                        raise
             except (OSError, asyncio.TimeoutError) as error:
                 raise ConnectionError(f"cannot connect to redis: {error!r}") from None
             self._protocol = protocol
