@@ -3,7 +3,9 @@
     .venv/bin/python bench/loader.py --users 1000000
 
 Starts its own redis-server on a free port (nothing else in it), so INFO memory is ours alone.
-Both writers run one after the other on this machine: the ratio is the figure to quote.
+The loader reads (user_id, value) rows as the score stage leaves them in gold/recommendations
+(value: the list already packed, 603 bytes). Both writers run alternately, best of two each, on
+this machine: the ratio is the figure to quote.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pyspark.sql import functions as F
 
 from nightrec import publisher
 from nightrec.redis_layout import encode
+from nightrec.scoring import with_serving_value
 from nightrec.settings import load_settings
 from nightrec.spark import get_spark
 
@@ -66,15 +69,19 @@ def main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     spark = get_spark(load_settings(), "nightrec-bench-loader")
     cores = spark.sparkContext.defaultParallelism
-    recs = (spark.range(1, args.users + 1, numPartitions=cores * 2)
-            .select(F.col("id").cast("int").alias("user_id"),
-                    F.transform(F.sequence(F.lit(1), F.lit(100)),
-                                lambda i: (F.pmod(F.col("id") * 7919 + i * 104729, F.lit(50_000)) + 1).cast("int"))
-                    .alias("item_ids"),
-                    F.transform(F.sequence(F.lit(1), F.lit(100)), lambda i: (F.lit(1.0) / i).cast("float"))
-                    .alias("scores"))
-            .cache())
-    recs.count()  # built once, in memory: the timings below are the writes
+    lists = (spark.range(1, args.users + 1, numPartitions=cores * 2)
+             .select(F.col("id").cast("int").alias("user_id"),
+                     F.transform(F.sequence(F.lit(1), F.lit(100)),
+                                 lambda i: (F.pmod(F.col("id") * 7919 + i * 104729, F.lit(50_000)) + 1).cast("int"))
+                     .alias("item_ids"),
+                     F.transform(F.sequence(F.lit(1), F.lit(100)), lambda i: (F.lit(1.0) / i).cast("float"))
+                     .alias("scores")))
+    # (user_id, value) as the score stage writes it to gold/recommendations, built once, in memory:
+    # the timings below are the writes
+    recs = lists.mapInArrow(lambda batches: map(with_serving_value, batches),
+                            "user_id int, item_ids array<int>, scores array<float>, value binary")
+    recs = recs.select("user_id", "value").cache()
+    recs.count()
 
     with tempfile.TemporaryDirectory() as folder:
         proc, port = start_redis(folder)
@@ -82,7 +89,7 @@ def main(argv: list[str]) -> None:
             client = redis.Redis(port=port)
             url = f"redis://127.0.0.1:{port}/0"
             load = dict(url=url, cluster=False, prefix="nightrec", kind="user")
-            publisher.load_lists(recs.limit(10_000), version="0", **load)  # Python workers started, code loaded
+            publisher.load_values(recs.limit(10_000), version="0", **load)  # Python workers started, code loaded
             bench_rates, load_seconds = [], []
             for attempt in range(2):  # alternating, best of two each: the machine is shared
                 client.flushall()
@@ -90,14 +97,13 @@ def main(argv: list[str]) -> None:
                 client.flushall()
                 empty = used_memory(client)
                 started = time.perf_counter()
-                written = publisher.load_lists(recs, version=f"19980422.{attempt}", **load)
+                written = publisher.load_values(recs, version=f"19980422.{attempt}", **load)
                 load_seconds.append(time.perf_counter() - started)
                 per_user = (used_memory(client) - empty) / written
             bench_rate, load_seconds = max(bench_rates), min(load_seconds)
             client.flushall()
             started = time.perf_counter()
-            publisher.publish(recs.withColumn("segment", F.lit(None).cast("string")),
-                              publisher.Extras({"global": ([1], [1.0])}), url=url, prefix="nightrec",
+            publisher.publish(recs, publisher.Extras({"global": ([1], [1.0])}), url=url, prefix="nightrec",
                               ds=dt.date(1998, 4, 22), model_version="bench/1")
             publish_seconds = time.perf_counter() - started
         finally:

@@ -1,6 +1,7 @@
 -- The lake's Delta tables as Spark SQL DDL, for registering them in a metastore where
 -- delta-spark is available (LOCATION = paths.lake + the table name). nightrec itself writes them
 -- with delta-rs (docs/lake.md); tests/integration/test_pipeline_to_redis.py keeps this file in step.
+-- `value` columns hold each list packed as Redis stores it (docs/redis-layout.md), made by the score stage.
 
 CREATE TABLE IF NOT EXISTS nightrec.bronze_interactions (
   user_id STRING, item_id STRING, event_type STRING, value STRING, ts STRING,
@@ -25,7 +26,7 @@ CREATE TABLE IF NOT EXISTS nightrec.quarantine_interactions (
 ) USING DELTA PARTITIONED BY (dt) LOCATION '${lake}/quarantine/interactions';
 
 CREATE TABLE IF NOT EXISTS nightrec.gold_recommendations (
-  user_id INT, item_ids ARRAY<INT>, scores ARRAY<FLOAT>, model_version STRING, dt DATE
+  user_id INT, item_ids ARRAY<INT>, scores ARRAY<FLOAT>, value BINARY, model_version STRING, dt DATE
 ) USING DELTA PARTITIONED BY (dt) LOCATION '${lake}/gold/recommendations';
 
 CREATE TABLE IF NOT EXISTS nightrec.gold_fallbacks (
@@ -33,5 +34,5 @@ CREATE TABLE IF NOT EXISTS nightrec.gold_fallbacks (
 ) USING DELTA PARTITIONED BY (dt) LOCATION '${lake}/gold/fallbacks';
 
 CREATE TABLE IF NOT EXISTS nightrec.gold_similar_items (
-  item_id INT, item_ids ARRAY<INT>, scores ARRAY<FLOAT>, dt DATE
+  item_id INT, item_ids ARRAY<INT>, scores ARRAY<FLOAT>, value BINARY, dt DATE
 ) USING DELTA PARTITIONED BY (dt) LOCATION '${lake}/gold/similar_items';

@@ -1,7 +1,8 @@
 """Bulk-load a new Redis version from Spark, verify it, then flip the live pointer (docs/redis-layout.md).
 
-Each Spark task opens its own connection and writes its rows in bounded MSET batches (one reply per
-batch; per slot on a Redis Cluster). Connection errors and timeouts are retried with backoff: every
+The score stage stores every list already packed as Redis keeps it (gold `value` columns), so the
+load only moves bytes: each Spark task opens its own connection and writes its rows in bounded MSET
+batches (one reply per batch; per slot on a Redis Cluster). Connection errors and timeouts are retried with backoff: every
 write is an idempotent SET of a key nobody reads yet. Readers keep the old version until the final
 flip, so a load that dies half-way changes nothing they see; the next publish deletes its leftovers.
 """
@@ -10,9 +11,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import numpy as np
 import pyarrow as pa
 import redis
 from pyspark.sql import DataFrame
@@ -21,10 +23,10 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.cluster import RedisCluster
 from redis.retry import Retry
 
-from nightrec.redis_layout import GLOBAL_SEGMENT, Keys, decode_user, encode, encode_id_set, encode_many, \
-    encode_segment_ref
+from nightrec.redis_layout import GLOBAL_SEGMENT, Keys, decode_user, encode, encode_id_set
 
-BATCH = 1000        # keys per MSET
+BATCH = 2000        # keys per MSET
+IN_FLIGHT = 2       # MSETs a task may have queued for its sender thread
 RETRIES = 5         # per command, on connection errors and timeouts
 SAMPLE_SIZE = 50    # users read back and compared before the flip
 # One atomic step: point readers at the new version and remember the one it replaces.
@@ -71,52 +73,56 @@ def new_version_id(client, keys: Keys, ds: dt.date) -> str:
     return f"{ds:%Y%m%d}.{client.incr(keys.sequence)}"
 
 
-def _write_lists(batches, *, url: str, cluster: bool, prefix: str, version: str, kind: str):
-    """Runs in Spark tasks: (id, item_ids, scores[, segment]) batches -> MSETs; yields rows written."""
+def _write_values(batches, *, url: str, cluster: bool, prefix: str, version: str, kind: str):
+    """Runs in Spark tasks: (id, value) batches -> MSETs; yields rows written.
+
+    A sender thread writes one batch while this one prepares the next (the socket wait releases the
+    GIL), at most IN_FLIGHT batches ahead.
+    """
     keys = Keys(prefix)
     keys_of = keys.users if kind == "user" else keys.similars
     client = connect(url, cluster)
+    if cluster:
+        def write(keys_, values):  # one MSET per hash slot
+            return client.mset_nonatomic(dict(zip(keys_, values)))
+    else:
+        def write(keys_, values):
+            flat = [b""] * (2 * len(keys_))  # k1 v1 k2 v2 ...: no dict, no per-pair Python loop
+            flat[0::2], flat[1::2] = keys_, values
+            return client.execute_command("MSET", *flat)
     written = 0
+    pending: deque[Future] = deque()
     try:
-        for batch in batches:
-            for start in range(0, batch.num_rows, BATCH):
-                chunk = batch.slice(start, BATCH)
-                mapping = dict(zip(keys_of(version, chunk.column(0).to_pylist()), _values(chunk)))
-                if cluster:
-                    client.mset_nonatomic(mapping)
-                else:
-                    client.mset(mapping)
-                written += len(mapping)
+        with ThreadPoolExecutor(max_workers=1) as sender:
+            for batch in batches:
+                if batch.column(1).null_count:
+                    missing = batch.filter(batch.column(1).is_null()).column(0)[0]
+                    raise PublishError(f"{kind} {missing} has no value: gold was not written by the score stage")
+                for start in range(0, batch.num_rows, BATCH):
+                    chunk = batch.slice(start, BATCH)
+                    pending.append(sender.submit(write, keys_of(version, chunk.column(0).to_pylist()),
+                                                 chunk.column(1).to_pylist()))
+                    written += chunk.num_rows
+                    if len(pending) > IN_FLIGHT:
+                        pending.popleft().result()
+            while pending:
+                pending.popleft().result()  # raises what the sender met after its retries
     finally:
         client.close()
     yield pa.RecordBatch.from_pydict({"written": [written]})
 
 
-def _values(chunk: pa.RecordBatch) -> list[bytes]:
-    ids, scores = chunk.column(1), chunk.column(2)
-    offsets = ids.offsets.to_numpy()  # of this slice: relative to the batch's first row
-    if not np.array_equal(np.diff(offsets), np.diff(scores.offsets.to_numpy())):
-        raise PublishError("item_ids and scores differ in length for some rows")
-    values = encode_many(offsets - offsets[0], ids.flatten().to_numpy(zero_copy_only=False),
-                         scores.flatten().to_numpy(zero_copy_only=False))
-    if chunk.num_columns > 3:  # users whose list is a segment's: a reference, not a copy
-        for row, segment in enumerate(chunk.column(3).to_pylist()):
-            if segment is not None:
-                values[row] = encode_segment_ref(segment)
-    return values
-
-
-def load_lists(frame: DataFrame, *, url: str, cluster: bool, prefix: str, version: str, kind: str) -> int:
-    """Write every row of frame under the version; returns how many keys were written."""
+def load_values(frame: DataFrame, *, url: str, cluster: bool, prefix: str, version: str, kind: str) -> int:
+    """Write every (id, value) row of frame under the version; returns how many keys were written."""
     options = dict(url=url, cluster=cluster, prefix=prefix, version=version, kind=kind)
-    counts = frame.mapInArrow(lambda batches: _write_lists(batches, **options), "written long")
+    counts = frame.mapInArrow(lambda batches: _write_values(batches, **options), "written long")
     return int(counts.agg(F.sum("written")).first()[0] or 0)
 
 
 def publish(recs: DataFrame, extras: Extras, *, url: str, prefix: str, ds: dt.date, model_version: str,
             similar: DataFrame | None = None, cluster: bool = False) -> PublishResult:
-    """recs: (user_id, item_ids, scores, segment) with segment null for personal lists;
-    similar: (item_id, item_ids, scores). Live readers see the old version until the final flip."""
+    """recs: (user_id, value), similar: (item_id, value), values packed by the layout's codecs.
+    Live readers see the old version until the final flip."""
     if GLOBAL_SEGMENT not in extras.fallbacks:
         raise PublishError(f"no {GLOBAL_SEGMENT!r} fallback list: unknown users would get nothing")
     keys = Keys(prefix)
@@ -125,17 +131,15 @@ def publish(recs: DataFrame, extras: Extras, *, url: str, prefix: str, ds: dt.da
         version = new_version_id(client, keys, ds)
         started = dt.datetime.now(dt.timezone.utc).timestamp()
         client.zadd(keys.versions, {version: started})
-        if "segment" not in recs.columns:
-            recs = recs.withColumn("segment", F.lit(None).cast("string"))
-        recs = recs.select("user_id", "item_ids", "scores", "segment")
+        recs = recs.select("user_id", "value")
         expected = recs.count()
-        written = load_lists(recs, url=url, cluster=cluster, prefix=prefix, version=version, kind="user")
+        written = load_values(recs, url=url, cluster=cluster, prefix=prefix, version=version, kind="user")
         if written != expected:
             raise PublishError(f"version {version}: wrote {written} users, expected {expected}; live version unchanged")
         n_similar = 0
         if similar is not None:
-            similar = similar.select("item_id", "item_ids", "scores")
-            n_similar = load_lists(similar, url=url, cluster=cluster, prefix=prefix, version=version, kind="similar")
+            n_similar = load_values(similar.select("item_id", "value"), url=url, cluster=cluster, prefix=prefix,
+                                    version=version, kind="similar")
         _write_extras(client, keys, version, extras)
         verify(client, keys, version, recs)
         client.hset(keys.meta(version), mapping={
@@ -162,13 +166,16 @@ def _write_extras(client, keys: Keys, version: str, extras: Extras) -> None:
 
 
 def verify(client, keys: Keys, version: str, recs: DataFrame) -> None:
-    """A sample of users reads back equal to what was loaded, segment references resolve."""
+    """A sample of users reads back byte for byte as loaded, and decodes; segment references resolve."""
     for row in recs.limit(SAMPLE_SIZE).collect():
         stored = client.get(keys.user(version, row.user_id))
-        value = decode_user(stored) if stored is not None else None
-        wanted = row.segment if row.segment is not None else list(row.item_ids)
-        if stored is None or (value if isinstance(value, str) else value[0]) != wanted:
+        if stored != bytes(row.value):
             raise PublishError(f"version {version}: user {row.user_id} reads back wrong; live version unchanged")
+        try:
+            value = decode_user(stored)
+        except ValueError as error:
+            raise PublishError(f"version {version}: user {row.user_id} holds an unreadable value ({error}); "
+                               "live version unchanged") from None
         if isinstance(value, str) and not client.exists(keys.fallback(version, value)):
             raise PublishError(f"version {version}: user {row.user_id} refers to segment {value!r}, "
                                "which has no list; live version unchanged")

@@ -20,6 +20,7 @@ import scipy.sparse as sp
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from nightrec.redis_layout import encode_many
 from nightrec.topk import SCORES_PER_BLOCK, best_k
 
 OUTPUT_SCHEMA = "user_id int, item_ids array<int>, scores array<float>"
@@ -128,8 +129,11 @@ def user_rows(feedback: DataFrame, as_of: dt.datetime, half_life_days: float) ->
                     F.col("h.recency").alias("recency")))
 
 
-def recommend(bundle: Bundle, users: DataFrame, k: int, scores_per_block: int = SCORES_PER_BLOCK) -> DataFrame:
-    """users: user_rows(...) of the users to score. Returns (user_id, item_ids, scores), best first."""
+def recommend(bundle: Bundle, users: DataFrame, k: int, scores_per_block: int = SCORES_PER_BLOCK,
+              serving_values: bool = False) -> DataFrame:
+    """users: user_rows(...) of the users to score. Returns (user_id, item_ids, scores), best first;
+    with serving_values also `value`, each list packed as Redis stores it (done here, where the lists
+    are numpy arrays already, so the loader only moves bytes)."""
     spark = users.sparkSession
     factors = user_factor_frame(spark, bundle)
     if factors is not None:
@@ -139,9 +143,20 @@ def recommend(bundle: Bundle, users: DataFrame, k: int, scores_per_block: int = 
     def score(batches):
         model = shared.value
         for batch in batches:
-            yield from _score_batch(model, batch, k, scores_per_block)
+            for ranked in _score_batch(model, batch, k, scores_per_block):
+                yield with_serving_value(ranked) if serving_values else ranked
 
-    return users.mapInArrow(score, OUTPUT_SCHEMA)
+    return users.mapInArrow(score, OUTPUT_SCHEMA + (", value binary" if serving_values else ""))
+
+
+def with_serving_value(lists: pa.RecordBatch) -> pa.RecordBatch:
+    """(id, item_ids, scores) + value: the lists in the Redis codec (nightrec.redis_layout.encode)."""
+    ids, scores = lists.column(1), lists.column(2)
+    offsets = ids.offsets.to_numpy()
+    values = encode_many(offsets - offsets[0], ids.flatten().to_numpy(zero_copy_only=False),
+                         scores.flatten().to_numpy(zero_copy_only=False))
+    return pa.RecordBatch.from_arrays([*lists.columns, pa.array(values, pa.binary())],
+                                      names=[*lists.schema.names, "value"])
 
 
 def user_factor_frame(spark, bundle: Bundle) -> DataFrame | None:

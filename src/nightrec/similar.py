@@ -15,10 +15,11 @@ import pyarrow.compute as pc
 import scipy.sparse as sp
 from pyspark.sql import DataFrame
 
+from nightrec.scoring import with_serving_value
 from nightrec.topk import SCORES_PER_BLOCK, best_k
 
 SHRINK = 10.0
-OUTPUT_SCHEMA = "item_id int, item_ids array<int>, scores array<float>"
+OUTPUT_SCHEMA = "item_id int, item_ids array<int>, scores array<float>, value binary"
 
 
 def incidence(pairs: pa.Table) -> tuple[np.ndarray, sp.csr_matrix]:
@@ -41,8 +42,9 @@ def neighbours(block: sp.csr_matrix, matrix: sp.csr_matrix, norms: np.ndarray, f
 
 
 def similar_items(feedback: DataFrame, k: int, unavailable: set[int] = frozenset()) -> DataFrame:
-    """feedback: (user_id, item_id, ...). Returns (item_id, item_ids, scores), best first; items
-    without any co-occurring neighbour get no row; unavailable items are never neighbours."""
+    """feedback: (user_id, item_id, ...). Returns (item_id, item_ids, scores, value), best first,
+    value packed for Redis; items without any co-occurring neighbour get no row; unavailable items
+    are never neighbours."""
     spark = feedback.sparkSession
     item_ids, matrix = incidence(feedback.select("user_id", "item_id").toArrow())
     norms = np.asarray(matrix.sum(axis=1)).ravel().astype(np.float32)
@@ -60,6 +62,6 @@ def similar_items(feedback: DataFrame, k: int, unavailable: set[int] = frozenset
                 scores[:, banned] = -np.inf
                 ranked = best_k(ids[start:stop], scores, ids, min(k, len(ids)))
                 keep = pc.greater(pc.list_value_length(ranked.column(1)), 0)
-                yield ranked.filter(keep).rename_columns(["item_id", "item_ids", "scores"])
+                yield with_serving_value(ranked.filter(keep).rename_columns(["item_id", "item_ids", "scores"]))
 
     return starts.repartition(spark.sparkContext.defaultParallelism).mapInArrow(score, OUTPUT_SCHEMA)

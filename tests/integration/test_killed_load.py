@@ -21,14 +21,13 @@ LOADER = textwrap.dedent("""
     import datetime as dt, sys
     from pyspark.sql import functions as F
     from nightrec import publisher
+    from nightrec.redis_layout import encode
     from nightrec.settings import load_settings
     from nightrec.spark import get_spark
 
     spark = get_spark(load_settings("local", {}), "killed-loader")
-    users = spark.range(1, 2_000_001, numPartitions=8).select(
-        F.col("id").cast("int").alias("user_id"),
-        F.sequence(F.lit(1000), F.lit(1099)).alias("item_ids"),
-        F.array_repeat(F.lit(0.5).cast("float"), 100).alias("scores"))
+    value = F.lit(encode(range(1000, 1100), [0.5] * 100))
+    users = spark.range(1, 2_000_001, numPartitions=8).select(F.col("id").cast("int").alias("user_id"), value.alias("value"))
     publisher.publish(users, publisher.Extras({"global": ([1], [1.0])}), url=sys.argv[1], prefix="test",
                       ds=dt.date(2024, 1, 2), model_version="big/1")
 """)
@@ -87,9 +86,11 @@ def test_the_loader_retries_when_redis_drops_its_connections(spark, redis_url):
     from nightrec.redis_layout import decode
 
     client = redis.Redis.from_url(redis_url)
-    users = spark.range(1, 300_001, numPartitions=4).select(
-        F.col("id").cast("int").alias("user_id"), F.array(F.col("id").cast("int")).alias("item_ids"),
-        F.array(F.lit(1.0).cast("float")).alias("scores")).cache()
+    # value: codec 1 holding the one item = the user id ("01 0100" + int32 id + float16 1.0)
+    value = F.concat(F.unhex(F.lit("010100")), F.unhex(F.lpad(F.hex(F.reverse(F.unhex(F.lpad(F.hex("id"), 8, "0")))), 8, "0")),
+                     F.unhex(F.lit("003c")))
+    users = spark.range(1, 300_001, numPartitions=4).select(F.col("id").cast("int").alias("user_id"),
+                                                            value.alias("value")).cache()
     users.count()
     kills, stop = [], threading.Event()
 

@@ -12,7 +12,7 @@ from mlflow import MlflowClient
 from conftest import settings_environ
 from helpers import days_ending, write_landing
 from nightrec import lake, publisher, tracking
-from nightrec.redis_layout import Keys, decode, decode_user
+from nightrec.redis_layout import Keys, decode, decode_user, encode
 from nightrec.service import create_app
 from nightrec.settings import load_settings
 from nightrec.stages import ingest, publish, score, smoke, train, validate
@@ -93,6 +93,7 @@ def test_redis_holds_every_user_of_gold_under_the_live_version(spark, pipeline):
             assert row.model_version in (f"segment:{stored}", "popular:global")
             stored = decode(client.get(keys.fallback(published.version, stored)))
         ids, scores = stored
+        assert bytes(row.value) == client.get(keys.user(published.version, row.user_id))
         assert ids == list(row.item_ids)
         assert scores == pytest.approx(list(row.scores), rel=2e-3, abs=1e-3)
     assert segments == NEW_USERS
@@ -142,9 +143,9 @@ def test_a_load_failing_half_way_leaves_the_live_version_untouched(spark, pipeli
     client = redis.Redis.from_url(settings.redis.url)
     keys = Keys(settings.redis.prefix)
     live_before = client.get(keys.live)
-    good = [(u, [1, 2, 3], [0.3, 0.2, 0.1]) for u in range(1, 200)]
-    broken = spark.createDataFrame(good + [(999, [0], [1.0])], "user_id int, item_ids array<int>, scores array<float>")
-    with pytest.raises(Exception, match="item ids must be integers"):
+    good = [(u, encode([1, 2, 3], [0.3, 0.2, 0.1])) for u in range(1, 200)]
+    broken = spark.createDataFrame(good + [(999, None)], "user_id int, value binary")
+    with pytest.raises(Exception, match="user 999 has no value"):
         publisher.publish(broken.repartition(4), publisher.Extras({"global": ([1], [1.0])}), url=settings.redis.url,
                           prefix=settings.redis.prefix, ds=DAY, model_version="broken/1")
     assert client.get(keys.live) == live_before

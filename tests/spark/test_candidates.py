@@ -159,7 +159,11 @@ def test_new_users_get_their_segment_list_or_else_the_global_one(spark):
     segments = segment_lists(fb, users, AS_OF, 7.0, k=2, min_users=5)
     global_list = fb.groupBy("item_id").agg(F.count("*").alias("score")).withColumn("segment", F.lit(GLOBAL))
     fallbacks = ranked_lists(global_list, "segment", 2).unionByName(segments)
-    got = {r.user_id: (r.item_ids, r.model_version) for r in new_user_recs(users, fb, fallbacks).collect()}
+    recs = new_user_recs(users, fb, fallbacks).collect()
+    got = {r.user_id: (r.item_ids, r.model_version) for r in recs}
+    # what Redis gets: a reference to the segment's list, not a copy
+    assert {r.user_id: bytes(r.value) for r in recs} == {
+        101: b"\x02age=25-34|gender=F", 102: b"\x02age=35-44|gender=M", 103: b"\x02global", 104: b"\x02global"}
     assert set(got) == {101, 102, 103, 104}  # only users without interactions
     assert got[101] == ([3, 5], "segment:age=25-34|gender=F")
     assert got[102] == ([2, 3], "segment:age=35-44|gender=M")

@@ -57,9 +57,9 @@ def test_consumed_items_are_appended_int32s():
         encode_consumed(0)
 
 
-def test_encode_many_equals_encode_row_by_row():
+@pytest.mark.parametrize("lengths", [[100, 0, 3, 100, 1], [100] * 7, [0, 0], [1]])
+def test_encode_many_equals_encode_row_by_row(lengths):
     rng = np.random.default_rng(0)
-    lengths = [100, 0, 3, 100, 1]
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     ids = rng.integers(1, 2**31 - 1, offsets[-1])
     scores = rng.normal(size=offsets[-1]).astype(np.float32)

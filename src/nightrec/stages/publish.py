@@ -15,7 +15,7 @@ from nightrec.errors import PermanentError
 from nightrec.redis_layout import check_name
 from nightrec.settings import Settings
 from nightrec.stages import stage_main
-from nightrec.stages.score import GLOBAL, fallback_segment, unavailable_items
+from nightrec.stages.score import GLOBAL, is_personal, unavailable_items
 from nightrec.stages.train import attributes
 
 
@@ -51,7 +51,7 @@ def item_categories(items: DataFrame | None) -> dict[str, list[int]]:
 
 def run(spark: SparkSession, settings: Settings, ds: dt.date) -> PublishStageResult:
     recs = lake.read_table(spark, settings.table("gold/recommendations"), [ds])
-    first = recs.select("model_version").where(fallback_segment(F.col("model_version")).isNull()).first()
+    first = recs.select("model_version").where(is_personal(F.col("model_version"))).first()
     if first is None:
         raise PermanentError(f"gold/recommendations has no personal lists for {ds}: run score first")
     fallbacks = {r.segment: (r.item_ids, r.scores)
@@ -63,7 +63,6 @@ def run(spark: SparkSession, settings: Settings, ds: dt.date) -> PublishStageRes
         similar = lake.read_table(spark, settings.table("gold/similar_items"), [ds])
     items = attributes(spark, settings, "items", ds)
     extras = publisher.Extras(fallbacks, item_categories(items), sorted(unavailable_items(items)))
-    recs = recs.withColumn("segment", fallback_segment(F.col("model_version")))
     result = publisher.publish(recs, extras, url=settings.redis.url, prefix=settings.redis.prefix, ds=ds,
                                model_version=first.model_version, similar=similar, cluster=settings.redis.cluster)
     return PublishStageResult(result.version, result.previous, result.users, result.similar_items, len(fallbacks),

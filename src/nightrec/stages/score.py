@@ -15,6 +15,7 @@ from nightrec import lake, registry, tracking
 from nightrec.candidates import popularity
 from nightrec.feedback import implicit_feedback
 from nightrec.modeling import UNAVAILABLE
+from nightrec.redis_layout import SEGMENT_REF
 from nightrec.scoring import recommend, user_rows
 from nightrec.similar import similar_items
 from nightrec.settings import Settings
@@ -54,18 +55,20 @@ def new_user_recs(users: DataFrame, feedback: DataFrame, fallbacks: DataFrame) -
               .join(fallbacks.select("segment", "item_ids", "scores"), "segment", "left"))
     global_list = fallbacks.where(F.col("segment") == GLOBAL).select(
         F.col("item_ids").alias("g_items"), F.col("scores").alias("g_scores"))
+    segment = F.when(F.col("item_ids").isNotNull(), F.col("segment")).otherwise(F.lit(GLOBAL))
     return chosen.crossJoin(global_list).select(
         "user_id",
         F.coalesce("item_ids", "g_items").alias("item_ids"),
         F.coalesce("scores", "g_scores").alias("scores"),
         F.when(F.col("item_ids").isNotNull(), F.concat(F.lit(SEGMENT_PREFIX), "segment"))
-        .otherwise(F.lit(GLOBAL_SOURCE)).alias("model_version"))
+        .otherwise(F.lit(GLOBAL_SOURCE)).alias("model_version"),
+        # Redis keeps a reference to the segment's list, not a copy (codec 2 of the layout)
+        F.concat(F.lit(bytes([SEGMENT_REF])), F.encode(segment, "UTF-8")).alias("value"))
 
 
-def fallback_segment(model_version):
-    """Column: the segment whose list a gold row copies (null for personal recommendations)."""
-    return (F.when(model_version.startswith(SEGMENT_PREFIX), F.substring(model_version, len(SEGMENT_PREFIX) + 1, 1000))
-            .when(model_version == GLOBAL_SOURCE, F.lit(GLOBAL)))
+def is_personal(model_version):
+    """Column: true for a model's own list, false for a copied segment / trending list."""
+    return ~(model_version.startswith(SEGMENT_PREFIX) | (model_version == GLOBAL_SOURCE))
 
 
 def unavailable_items(items: DataFrame | None) -> set[int]:
@@ -82,7 +85,8 @@ def run(spark: SparkSession, settings: Settings, ds: dt.date) -> ScoreResult:
     feedback = implicit_feedback(training_events(spark, settings, ds), settings.events.weights).cache()
     users = attributes(spark, settings, "users", ds)
     items = attributes(spark, settings, "items", ds)
-    personal = (recommend(bundle, user_rows(feedback, as_of, settings.model.recency_half_life_days), settings.model.top_k)
+    personal = (recommend(bundle, user_rows(feedback, as_of, settings.model.recency_half_life_days), settings.model.top_k,
+                          serving_values=True)
                 .withColumn("model_version", F.lit(model_version)))
     fallbacks = fallback_lists(feedback, users, settings, as_of).cache()
     lake.replace_partitions(fallbacks.withColumn("dt", F.lit(ds)), settings.table("gold/fallbacks"), [ds])
