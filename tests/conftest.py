@@ -20,9 +20,19 @@ os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct free ports: the sockets stay open until all are chosen, so none comes twice."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 @pytest.fixture(scope="session")
@@ -35,9 +45,7 @@ def redis_server(tmp_path_factory):
     port = free_port()
     proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                              "--dir", str(folder)], stdout=subprocess.DEVNULL)
-    import redis
-
-    _wait_for(redis.Redis(port=port))
+    _wait_for(_client(port), proc)
     yield f"redis://127.0.0.1:{port}/0"
     proc.terminate()
     proc.wait(10)
@@ -49,7 +57,7 @@ def redis_cluster(tmp_path_factory):
     import redis
 
     folder = tmp_path_factory.mktemp("redis-cluster")
-    ports = [free_port() for _ in range(3)]
+    ports = free_ports(3)
     procs = []
     for port in ports:
         node = folder / str(port)
@@ -58,8 +66,8 @@ def redis_cluster(tmp_path_factory):
             [shutil.which("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
              "--cluster-config-file", str(node / "nodes.conf"), "--save", "", "--appendonly", "no",
              "--dir", str(node)], stdout=subprocess.DEVNULL))
-    for port in ports:
-        _wait_for(redis.Redis(port=port))
+    for port, proc in zip(ports, procs):
+        _wait_for(_client(port), proc)
     subprocess.run(["redis-cli", "--cluster", "create", *[f"127.0.0.1:{p}" for p in ports], "--cluster-replicas", "0",
                     "--cluster-yes"], check=True, capture_output=True, timeout=60)
     for _ in range(200):
@@ -72,15 +80,30 @@ def redis_cluster(tmp_path_factory):
         proc.wait(10)
 
 
-def _wait_for(client) -> None:
+def _wait_for(client, proc: subprocess.Popen) -> None:
+    """Until the server answers; fails at once if it died (a port taken meanwhile, say)."""
     import redis
 
-    for _ in range(100):
+    for _ in range(200):
+        if proc.poll() is not None:
+            pytest.fail(f"redis-server exited with {proc.returncode}: {proc.args}")
         try:
             client.ping()
             return
         except redis.ConnectionError:
             time.sleep(0.05)
+    pytest.fail(f"redis-server did not answer within 10 s: {proc.args}")
+
+
+def _client(port: int = 0, url: str | None = None):
+    """A client that fails fast (no retries): _wait_for does the polling."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    if url is not None:
+        return redis.Redis.from_url(url, retry=Retry(NoBackoff(), 0))
+    return redis.Redis(port=port, retry=Retry(NoBackoff(), 0))
 
 
 @pytest.fixture

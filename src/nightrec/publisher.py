@@ -26,12 +26,21 @@ from redis.retry import Retry
 from nightrec.redis_layout import GLOBAL_SEGMENT, Keys, decode_user, encode, encode_id_set
 
 BATCH = 2000        # keys per MSET
-IN_FLIGHT = 2       # MSETs a task may have queued for its sender thread
+IN_FLIGHT = 2       # MSETs a task may have handed to its sender thread and not seen answered
+LOAD_GRACE = 6 * 3600  # s: an unfinished load younger than this may still be running: never deleted
 RETRIES = 5         # per command, on connection errors and timeouts
 SAMPLE_SIZE = 50    # users read back and compared before the flip
 # One atomic step: point readers at the new version and remember the one it replaces.
+# Refuses (returns an error) when a load that started later is already live: two publishes racing
+# must not end with the older one live.
 FLIP_SCRIPT = """
 local old = redis.call('GET', KEYS[1])
+if old and old ~= ARGV[1] then
+  local mine, theirs = redis.call('ZSCORE', KEYS[3], ARGV[1]), redis.call('ZSCORE', KEYS[3], old)
+  if mine and theirs and tonumber(theirs) > tonumber(mine) then
+    return redis.error_reply('a newer version is live: ' .. old)
+  end
+end
 redis.call('SET', KEYS[1], ARGV[1])
 if old and old ~= ARGV[1] then redis.call('SET', KEYS[2], old) end
 return old
@@ -103,7 +112,7 @@ def _write_values(batches, *, url: str, cluster: bool, prefix: str, version: str
                     pending.append(sender.submit(write, keys_of(version, chunk.column(0).to_pylist()),
                                                  chunk.column(1).to_pylist()))
                     written += chunk.num_rows
-                    if len(pending) > IN_FLIGHT:
+                    if len(pending) >= IN_FLIGHT:
                         pending.popleft().result()
             while pending:
                 pending.popleft().result()  # raises what the sender met after its retries
@@ -184,18 +193,25 @@ def verify(client, keys: Keys, version: str, recs: DataFrame) -> None:
 def flip(client, keys: Keys, version: str) -> str | None:
     if not client.exists(keys.meta(version)):
         raise PublishError(f"version {version} has no meta key: refusing to make an unfinished load live")
-    old = client.eval(FLIP_SCRIPT, 2, keys.live, keys.previous, version)
+    try:
+        old = client.eval(FLIP_SCRIPT, 3, keys.live, keys.previous, keys.versions, version)
+    except redis.ResponseError as error:
+        raise PublishError(f"version {version} not made live: {error}") from None
     return old.decode() if old else None
 
 
 def delete_stale_versions(client, keys: Keys, started_before: float) -> list[str]:
-    """Drop versions older than ours except the live and the previous one (abandoned loads included).
+    """Drop versions older than ours except the live and the previous one, and loads that never
+    finished (no meta) once they are LOAD_GRACE old.
 
-    Loads that started after ours are left alone: another publisher may still be writing them.
+    Loads that started after ours, or unfinished ones younger than that, are left alone: another
+    publisher may still be writing them.
     """
     keep = {v.decode() for v in (client.get(keys.live), client.get(keys.previous)) if v}
-    older = client.zrangebyscore(keys.versions, "-inf", f"({started_before}")
-    stale = [v.decode() for v in older if v.decode() not in keep]
+    older = client.zrangebyscore(keys.versions, "-inf", f"({started_before}", withscores=True)
+    now = dt.datetime.now(dt.timezone.utc).timestamp()
+    stale = [v.decode() for v, started in older if v.decode() not in keep
+             and (client.exists(keys.meta(v.decode())) or now - started > LOAD_GRACE)]
     for version in stale:
         batch = []
         for key in client.scan_iter(match=keys.version_pattern(version), count=1000):

@@ -19,6 +19,7 @@ _RANKED_HEADER = struct.Struct("<BH")  # codec, item count
 _SET_HEADER = struct.Struct("<BI")     # codec, id count
 _IDS = np.dtype("<i4")
 _SCORES = np.dtype("<f2")
+_SCORE_LIMIT = float(np.finfo(np.float16).max)  # 65504: larger scores (e.g. popularity counts) are stored as this
 _VERSION_ID = re.compile(r"^[0-9A-Za-z._-]{1,64}$")
 _PREFIX = re.compile(r"^[0-9A-Za-z._-]{1,32}$")
 _NAME = re.compile(r"^[^{}*?\[\]\s\x00-\x1f][^{}*?\[\]\x00-\x1f]{0,99}$")  # segments, categories
@@ -149,7 +150,7 @@ def encode(item_ids, scores) -> bytes:
     if len(ids) > 0xFFFF:
         raise ValueError(f"at most 65535 items per value, got {len(ids)}")
     _check_ids(ids)
-    return _RANKED_HEADER.pack(RANKED, len(ids)) + ids.astype(_IDS).tobytes() + values.astype(_SCORES).tobytes()
+    return _RANKED_HEADER.pack(RANKED, len(ids)) + ids.astype(_IDS).tobytes() + _half(values).tobytes()
 
 
 def encode_many(offsets: np.ndarray, item_ids: np.ndarray, scores: np.ndarray) -> list[bytes]:
@@ -170,14 +171,19 @@ def encode_many(offsets: np.ndarray, item_ids: np.ndarray, scores: np.ndarray) -
         values[:, _RANKED_HEADER.size:_RANKED_HEADER.size + 4 * count] = \
             ids.astype(_IDS).reshape(n, count).view(np.uint8)
         values[:, _RANKED_HEADER.size + 4 * count:] = \
-            np.asarray(scores).astype(_SCORES).reshape(n, count).view(np.uint8)
+            _half(scores).reshape(n, count).view(np.uint8)
         packed = values.tobytes()
         return [packed[i:i + width] for i in range(0, n * width, width)]
     id_bytes = ids.astype(_IDS).tobytes()
-    score_bytes = np.asarray(scores, dtype=np.float64).astype(_SCORES).tobytes()
+    score_bytes = _half(scores).tobytes()
     pack = _RANKED_HEADER.pack
     return [pack(RANKED, e - s) + id_bytes[4 * s:4 * e] + score_bytes[2 * s:2 * e]
             for s, e in zip(offsets[:-1].tolist(), offsets[1:].tolist())]
+
+
+def _half(scores) -> np.ndarray:
+    """Scores as float16, clipped to its finite range (inf would reach clients as JSON null)."""
+    return np.clip(np.asarray(scores, dtype=np.float32), -_SCORE_LIMIT, _SCORE_LIMIT).astype(_SCORES)
 
 
 def decode(value: bytes) -> tuple[list[int], list[float]]:

@@ -17,8 +17,10 @@ from typing import Protocol
 import numpy as np
 import pyarrow as pa
 import scipy.sparse as sp
+from pyspark import TaskContext
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
+from threadpoolctl import threadpool_limits
 
 from nightrec.redis_layout import encode_many
 from nightrec.topk import SCORES_PER_BLOCK, best_k
@@ -142,9 +144,11 @@ def recommend(bundle: Bundle, users: DataFrame, k: int, scores_per_block: int = 
 
     def score(batches):
         model = shared.value
-        for batch in batches:
-            for ranked in _score_batch(model, batch, k, scores_per_block):
-                yield with_serving_value(ranked) if serving_values else ranked
+        # Spark already runs one task per core: more BLAS threads per task would only oversubscribe.
+        with threadpool_limits(TaskContext.get().cpus()):
+            for batch in batches:
+                for ranked in _score_batch(model, batch, k, scores_per_block):
+                    yield with_serving_value(ranked) if serving_values else ranked
 
     return users.mapInArrow(score, OUTPUT_SCHEMA + (", value binary" if serving_values else ""))
 

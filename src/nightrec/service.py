@@ -31,14 +31,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
-from nightrec.redis_layout import (GLOBAL_SEGMENT, MAX_CONSUMED, MAX_ID, Keys, decode, decode_consumed, decode_id_set,
-                                   decode_user, encode_consumed)
+from nightrec.redis_layout import (GLOBAL_SEGMENT, MAX_CONSUMED, MAX_ID, Keys, check_version, decode, decode_consumed,
+                                   decode_id_set, decode_user, encode_consumed)
 from nightrec.resp import MultiplexedRedis
 from nightrec.settings import Settings, load_settings
 
 MAX_K = 100
 MAX_EXCLUDE = 100
+MAX_EXCLUDE_CHARS = 1200
+MAX_CATEGORY_CHARS = 100
 FUTURE_SLACK = dt.timedelta(minutes=5)  # clocks differ: events a little ahead of ours are accepted
+MAX_EVENT_AGE = dt.timedelta(days=30)    # older events belong in landing files (a backfill), not the stream
 REDIS_TIMEOUT = 1.0  # seconds; a slower Redis is reported as unavailable (503)
 # Append an item to a user's consumed list, keep the newest MAX_CONSUMED, restart the expiry.
 CONSUMED_SCRIPT = """
@@ -54,8 +57,9 @@ Source = Literal["personalized", "segment", "trending"]
 UserId = Annotated[int, Path(ge=1, le=MAX_ID, description="positive 32-bit user id")]
 ItemId = Annotated[int, Path(ge=1, le=MAX_ID, description="positive 32-bit item id")]
 K = Annotated[int, Query(ge=1, le=MAX_K, description="how many items, 1..100")]
-CategoryFilter = Annotated[str | None, Query(max_length=100, description="only items of this category")]
-ExcludeFilter = Annotated[str | None, Query(max_length=1200, description="comma-separated item ids to leave out")]
+CategoryFilter = Annotated[str | None, Query(max_length=MAX_CATEGORY_CHARS, description="only items of this category")]
+ExcludeFilter = Annotated[str | None, Query(max_length=MAX_EXCLUDE_CHARS,
+                                            description="comma-separated item ids to leave out")]
 
 
 class Item(BaseModel):
@@ -90,9 +94,20 @@ class Event(BaseModel):
 
     @field_validator("ts")
     @classmethod
-    def _with_zone(cls, ts: dt.datetime | None) -> dt.datetime | None:
-        if ts is not None and ts.tzinfo is None:
+    def _recent_with_zone(cls, ts: dt.datetime | None) -> dt.datetime | None:
+        if ts is None:
+            return None
+        if ts.tzinfo is None:
             raise ValueError("ts needs a time zone, e.g. 2024-05-20T10:00:00Z")
+        now = dt.datetime.now(dt.timezone.utc)
+        try:
+            ts = ts.astimezone(dt.timezone.utc)
+        except OverflowError:
+            raise ValueError("ts is out of range") from None
+        if ts > now + FUTURE_SLACK:
+            raise ValueError("ts lies in the future")
+        if ts < now - MAX_EVENT_AGE:
+            raise ValueError(f"ts is more than {MAX_EVENT_AGE.days} days old: load such history as landing files")
         return ts
 
 
@@ -105,7 +120,6 @@ class VersionData:
     """What all requests of one (immutable) version share."""
 
     model_version: str
-    segments: frozenset[str]
     categories: frozenset[str]
     unavailable: frozenset[int]
     fallbacks: dict[str, tuple[list[int], list[float]]] = field(default_factory=dict)
@@ -178,20 +192,21 @@ def parse_exclude(raw: str | None) -> set[int]:
     parts = raw.split(",")
     if len(parts) > MAX_EXCLUDE:
         raise invalid("exclude", f"at most {MAX_EXCLUDE} item ids")
-    try:
-        ids = {int(p) for p in parts}
-    except ValueError:
-        raise invalid("exclude", "comma-separated positive integer item ids, e.g. 12,345") from None
+    if len(raw) > MAX_EXCLUDE_CHARS or not all(p.isascii() and p.isdigit() for p in parts):
+        raise invalid("exclude", f"comma-separated positive integer item ids, e.g. 12,345 "
+                                 f"(at most {MAX_EXCLUDE_CHARS} characters)")
+    ids = {int(p) for p in parts}
     if any(i < 1 or i > MAX_ID for i in ids):
         raise invalid("exclude", "item ids must be in 1..2^31-1")
     return ids
 
 
-def ranked(ids: list[int], scores: list[float], k: int, drop: set[int] | frozenset[int],
+def ranked(ids: list[int], scores: list[float], k: int, drops: tuple[set[int] | frozenset[int], ...],
            keep_only: frozenset[int] | None = None) -> list[dict]:
+    """The first k items in none of the drop sets (and in keep_only, when given), ranked from 1."""
     items = []
     for item, score in zip(ids, scores):
-        if item in drop or (keep_only is not None and item not in keep_only):
+        if any(item in drop for drop in drops) or (keep_only is not None and item not in keep_only):
             continue
         items.append({"item_id": item, "rank": len(items) + 1, "score": round(score, 4)})
         if len(items) == k:
@@ -235,7 +250,10 @@ class Lookup:
             value = await self.redis.get(self.keys.live)
             if value is None:
                 raise HTTPException(503, "no recommendations have been published yet")
-            version = value.decode()
+            try:
+                version = check_version(value.decode())
+            except (UnicodeDecodeError, ValueError):
+                raise HTTPException(503, "the live version pointer holds no valid version id") from None
             self.live = (version, time.monotonic())
         return version
 
@@ -245,10 +263,12 @@ class Lookup:
             if not meta:
                 raise HTTPException(503, f"live version {version} has no meta key")
             unavailable = await self.redis.get(self.keys.unavailable(version))
-            data = VersionData(meta.get("model_version", ""), frozenset(json.loads(meta.get("segments", "[]"))),
-                               frozenset(json.loads(meta.get("categories", "[]"))),
-                               decode_id_set(unavailable) if unavailable else frozenset())
-            for old in list(self.versions)[:-2]:  # the live one and the one before are enough
+            try:
+                data = VersionData(meta.get("model_version", ""), frozenset(json.loads(meta.get("categories", "[]"))),
+                                   decode_id_set(unavailable) if unavailable else frozenset())
+            except ValueError as error:  # JSONDecodeError too
+                raise unreadable("meta or unavailable items", version, error) from None
+            for old in list(self.versions)[:-1]:  # with the one added below: the live one and the one before
                 del self.versions[old]
             self.versions[version] = data
         return self.versions[version]
@@ -258,7 +278,10 @@ class Lookup:
             value = await self.redis.get(self.keys.fallback(version, segment))
             if value is None:
                 raise HTTPException(503, f"live version {version} has no {segment!r} list")
-            data.fallbacks[segment] = decode(value)
+            try:
+                data.fallbacks[segment] = decode(value)
+            except ValueError as error:
+                raise unreadable(f"segment {segment!r}", version, error) from None
         return data.fallbacks[segment]
 
     async def category_members(self, version: str, data: VersionData, category: str | None) -> frozenset[int] | None:
@@ -270,7 +293,10 @@ class Lookup:
             raise invalid("category", f"unknown category {category!r}; known: {shown}")
         if name not in data.members:
             value = await self.redis.get(self.keys.category(version, name))
-            data.members[name] = decode_id_set(value) if value is not None else frozenset()
+            try:
+                data.members[name] = decode_id_set(value) if value is not None else frozenset()
+            except ValueError as error:
+                raise unreadable(f"category {name!r}", version, error) from None
         return data.members[name]
 
     async def recommendations(self, user_id: int, k: int, category: str | None, exclude: str | None) -> dict:
@@ -290,10 +316,9 @@ class Lookup:
         else:
             source, segment = "personalized", None
             ids, scores = stored
-        drop |= data.unavailable
-        drop |= decode_consumed(consumed)
+        drops = (drop, data.unavailable, decode_consumed(consumed))
         return {"user_id": user_id, "source": source, "segment": segment, "version": version,
-                "model_version": data.model_version, "items": ranked(ids, scores, k, drop, keep_only)}
+                "model_version": data.model_version, "items": ranked(ids, scores, k, drops, keep_only)}
 
     async def similar(self, item_id: int, k: int, category: str | None, exclude: str | None) -> dict:
         drop = parse_exclude(exclude)
@@ -307,24 +332,21 @@ class Lookup:
             ids, scores = decode(value)
         except ValueError as error:
             raise unreadable(f"item {item_id}", version, error) from None
-        return {"item_id": item_id, "version": version, "items": ranked(ids, scores, k, drop | data.unavailable, keep_only)}
+        return {"item_id": item_id, "version": version, "items": ranked(ids, scores, k, (drop, data.unavailable), keep_only)}
 
     async def record(self, event: Event) -> str:
         """Append to the stream; the item leaves the user's lists at once. Returns the stream id."""
-        now = dt.datetime.now(dt.timezone.utc)
-        ts = event.ts or now
+        ts = event.ts or dt.datetime.now(dt.timezone.utc)
         if event.event_type.lower() not in self.event_types:
             raise invalid("event_type", f"unknown event type {event.event_type!r}; use one of {self.event_types}",
                           "body")
-        if ts > now + FUTURE_SLACK:
-            raise invalid("ts", "ts lies in the future", "body")
         fields = {"user_id": event.user_id, "item_id": event.item_id, "event_type": event.event_type.lower(),
-                  "value": "" if event.value is None else repr(event.value),
-                  "ts": ts.astimezone(dt.timezone.utc).isoformat()}
-        stream_id = await self.redis.xadd(self.keys.events, fields, maxlen=self.options.events_max_len,
-                                          approximate=True)
+                  "value": "" if event.value is None else repr(event.value), "ts": ts.isoformat()}
+        # Filter first: repeating it is harmless, while a 503 after the XADD would invite a duplicate event.
         await self.redis.eval(CONSUMED_SCRIPT, 1, self.keys.consumed(event.user_id), encode_consumed(event.item_id),
                               4 * MAX_CONSUMED, int(self.options.consumed_ttl_days * 86400))
+        stream_id = await self.redis.xadd(self.keys.events, fields, maxlen=self.options.events_max_len,
+                                          approximate=True)
         return stream_id.decode()
 
 
@@ -356,6 +378,8 @@ class FastRecommendations:
                 return None
             seen.add(name)
             args[name] = value
+        if len(args["category"] or "") > MAX_CATEGORY_CHARS or len(args["exclude"] or "") > MAX_EXCLUDE_CHARS:
+            return None
         k = args["k"]
         if isinstance(k, str):
             if not k.isdigit() or not 1 <= int(k) <= MAX_K:

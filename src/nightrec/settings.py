@@ -90,7 +90,7 @@ class RedisSettings(_Section):
 
 class ServiceSettings(_Section):
     live_cache_seconds: float = Field(1.0, ge=0)   # how long a worker reuses the live version id it read
-    consumed_ttl_days: float = Field(3.0, gt=0)    # posted events filter items out this long (until published)
+    consumed_ttl_days: float = Field(3.0, gt=0)    # posted events filter items out this long after the user's last one
     events_max_len: int = Field(10_000_000, ge=1000)  # stream cap (approximate) if the nightly drain stops
     max_body_bytes: int = Field(65536, ge=1024)
 

@@ -2,6 +2,7 @@
 
 import datetime as dt
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -138,6 +139,20 @@ def test_republishing_flips_atomically_and_keeps_one_previous_version(spark, pip
     client.zrem(keys.versions, "someone-else")
 
 
+def test_an_older_load_never_replaces_a_newer_live_version(spark, pipeline):
+    settings = pipeline[0]
+    client = redis.Redis.from_url(settings.redis.url)
+    keys = Keys(settings.redis.prefix)
+    live = publish.run(spark, settings, DAY).version
+    client.zadd(keys.versions, {"slow-load": time.time() - 60})  # started before the live one, finishing now
+    client.hset(keys.meta("slow-load"), "ds", str(DAY))
+    with pytest.raises(publisher.PublishError, match="a newer version is live"):
+        publisher.flip(client, keys, "slow-load")
+    assert client.get(keys.live).decode() == live
+    client.zrem(keys.versions, "slow-load")
+    client.delete(keys.meta("slow-load"))
+
+
 def test_a_load_failing_half_way_leaves_the_live_version_untouched(spark, pipeline):
     settings, _, _, _ = pipeline
     client = redis.Redis.from_url(settings.redis.url)
@@ -152,12 +167,13 @@ def test_a_load_failing_half_way_leaves_the_live_version_untouched(spark, pipeli
     with TestClient(create_app(settings)) as api:
         body = api.get("/v1/users/1/recommendations").json()
     assert body["version"] == live_before.decode() and len(body["items"]) == 10
-    # the abandoned load is cleaned up by the next successful publish
+    # an abandoned load is cleaned up by the first publish after LOAD_GRACE (it might still be running before)
     abandoned = [v.decode() for v in client.zrange(keys.versions, 0, -1)
                  if v not in (client.get(keys.live), client.get(keys.previous))]
     assert abandoned
-    after = publish.run(spark, settings, DAY)
-    assert set(abandoned) <= set(after.deleted_versions)
+    assert not set(abandoned) & set(publish.run(spark, settings, DAY).deleted_versions)
+    client.zadd(keys.versions, {v: time.time() - publisher.LOAD_GRACE - 60 for v in abandoned})
+    assert set(abandoned) <= set(publish.run(spark, settings, DAY).deleted_versions)
 
 
 def test_sql_table_definitions_match_the_tables_written(spark, pipeline):

@@ -3,13 +3,12 @@ from the URL alone (rediss://:password@host:port/db?ssl_cert_reqs=none)."""
 
 import shutil
 import subprocess
-import time
 
 import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from conftest import free_port
+from conftest import _client, _wait_for, free_port
 from helpers import publish_sample
 from nightrec.service import create_app
 
@@ -26,12 +25,7 @@ def tls_redis_url(tmp_path_factory):
                              "--tls-auth-clients", "no", "--requirepass", "s3cret", "--save", "", "--appendonly", "no",
                              "--dir", str(folder)], stdout=subprocess.DEVNULL)
     url = f"rediss://:s3cret@127.0.0.1:{port}/2?ssl_cert_reqs=none"
-    for _ in range(100):
-        try:
-            redis.Redis.from_url(url).ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.05)
+    _wait_for(_client(url=url), proc)
     yield url
     proc.terminate()
     proc.wait(10)

@@ -77,15 +77,16 @@ def test_similar_items(api):
 
 def test_a_posted_event_is_streamed_and_filters_the_item_at_once(api, redis_url):
     assert item_ids(api.get("/v1/users/2/recommendations", params={"k": 1})) == [2]
+    ts = dt.datetime.now(dt.timezone.utc).replace(microsecond=0) - dt.timedelta(hours=1)
     response = api.post("/v1/events", json={"user_id": 2, "item_id": 2, "event_type": "Purchase",
-                                            "ts": "2024-01-02T10:00:00Z"})
+                                            "ts": ts.isoformat().replace("+00:00", "Z")})
     assert response.status_code == 202
     assert item_ids(api.get("/v1/users/2/recommendations", params={"k": 1})) == [3]
     assert item_ids(api.get("/v1/users/1/recommendations", params={"k": 2})) == [1, 2]  # other users unaffected
     entries = redis.Redis.from_url(redis_url).xrange(Keys("test").events)
     assert [e[0].decode() for e in entries] == [response.json()["id"]]
     assert entries[0][1] == {b"user_id": b"2", b"item_id": b"2", b"event_type": b"purchase", b"value": b"",
-                             b"ts": b"2024-01-02T10:00:00+00:00"}
+                             b"ts": ts.isoformat().encode()}
 
 
 @pytest.mark.parametrize("body, field", [
@@ -95,6 +96,8 @@ def test_a_posted_event_is_streamed_and_filters_the_item_at_once(api, redis_url)
     ({"user_id": 1, "item_id": 2, "event_type": "click", "ts": "yesterday"}, "ts"),
     ({"user_id": 1, "item_id": 2, "event_type": "click", "ts": "2024-01-02T10:00:00"}, "ts"),
     ({"user_id": 1, "item_id": 2, "event_type": "click", "ts": "2999-01-01T00:00:00Z"}, "ts"),
+    ({"user_id": 1, "item_id": 2, "event_type": "click", "ts": "2001-01-01T00:00:00Z"}, "ts"),
+    ({"user_id": 1, "item_id": 2, "event_type": "click", "ts": "0001-01-01T00:00:00+01:00"}, "ts"),
     ({"user_id": 1, "item_id": 2, "event_type": "click", "value": -1}, "value"),
     ({"user_id": 1, "item_id": 2, "event_type": "click", "color": "red"}, "color"),
     ({"item_id": 2, "event_type": "click"}, "user_id"),
@@ -177,16 +180,18 @@ def test_the_nightly_drain_writes_posted_events_to_landing_once(spark, api, sett
     from nightrec.landing import read_interactions
     from nightrec.validation import typed
 
-    for item, ts in ((7, "2024-01-02T23:59:00Z"), (8, "2024-01-03T00:01:00+01:00"), (9, "2024-01-03T08:00:00Z")):
+    today = dt.datetime.now(dt.timezone.utc).date()
+    day1, day2 = today - dt.timedelta(days=2), today - dt.timedelta(days=1)
+    for item, ts in ((7, f"{day1}T23:59:00Z"), (8, f"{day2}T00:01:00+01:00"), (9, f"{day2}T08:00:00Z")):
         assert api.post("/v1/events", json={"user_id": 1, "item_id": item, "event_type": "click", "value": 2,
                                             "ts": ts}).status_code == 202
-    first = drain_events.run(settings, dt.date(2024, 1, 3))
+    first = drain_events.run(settings, day2)
     assert first.events == 3 and len(first.files) == 2
-    assert drain_events.run(settings, dt.date(2024, 1, 3)).events == 0  # nothing twice
-    api.post("/v1/events", json={"user_id": 2, "item_id": 9, "event_type": "view", "ts": "2024-01-03T09:00:00Z"})
-    assert drain_events.run(settings, dt.date(2024, 1, 3)).events == 1
-    frame, days = read_interactions(spark, settings.path("landing"), [dt.date(2024, 1, 2), dt.date(2024, 1, 3)])
+    assert drain_events.run(settings, day2).events == 0  # nothing twice
+    api.post("/v1/events", json={"user_id": 2, "item_id": 9, "event_type": "view", "ts": f"{day2}T09:00:00Z"})
+    assert drain_events.run(settings, day2).events == 1
+    frame, days = read_interactions(spark, settings.path("landing"), [day1, day2])
     rows = sorted((r.user_id, r.item_id, r.event_type, r.value, str(r.dt)) for r in typed(frame).collect())
-    assert rows == [(1, 7, "click", 2.0, "2024-01-02"), (1, 8, "click", 2.0, "2024-01-02"),
-                    (1, 9, "click", 2.0, "2024-01-03"), (2, 9, "view", 1.0, "2024-01-03")]
+    assert rows == [(1, 7, "click", 2.0, str(day1)), (1, 8, "click", 2.0, str(day1)),
+                    (1, 9, "click", 2.0, str(day2)), (2, 9, "view", 1.0, str(day2))]
     assert len(redis.Redis.from_url(settings.redis.url).xrange(Keys("test").events)) == 1  # trimmed to the newest

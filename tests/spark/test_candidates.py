@@ -11,7 +11,7 @@ from pyspark.sql import functions as F
 from nightrec import modeling
 from nightrec.candidates import itemknn
 from nightrec.feedback import latest_split, stratified_split
-from nightrec.scoring import Bundle, recommend, user_block
+from nightrec.scoring import recommend, user_block
 from nightrec.candidates.popularity import ranked_lists, segment_lists
 from nightrec.stages.score import GLOBAL, new_user_recs
 

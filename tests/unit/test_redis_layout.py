@@ -73,6 +73,7 @@ def test_round_trip_keeps_order_and_scores_to_float16_precision():
     assert ids_back == ids
     assert scores_back == pytest.approx([0.9, 0.7, 0.333, 0.0], abs=1e-3)
     assert decode(encode([], [])) == ([], [])
+    assert decode(encode([1, 2], [1e6, -np.inf]))[1] == [65504.0, -65504.0]  # float16's range, never inf
     assert decode_user(encode([3], [1.0])) == ([3], [1.0])
     assert decode_user(encode_segment_ref("age=25-34|gender=F")) == "age=25-34|gender=F"
     assert decode_id_set(encode_id_set([9, 2])) == {2, 9}

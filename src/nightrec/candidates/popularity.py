@@ -54,7 +54,8 @@ def segment_key(age: Column, gender: Column) -> Column:
     band = F.when(age.isNull(), None)
     for low, high in AGE_BANDS:
         band = band.when(age < high if high else F.lit(True), F.lit(f"age={low}-{high - 1}" if high else f"age={low}+"))
-    key = F.concat_ws("|", band, F.when(gender != "", F.concat(F.lit("gender="), gender)))
+    # Free-text genders become part of Redis key names: only short plain codes make a segment.
+    key = F.concat_ws("|", band, F.when(gender.rlike(r"^[A-Z0-9_-]{1,20}$"), F.concat(F.lit("gender="), gender)))
     return F.when(key != "", key)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import os
 import sys
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from nightrec.settings import Settings
 from nightrec.stages import stage_main
 
 PAGE = 10_000
+log = logging.getLogger("nightrec.drain_events")
 
 
 @dataclass
@@ -31,6 +33,11 @@ class DrainResult:
     drained_to: str | None = None
 
 
+def stream_id(value: bytes) -> tuple[int, int]:
+    millis, _, seq = value.partition(b"-")
+    return int(millis), int(seq or 0)
+
+
 def read_new(client, keys: Keys) -> tuple[list[tuple[bytes, dict]], bytes | None]:
     """Entries after the drained position up to the newest one now; later ones wait for the next drain."""
     newest = client.xrevrange(keys.events, count=1)
@@ -38,6 +45,11 @@ def read_new(client, keys: Keys) -> tuple[list[tuple[bytes, dict]], bytes | None
         return [], None
     last = newest[0][0]
     start = client.get(keys.events_drained)
+    oldest = client.xrange(keys.events, count=1)[0][0]
+    if start and stream_id(oldest) > stream_id(start):
+        # The stream's cap (service.events_max_len) trimmed entries nobody drained: say so, keep going.
+        log.error("events between stream ids %s and %s were trimmed before they were drained: they are lost",
+                  start.decode(), oldest.decode())
     entries = []
     cursor = b"(" + start if start else b"-"
     while True:

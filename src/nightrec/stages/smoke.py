@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from nightrec.service import create_app
 from nightrec.settings import Settings
 from nightrec.stages import stage_main
+from nightrec.stages.score import GLOBAL_SOURCE, SEGMENT_PREFIX
 from nightrec.validation import MAX_ID
 
 
@@ -29,11 +30,16 @@ class SmokeResult:
 
 
 def run(settings: Settings, ds: dt.date) -> SmokeResult:
-    users = DeltaTable(settings.table("gold/recommendations")).to_pyarrow_table(
-        columns=["user_id"], partitions=[("dt", "=", ds.isoformat())])["user_id"]
-    if len(users) == 0:
+    gold = DeltaTable(settings.table("gold/recommendations")).to_pyarrow_table(
+        columns=["user_id", "model_version"], partitions=[("dt", "=", ds.isoformat())])
+    if gold.num_rows == 0:
         raise SmokeFailed(f"gold/recommendations has no users for {ds}")
-    known, unknown = pc.min(users).as_py(), pc.max(users).as_py() + 1
+    fallback = pc.or_(pc.starts_with(gold["model_version"], SEGMENT_PREFIX), pc.equal(gold["model_version"], GLOBAL_SOURCE))
+    personal = gold.filter(pc.invert(fallback))["user_id"]
+    if len(personal) == 0:
+        raise SmokeFailed(f"gold/recommendations has no personal lists for {ds}")
+    users = gold["user_id"]
+    known, unknown = pc.min(personal).as_py(), pc.max(users).as_py() + 1
     if unknown > MAX_ID:
         taken = set(users.to_pylist())
         unknown = next(u for u in range(1, MAX_ID) if u not in taken)
