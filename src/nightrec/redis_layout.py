@@ -186,8 +186,9 @@ def _half(scores) -> np.ndarray:
     return np.clip(np.asarray(scores, dtype=np.float32), -_SCORE_LIMIT, _SCORE_LIMIT).astype(_SCORES)
 
 
-def decode(value: bytes) -> tuple[list[int], list[float]]:
-    """Codec 1 -> (item ids, scores)."""
+def decode(value: bytes, limit: int | None = None) -> tuple[list[int], list[float]]:
+    """Codec 1 -> (item ids, scores); only the first `limit` entries when given (the value is still
+    checked whole)."""
     if len(value) < _RANKED_HEADER.size:
         raise ValueError("value too short for a nightrec header")
     codec, count = _RANKED_HEADER.unpack_from(value)
@@ -196,8 +197,9 @@ def decode(value: bytes) -> tuple[list[int], list[float]]:
     expected = _RANKED_HEADER.size + count * (_IDS.itemsize + _SCORES.itemsize)
     if len(value) != expected:
         raise ValueError(f"value holds {len(value)} bytes, codec 1 with {count} items needs {expected}")
-    ids = np.frombuffer(value, dtype=_IDS, count=count, offset=_RANKED_HEADER.size)
-    scores = np.frombuffer(value, dtype=_SCORES, count=count, offset=_RANKED_HEADER.size + count * _IDS.itemsize)
+    wanted = count if limit is None else min(count, limit)
+    ids = np.frombuffer(value, dtype=_IDS, count=wanted, offset=_RANKED_HEADER.size)
+    scores = np.frombuffer(value, dtype=_SCORES, count=wanted, offset=_RANKED_HEADER.size + count * _IDS.itemsize)
     return ids.tolist(), scores.astype(np.float32).tolist()
 
 
@@ -206,14 +208,14 @@ def encode_segment_ref(segment: str) -> bytes:
     return bytes([SEGMENT_REF]) + check_name(segment, "segment").encode()
 
 
-def decode_user(value: bytes) -> tuple[list[int], list[float]] | str:
+def decode_user(value: bytes, limit: int | None = None) -> tuple[list[int], list[float]] | str:
     """A user key's value: (item ids, scores), or the name of the segment whose list applies."""
     if value[:1] == bytes([SEGMENT_REF]):
         try:
             return check_name(value[1:].decode(), "segment")
         except (UnicodeDecodeError, ValueError):
             raise ValueError("segment reference holds no valid segment name") from None
-    return decode(value)
+    return decode(value, limit)
 
 
 def encode_id_set(item_ids) -> bytes:

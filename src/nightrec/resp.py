@@ -74,9 +74,11 @@ class MultiplexedRedis:
     async def execute(self, *args, retry: bool = True):
         """One command within `timeout` (connecting included). A command that may safely run twice
         (retry=True, e.g. MGET) is sent once more on a fresh connection when the connection drops."""
+        protocol = self._protocol
         try:
             async with asyncio.timeout(self.timeout):
-                protocol = await self._connected()
+                if protocol is None or protocol.lost is not None:
+                    protocol = await self._connected()
                 try:
                     return await protocol.call(*args)
                 except ConnectionError:

@@ -204,9 +204,10 @@ def parse_exclude(raw: str | None) -> set[int]:
 def ranked(ids: list[int], scores: list[float], k: int, drops: tuple[set[int] | frozenset[int], ...],
            keep_only: frozenset[int] | None = None) -> list[dict]:
     """The first k items in none of the drop sets (and in keep_only, when given), ranked from 1."""
+    drops = tuple(d for d in drops if d)  # usually none: then no set is probed at all
     items = []
     for item, score in zip(ids, scores):
-        if any(item in drop for drop in drops) or (keep_only is not None and item not in keep_only):
+        if (drops and any(item in d for d in drops)) or (keep_only is not None and item not in keep_only):
             continue
         items.append({"item_id": item, "rank": len(items) + 1, "score": round(score, 4)})
         if len(items) == k:
@@ -305,8 +306,11 @@ class Lookup:
         data = await self.version_data(version)
         keep_only = await self.category_members(version, data, category)
         value, consumed = await self.hot.mget(self.keys.user(version, user_id), self.keys.consumed(user_id))
+        drops = (drop, data.unavailable, decode_consumed(consumed))
+        # Without a category filter the first k + (items that may be dropped) entries are enough.
+        needed = k + sum(map(len, drops)) if keep_only is None else None
         try:
-            stored = decode_user(value) if value is not None else GLOBAL_SEGMENT
+            stored = decode_user(value, needed) if value is not None else GLOBAL_SEGMENT
         except ValueError as error:
             raise unreadable(f"user {user_id}", version, error) from None
         if isinstance(stored, str):
@@ -316,7 +320,6 @@ class Lookup:
         else:
             source, segment = "personalized", None
             ids, scores = stored
-        drops = (drop, data.unavailable, decode_consumed(consumed))
         return {"user_id": user_id, "source": source, "segment": segment, "version": version,
                 "model_version": data.model_version, "items": ranked(ids, scores, k, drops, keep_only)}
 

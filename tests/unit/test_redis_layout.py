@@ -73,6 +73,7 @@ def test_round_trip_keeps_order_and_scores_to_float16_precision():
     assert ids_back == ids
     assert scores_back == pytest.approx([0.9, 0.7, 0.333, 0.0], abs=1e-3)
     assert decode(encode([], [])) == ([], [])
+    assert decode(encode(ids, [0.9, 0.7, 0.333, 0.0]), limit=2) == (ids[:2], scores_back[:2])
     assert decode(encode([1, 2], [1e6, -np.inf]))[1] == [65504.0, -65504.0]  # float16's range, never inf
     assert decode_user(encode([3], [1.0])) == ([3], [1.0])
     assert decode_user(encode_segment_ref("age=25-34|gender=F")) == "age=25-34|gender=F"
