@@ -57,15 +57,17 @@ def redis_cluster(tmp_path_factory):
     import redis
 
     folder = tmp_path_factory.mktemp("redis-cluster")
-    ports = free_ports(3)
+    # The cluster bus port defaults to port + 10000, which may be taken or past 65535: choose it too.
+    free = free_ports(6)
+    ports, bus_ports = free[:3], free[3:]
     procs = []
-    for port in ports:
+    for port, bus_port in zip(ports, bus_ports):
         node = folder / str(port)
         node.mkdir()
         procs.append(subprocess.Popen(
-            [shutil.which("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
-             "--cluster-config-file", str(node / "nodes.conf"), "--save", "", "--appendonly", "no",
-             "--dir", str(node)], stdout=subprocess.DEVNULL))
+            [shutil.which("redis-server"), "--port", str(port), "--cluster-port", str(bus_port), "--bind", "127.0.0.1",
+             "--cluster-enabled", "yes", "--cluster-config-file", str(node / "nodes.conf"), "--save", "",
+             "--appendonly", "no", "--dir", str(node)], stdout=subprocess.DEVNULL))
     for port, proc in zip(ports, procs):
         _wait_for(_client(port), proc)
     subprocess.run(["redis-cli", "--cluster", "create", *[f"127.0.0.1:{p}" for p in ports], "--cluster-replicas", "0",
