@@ -13,43 +13,21 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import re
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 
 import redis
 from pyspark.sql import functions as F
 
 from nightrec import publisher
+from nightrec.benchmark import private_redis
 from nightrec.redis_layout import encode
 from nightrec.scoring import with_serving_value
 from nightrec.settings import load_settings
 from nightrec.spark import get_spark
 
 VALUE_BYTES = len(encode(range(1, 101), [0.5] * 100))  # a top-100 list: 603 bytes
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_redis(folder: str) -> tuple[subprocess.Popen, int]:
-    port = free_port()
-    proc = subprocess.Popen([shutil.which("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", folder], stdout=subprocess.DEVNULL)
-    client = redis.Redis(port=port)
-    for _ in range(100):
-        try:
-            client.ping()
-            return proc, port
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    raise RuntimeError("redis-server did not start")
 
 
 def redis_benchmark_set_rate(port: int, requests: int) -> float:
@@ -83,32 +61,27 @@ def main(argv: list[str]) -> None:
     recs = recs.select("user_id", "value").cache()
     recs.count()
 
-    with tempfile.TemporaryDirectory() as folder:
-        proc, port = start_redis(folder)
-        try:
-            client = redis.Redis(port=port)
-            url = f"redis://127.0.0.1:{port}/0"
-            load = dict(url=url, cluster=False, prefix="nightrec", kind="user")
-            publisher.load_values(recs.limit(10_000), version="0", **load)  # Python workers started, code loaded
-            bench_rates, load_seconds = [], []
-            for attempt in range(2):  # alternating, best of two each: the machine is shared
-                client.flushall()
-                bench_rates.append(redis_benchmark_set_rate(port, args.users))
-                client.flushall()
-                empty = used_memory(client)
-                started = time.perf_counter()
-                written = publisher.load_values(recs, version=f"19980422.{attempt}", **load)
-                load_seconds.append(time.perf_counter() - started)
-                per_user = (used_memory(client) - empty) / written
-            bench_rate, load_seconds = max(bench_rates), min(load_seconds)
+    with private_redis() as port:
+        client = redis.Redis(port=port)
+        url = f"redis://127.0.0.1:{port}/0"
+        load = dict(url=url, cluster=False, prefix="nightrec", kind="user")
+        publisher.load_values(recs.limit(10_000), version="0", **load)  # Python workers started, code loaded
+        bench_rates, load_seconds = [], []
+        for attempt in range(2):  # alternating, best of two each: the machine is shared
             client.flushall()
+            bench_rates.append(redis_benchmark_set_rate(port, args.users))
+            client.flushall()
+            empty = used_memory(client)
             started = time.perf_counter()
-            publisher.publish(recs, publisher.Extras({"global": ([1], [1.0])}), url=url, prefix="nightrec",
-                              ds=dt.date(1998, 4, 22), model_version="bench/1")
-            publish_seconds = time.perf_counter() - started
-        finally:
-            proc.terminate()
-            proc.wait(10)
+            written = publisher.load_values(recs, version=f"19980422.{attempt}", **load)
+            load_seconds.append(time.perf_counter() - started)
+            per_user = (used_memory(client) - empty) / written
+        bench_rate, load_seconds = max(bench_rates), min(load_seconds)
+        client.flushall()
+        started = time.perf_counter()
+        publisher.publish(recs, publisher.Extras({"global": ([1], [1.0])}), url=url, prefix="nightrec",
+                          ds=dt.date(1998, 4, 22), model_version="bench/1")
+        publish_seconds = time.perf_counter() - started
 
     load_rate, publish_rate = written / load_seconds, args.users / publish_seconds
     print(f"\n$ .venv/bin/python bench/loader.py --users {args.users}")

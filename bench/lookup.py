@@ -26,18 +26,11 @@ import numpy as np
 import redis
 
 from nightrec import publisher
+from nightrec.benchmark import free_port, private_redis
 from nightrec.redis_layout import Keys, encode, encode_id_set
 
 PREFIX = "bench"
 CONNECTIONS = 64
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_until(check, what: str, seconds: float = 30) -> None:
@@ -134,14 +127,10 @@ def main(argv: list[str]) -> None:
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: apt-get install wrk")
 
-    with tempfile.TemporaryDirectory() as folder:
-        redis_port, http_port = free_port(), free_port()
-        server = subprocess.Popen([shutil.which("redis-server"), "--port", str(redis_port), "--bind", "127.0.0.1",
-                                   "--save", "", "--appendonly", "no", "--dir", folder], stdout=subprocess.DEVNULL)
-        service = None
+    with private_redis() as redis_port:
+        http_port, service = free_port(), None
         try:
             client = redis.Redis(port=redis_port)
-            wait_until(client.ping, "redis-server")
             publish_random(client, args.users)
             env = {**os.environ, "NIGHTREC_REDIS__URL": f"redis://127.0.0.1:{redis_port}/0",
                    "NIGHTREC_REDIS__PREFIX": PREFIX}
@@ -161,8 +150,6 @@ def main(argv: list[str]) -> None:
             if service is not None:
                 service.terminate()
                 service.wait(30)
-            server.terminate()
-            server.wait(10)
 
     service_rate, redis_rate = max(service_rates), max(redis_rates)
     p50, p99, p999 = np.percentile(latencies, [50, 99, 99.9])

@@ -10,7 +10,13 @@ inner-validation NDCG, exactly as the nightly job would pick it.
 from __future__ import annotations
 
 import datetime as dt
+import shutil
+import socket
+import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +30,37 @@ from nightrec.stages import ingest, validate
 TRAIN_SHARE = 0.75
 MOVIELENS_LAST_DAY = dt.date(1998, 4, 22)
 MOVIELENS_DAYS = 215  # back from its last day, these cover all of MovieLens-100K
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def private_redis() -> Iterator[int]:
+    """A redis-server of the benchmark's own (nothing else in it, nothing kept); yields its port."""
+    import redis
+
+    with tempfile.TemporaryDirectory() as folder:
+        port = free_port()
+        proc = subprocess.Popen([shutil.which("redis-server"), "--port", str(port), "--bind", "127.0.0.1",
+                                 "--save", "", "--appendonly", "no", "--dir", folder], stdout=subprocess.DEVNULL)
+        try:
+            client = redis.Redis(port=port)
+            for _ in range(100):
+                try:
+                    client.ping()
+                    break
+                except redis.ConnectionError:
+                    time.sleep(0.05)
+            else:
+                raise RuntimeError("redis-server did not start")
+            yield port
+        finally:
+            proc.terminate()
+            proc.wait(10)
 
 
 def movielens_lake(spark: SparkSession, settings: Settings, cache_dir: Path) -> None:
