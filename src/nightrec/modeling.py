@@ -77,18 +77,23 @@ def grid(space: dict[str, list]) -> list[dict]:
     return [dict(zip(names, values)) for values in itertools.product(*(space[n] for n in names))]
 
 
+def is_unavailable():
+    """Column over an item file snapshot: true when its `available` attribute says no."""
+    return F.lower(F.trim(F.col("attributes")["available"])).isin(list(UNAVAILABLE))
+
+
 def training_set(feedback: DataFrame, items: DataFrame | None, as_of: dt.datetime,
                  opts: ModelSettingsView) -> TrainingSet:
     """The catalog is every item with feedback or a row in the item file; rules come from the file."""
     ids = {int(r.item_id) for r in feedback.select("item_id").distinct().collect()}
     unavailable, categories = set(), {}
     if items is not None:
-        rows = items.select("item_id", F.lower(F.trim(F.col("attributes")["available"])).alias("available"),
+        rows = items.select("item_id", is_unavailable().alias("unavailable"),
                             F.coalesce(F.col("attributes")["category"],
                                        F.split(F.col("attributes")["genres"], r"\|")[0]).alias("category")).collect()
         for row in rows:
             ids.add(int(row.item_id))
-            if row.available in UNAVAILABLE:
+            if row.unavailable:
                 unavailable.add(int(row.item_id))
             if row.category:
                 categories[int(row.item_id)] = row.category.strip().lower()

@@ -14,7 +14,7 @@ from pyspark.sql import functions as F
 from nightrec import lake, registry, tracking
 from nightrec.candidates import popularity
 from nightrec.feedback import implicit_feedback
-from nightrec.modeling import UNAVAILABLE
+from nightrec.modeling import is_unavailable
 from nightrec.redis_layout import SEGMENT_REF
 from nightrec.scoring import recommend, user_rows
 from nightrec.similar import similar_items
@@ -74,8 +74,7 @@ def is_personal(model_version):
 def unavailable_items(items: DataFrame | None) -> set[int]:
     if items is None:
         return set()
-    flag = F.lower(F.trim(F.col("attributes")["available"]))
-    return {r.item_id for r in items.where(flag.isin(list(UNAVAILABLE))).select("item_id").collect()}
+    return {r.item_id for r in items.where(is_unavailable()).select("item_id").collect()}
 
 
 def run(spark: SparkSession, settings: Settings, ds: dt.date) -> ScoreResult:
