@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from airflow.sdk import Param, chain, dag, task
 
 # Equal to nightrec.stages.STAGES (tests/dags keeps them in step); spelled out so parsing imports nothing heavy.
-STAGES = ("drain_events", "ingest", "validate", "train", "score", "publish", "smoke")
+STAGES = ("drain_events", "ingest", "validate", "train", "score", "publish", "smoke", "housekeeping")
 
 
 def _stage_task(stage: str):

@@ -51,6 +51,33 @@ def demo_data(landing: Annotated[Optional[Path], typer.Option(help="landing fold
 
 
 @app.command()
+def synth(out: Annotated[Path, typer.Argument(help="landing folder to write")],
+          users: Annotated[int, typer.Option(min=1, max=2**31 - 1, help="users in users.parquet (ids 1..N)")],
+          items: Annotated[int, typer.Option(min=1, max=2**31 - 1, help="items in items.parquet (ids 1..M)")],
+          events: Annotated[int, typer.Option(min=0, help="interaction rows in total, over all days")],
+          days: Annotated[int, typer.Option(min=1, help="landing days, ending at --end")],
+          seed: Annotated[int, typer.Option(min=0, help="same seed, same files")] = 0,
+          end: Annotated[str, typer.Option(help="last day, YYYY-MM-DD")] = "2024-06-30",
+          zipf_exponent: Annotated[float, typer.Option(min=0.5, max=3.0,
+                                                       help="item popularity ~ rank^-exponent")] = 1.05,
+          overwrite: Annotated[bool, typer.Option(help="replace the landing data already in OUT")] = False):
+    """Write synthetic landing data (interactions, items, users) with a realistic shape, for tests,
+    benchmarks and sizing. Prints one JSON summary line."""
+    from nightrec import synth as synthetic
+
+    config = synthetic.Config(users=users, items=items, events=events, days=days, seed=seed, end=_date(end),
+                              zipf_exponent=zipf_exponent)
+    progress = Console(stderr=True)
+    try:
+        with progress.status("building the catalog and users") as status:
+            summary = synthetic.generate(config, out, overwrite, progress=status.update)
+    except FileExistsError as error:
+        progress.print(f"[red]{error}[/]", highlight=False)
+        raise typer.Exit(1) from None
+    typer.echo(json.dumps(summary))
+
+
+@app.command()
 def run(ds: DsOption,
         lookback_days: Annotated[int, typer.Option(min=1, help="landing days ending at ds to (re)ingest")] = 1,
         landing: Annotated[Optional[Path], typer.Option(help="folder of landing files (default: settings)")] = None):
@@ -90,7 +117,10 @@ def _follow(command: list[str], env: dict, log_path: Path) -> int:
                 log.write(line)
                 if (m := re.search(r"\[DAG TEST\] starting task_id=(\w+)", line)):
                     started[m[1]] = time.monotonic()
+                    console.print(f"  task {m[1]:<9} started")
                     status.update(f"task [bold]{m[1]}[/] running")
+                elif (m := re.search(r"(\[\w+ +[\d.]+ s\] .*)", line)):
+                    console.print(f"    {m[1]}", style="dim", highlight=False)  # a stage's progress line
                 elif (m := re.search(r"\[DAG TEST\] end task task_id=(\w+)", line)):
                     console.print(f"  task {m[1]:<9} ended after {time.monotonic() - started[m[1]]:6.1f} s")
                 elif line.startswith('{"stage"'):
@@ -109,12 +139,21 @@ def _follow(command: list[str], env: dict, log_path: Path) -> int:
 
 
 @app.command()
-def stage(name: Annotated[str, typer.Argument(help="drain_events|ingest|validate|train|score|publish|smoke")], ds: DsOption,
+def stage(name: Annotated[str, typer.Argument(help="drain_events|ingest|validate|train|score|publish|smoke|housekeeping, or tune")], ds: DsOption,
           lookback_days: Annotated[int, typer.Option(min=1)] = 1):
     """Run one stage directly (no Airflow), e.g. to debug or re-run a single step."""
     from nightrec.orchestration import run_stage
 
     run_stage(name, _date(ds).isoformat(), lookback_days)
+
+
+@app.command()
+def tune(ds: DsOption):
+    """Search hyperparameters and blend weights on the window ending DS; the chosen recipe is what the
+    following nights fit (the weekly DAG nightrec_tune does this on schedule)."""
+    from nightrec.orchestration import TUNE, run_stage
+
+    run_stage(TUNE, _date(ds).isoformat())
 
 
 @app.command()

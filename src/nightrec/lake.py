@@ -3,15 +3,18 @@
 Spark writes plain parquet files into the table folder; the driver then commits exactly those
 files with delta-rs in one transaction that also removes the files of the partitions being
 replaced. Until that commit, readers see the previous version: a crash leaves only uncommitted
-files behind, never a half-replaced day.
+files behind, never a half-replaced day. `vacuum` later deletes replaced and uncommitted files once
+they are older than the retention (the nightly housekeeping task).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from urllib.parse import unquote
 
 import pyarrow as pa
@@ -174,3 +177,100 @@ def _json_value(value: object) -> object:
     if isinstance(value, dt.date):
         return value.isoformat()
     return value
+
+
+# --- Retention: VACUUM and log expiry (docs/lake.md, "Retention: VACUUM and log expiry") ---
+
+RETENTION_PROPERTIES = ("delta.deletedFileRetentionDuration", "delta.logRetentionDuration")
+LOG_FOLDER = "_delta_log"
+
+
+@dataclass
+class VacuumResult:
+    version: int                  # the table's version after the vacuum (its own commits included)
+    files_deleted: int            # data files: replaced ones and untracked leftovers of failed writes
+    bytes_freed: int              # data and log bytes together
+    partitions: list[str] = field(default_factory=list)  # `dt` values whose files were deleted
+    log_files_deleted: int = 0
+
+
+def find_tables(lake_root: str, max_depth: int = 3) -> list[str]:
+    """Every Delta table under `lake_root` (a folder holding `_delta_log`), as paths relative to it,
+    sorted: e.g. ["bronze/interactions", "gold/recommendations", ...]. A table's own folders are
+    not searched further; folders starting with `_` or `.` are skipped."""
+    fs, base = pafs.FileSystem.from_uri(lake_root)
+    base = base.rstrip("/")
+    found, pending = [], [(base, 0)]
+    while pending:
+        folder, depth = pending.pop()
+        infos = fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+        folders = [i for i in infos if i.type == pafs.FileType.Directory]
+        if folder != base and any(i.base_name == LOG_FOLDER for i in folders):
+            found.append(folder[len(base):].lstrip("/"))
+        elif depth < max_depth:
+            pending.extend((i.path, depth + 1) for i in folders if not i.base_name.startswith(("_", ".")))
+    return sorted(found)
+
+
+def vacuum(root: str, retention: dt.timedelta) -> VacuumResult:
+    """Delete the files of `root` that its current version does not need and that are older than
+    `retention`, and expire log entries older than it; returns what went.
+
+    delta-rs's own VACUUM in full mode does the deleting: files the current version references are
+    never touched; files replaced (tombstoned) more than `retention` ago go, and so do untracked files
+    (parquet a failed write left behind) last modified more than `retention` ago. The table's
+    `delta.deletedFileRetentionDuration` and `delta.logRetentionDuration` are set to `retention` so
+    that other Delta engines honour the same window. Then a checkpoint is written and log entries
+    past the retention (before the newest checkpoint older than it) are removed. Time travel to a
+    version older than `retention` is no longer possible afterwards.
+    """
+    hours = math.ceil(retention.total_seconds() / 3600)
+    if hours < 0:
+        raise ValueError(f"retention must not be negative, got {retention}")
+    try:
+        table = DeltaTable(root)
+    except TableNotFoundError:
+        raise LakeError(f"no Delta table at {root}") from None
+    fs, base = pafs.FileSystem.from_uri(root)
+    base = base.rstrip("/")
+    sizes_before = _sizes(fs, base)
+    interval = f"interval {hours // 24} days" if hours % 24 == 0 else f"interval {hours} hours"
+    configuration = table.metadata().configuration
+    if any(configuration.get(key) != interval for key in RETENTION_PROPERTIES):
+        # delta-rs may expire log entries right at this commit: the listing above counts them.
+        table.alter.set_table_properties({key: interval for key in RETENTION_PROPERTIES})
+        table = DeltaTable(root)
+    current = {unquote(path) for path in pa.table(table.get_add_actions()).column("path").to_pylist()}
+
+    planned = {unquote(path) for path in table.vacuum(retention_hours=hours, dry_run=True, full=True)}
+    if planned & current:
+        raise LakeError(f"{root}: vacuum planned to delete files of the current version "
+                        f"{sorted(planned & current)[:5]}; nothing was deleted")
+    deleted: list[str] = []
+    if planned:
+        deleted = [unquote(path) for path in table.vacuum(retention_hours=hours, dry_run=False, full=True)]
+    table = DeltaTable(root)
+    table.create_checkpoint()
+    table.cleanup_metadata()
+
+    sizes_after = _sizes(fs, base)
+    missing = sorted(path for path in current if path not in sizes_after)
+    if missing:
+        raise LakeError(f"{root}: files of the current version are gone after the vacuum: {missing[:5]}")
+    gone = [path for path in sizes_before if path not in sizes_after]
+    log_gone = [path for path in gone if path.startswith(f"{LOG_FOLDER}/")]
+    partitions = {part.split("=", 1)[1] for path in deleted
+                  for part in path.split("/")[:-1] if part.startswith(f"{PARTITION}=")}
+    return VacuumResult(
+        version=DeltaTable(root).version(),
+        files_deleted=len(deleted),
+        bytes_freed=sum(sizes_before[path] for path in gone),
+        partitions=sorted(partitions),
+        log_files_deleted=len(log_gone),
+    )
+
+
+def _sizes(fs: pafs.FileSystem, base: str) -> dict[str, int]:
+    """Size of every file under a table root (its log included), by path relative to the root."""
+    infos = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+    return {i.path[len(base):].lstrip("/"): i.size for i in infos if i.type == pafs.FileType.File}

@@ -1,10 +1,11 @@
-"""Candidates end to end: hyperparameter search and blend weights on an inner validation split,
-then fitting every candidate (and the hybrid) into a scoring Bundle."""
+"""Candidates end to end: hyperparameter search and blend weights on an inner validation split
+(tuning), recipes (what tuning chose), and fitting a recipe into a scoring Bundle (every night)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import itertools
+import json
 import time
 import tomllib
 from dataclasses import dataclass, field
@@ -15,10 +16,10 @@ import scipy.sparse as sp
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from nightrec.candidates import als, content, itemknn, popularity
+from nightrec.candidates import als, content, itemknn, neighbours, popularity
 from nightrec.scoring import Bundle, Rules, UserBlock, standardize, user_block, user_rows
 
-FAMILIES = ("als", "itemknn", "content", "popularity")
+FAMILIES = ("als", "itemknn", "neighbours", "content", "popularity")
 HYBRID = "hybrid"
 CANDIDATES = FAMILIES + (HYBRID,)
 WEIGHT_STEPS = (0.0, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0)
@@ -26,6 +27,8 @@ WEIGHT_STEPS = (0.0, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0)
 # noise of a few thousand validation users and do not carry over to unseen data.
 MIN_BLEND_GAIN = 0.005
 UNAVAILABLE = ("0", "false", "no", "n", "unavailable")
+CANDIDATES_PER_FAMILY = 200    # per user: each family's best items that the blend search re-ranks
+SAMPLE_BLOCK_SCORES = 1 << 22  # dense scores held at once while scoring the validation sample (16 MB)
 
 
 @dataclass
@@ -43,6 +46,56 @@ class TrainingSet:
         return user_rows(self.feedback, self.as_of, self.recency_half_life_days)
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """What a night fits: a candidate (a family or the hybrid), each used family's hyperparameters
+    and the blend weights. Tuning chooses it; it is stored as JSON with every model version."""
+
+    candidate: str
+    params: dict[str, dict]
+    weights: dict[str, float]
+
+    def families(self) -> list[str]:
+        return [f for f in FAMILIES if self.weights.get(f, 0) > 0]
+
+    def to_json(self) -> str:
+        return json.dumps({"candidate": self.candidate, "params": self.params, "weights": self.weights}, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Recipe:
+        try:
+            recipe = cls(str(data["candidate"]), {f: dict(p) for f, p in data["params"].items()},
+                         {f: float(w) for f, w in data["weights"].items()})
+        except (KeyError, TypeError, AttributeError) as error:
+            raise ValueError(f"a recipe needs candidate, params and weights: {error!r} in {data!r}") from None
+        unknown = set(recipe.params) - set(FAMILIES)
+        if recipe.candidate not in CANDIDATES or unknown or not recipe.families():
+            raise ValueError(f"not a usable recipe: {data!r} (families: {FAMILIES}, candidates: {CANDIDATES})")
+        missing = [f for f in recipe.families() if f not in recipe.params]
+        if missing:
+            raise ValueError(f"recipe {data!r} weights {missing} without their hyperparameters")
+        return recipe
+
+    @classmethod
+    def from_json(cls, text: str) -> Recipe:
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Recipe:
+        try:
+            return cls.from_dict(tomllib.loads(Path(path).read_text()))
+        except (OSError, tomllib.TOMLDecodeError, ValueError) as error:
+            raise ValueError(f"{path}: {error}") from None
+
+
+def recipe_of(name: str, selection: Selection) -> Recipe:
+    """The recipe of one searched candidate: a family alone, or the hybrid of the families it weighs."""
+    if name == HYBRID:
+        used = {n: w for n, w in selection.weights.items() if w > 0}
+        return Recipe(HYBRID, {n: selection.params[n] for n in used}, used)
+    return Recipe(name, {name: selection.params[name]}, {name: 1.0})
+
+
 @dataclass
 class Selection:
     params: dict[str, dict]                  # chosen hyperparameters per family
@@ -58,7 +111,7 @@ class ModelSettingsView:
     seed: int = 42
     eval_k: int = 10
     blocks: int = 2
-    item_knn_max_items: int = 10_000
+    item_knn_max_items: int = 5_000
     validation_users: int = 5_000
     recency_half_life_days: float = 90.0
     max_per_category: int | None = None
@@ -82,41 +135,62 @@ def is_unavailable():
     return F.lower(F.trim(F.col("attributes")["available"])).isin(list(UNAVAILABLE))
 
 
+@dataclass
+class ItemFacts:
+    """What the item file says about items: the ids it lists, which are unavailable, their category."""
+
+    ids: np.ndarray
+    unavailable: np.ndarray      # bool per id
+    categories: np.ndarray       # object (str or None) per id
+
+    @classmethod
+    def read(cls, items: DataFrame | None) -> ItemFacts:
+        if items is None:
+            return cls(np.zeros(0, np.int64), np.zeros(0, bool), np.zeros(0, object))
+        table = items.select("item_id", is_unavailable().alias("unavailable"), F.lower(F.trim(F.coalesce(
+            F.col("attributes")["category"], F.split(F.col("attributes")["genres"], r"\|")[0]))).alias("category")
+        ).toArrow()
+        return cls(table.column("item_id").to_numpy().astype(np.int64),
+                   table.column("unavailable").to_numpy(zero_copy_only=False).astype(bool),
+                   np.asarray(table.column("category").to_pylist(), dtype=object))
+
+    def rules_for(self, catalog: np.ndarray, max_per_category: int | None) -> Rules:
+        """The rules over a catalog (any catalog: a champion's from another night too)."""
+        unavailable = np.isin(catalog, self.ids[self.unavailable])
+        named = np.array([c is not None and c != "" for c in self.categories], dtype=bool)
+        codes = {name: code for code, name in enumerate(sorted(set(self.categories[named])))}
+        categories = None
+        if codes:
+            categories = np.full(len(catalog), -1, dtype=np.int32)
+            positions = np.searchsorted(catalog, self.ids[named])
+            found = (positions < len(catalog)) & (catalog[np.minimum(positions, len(catalog) - 1)] == self.ids[named])
+            categories[positions[found]] = [codes[c] for c in self.categories[named][found]]
+        return Rules(unavailable=unavailable if unavailable.any() else None, categories=categories,
+                     max_per_category=max_per_category)
+
+
 def training_set(feedback: DataFrame, items: DataFrame | None, as_of: dt.datetime,
                  opts: ModelSettingsView) -> TrainingSet:
     """The catalog is every item with feedback or a row in the item file; rules come from the file."""
-    ids = {int(r.item_id) for r in feedback.select("item_id").distinct().collect()}
-    unavailable, categories = set(), {}
-    if items is not None:
-        rows = items.select("item_id", is_unavailable().alias("unavailable"),
-                            F.coalesce(F.col("attributes")["category"],
-                                       F.split(F.col("attributes")["genres"], r"\|")[0]).alias("category")).collect()
-        for row in rows:
-            ids.add(int(row.item_id))
-            if row.unavailable:
-                unavailable.add(int(row.item_id))
-            if row.category:
-                categories[int(row.item_id)] = row.category.strip().lower()
-    catalog = np.array(sorted(ids), dtype=np.int64)
-    codes = {name: code for code, name in enumerate(sorted(set(categories.values())))}
-    rules = Rules(
-        unavailable=np.isin(catalog, list(unavailable)) if unavailable else None,
-        categories=np.array([codes.get(categories.get(i), -1) for i in catalog], dtype=np.int32) if codes else None,
-        max_per_category=opts.max_per_category)
-    return TrainingSet(feedback, as_of, catalog, rules, items, opts.recency_half_life_days)
+    facts = ItemFacts.read(items)
+    seen = feedback.select("item_id").distinct().toArrow().column("item_id").to_numpy()
+    catalog = np.union1d(seen.astype(np.int64), facts.ids)
+    return TrainingSet(feedback, as_of, catalog, facts.rules_for(catalog, opts.max_per_category), items,
+                       opts.recency_half_life_days)
 
 
 class ValidationSample:
-    """Up to `max_users` users of the truth, their histories as blocks, and their relevant items:
-    what hyperparameters and blend weights are chosen on (NDCG@k computed on the driver)."""
+    """Up to `max_users` users of the truth, their histories, and their relevant items: what
+    hyperparameters and blend weights are chosen on (NDCG@k computed on the driver).
+
+    Scores are computed in blocks of users (SAMPLE_BLOCK_SCORES at a time), so the sample's size is
+    set by users alone, whatever the catalog: nothing users x catalog is ever held whole."""
 
     def __init__(self, data: TrainingSet, truth: DataFrame, max_users: int, seed: int, k: int):
         truth_users = truth.select("user_id").distinct()
         n = truth_users.count()
         if n == 0:
             raise ValueError("the validation split has no users: load more days or raise the held-out share")
-        # Keep the dense (users x catalog) score blocks of all families in memory bounded.
-        max_users = max(1, min(max_users, 20_000_000 // max(len(data.catalog), 1)))
         if n > max_users:
             # A hash, not rand(): the sample is computed twice (histories, relevant items) and must
             # be the same users both times, whatever order the shuffle delivers them in.
@@ -135,32 +209,90 @@ class ValidationSample:
                                    shape=(len(self.block.user_ids), len(data.catalog)))
         self.truth.data[:] = 1.0
         self.k = k
-        self.exclude = self.block.history.nonzero()
         self.unavailable = data.rules.unavailable
+        self.rows_per_block = max(1, SAMPLE_BLOCK_SCORES // max(len(data.catalog), 1))
 
-    def masked(self, scores: np.ndarray) -> np.ndarray:
+    def _blocks(self, components: list):
+        """(rows, raw scores of each component) for each block of sampled users."""
+        n = len(self.block.user_ids)
+        for start in range(0, n, self.rows_per_block):
+            rows = slice(start, min(start + self.rows_per_block, n))
+            part = UserBlock(self.block.user_ids[rows], self.block.history[rows], self.block.recency[rows])
+            yield rows, [c.score(part) for c in components]
+
+    def _mask(self, scores: np.ndarray, rows: slice) -> np.ndarray:
         scores = scores.astype(np.float32, copy=True)
-        scores[self.exclude] = -np.inf
+        scores[self.block.history[rows].nonzero()] = -np.inf
         if self.unavailable is not None:
             scores[:, self.unavailable] = -np.inf
         return scores
 
+    def ndcg(self, component) -> float:
+        """Mean NDCG@k of one component's lists over the sampled users that have a relevant item."""
+        k = min(self.k, self.truth.shape[1])
+        total = users = 0.0
+        for rows, (scores,) in self._blocks([component]):
+            masked = self._mask(scores, rows)
+            top = np.argpartition(-masked, k - 1, axis=1)[:, :k]
+            values = np.take_along_axis(masked, top, axis=1)
+            relevant = np.asarray(self.truth[rows][np.arange(len(top))[:, None], top].todense()) > 0
+            block_total, block_users = _ndcg_sums(values, relevant, self.truth[rows].getnnz(axis=1), k)
+            total, users = total + block_total, users + block_users
+        return total / users if users else 0.0
+
+    def shortlist(self, components: dict[str, object]) -> Shortlist:
+        """Each user's CANDIDATES_PER_FAMILY best items of every component (after the rules), with
+        every component's standardised score on each: what blends are ranked on. A blend's top k
+        lies inside the union unless it ranks an item below that depth for every component."""
+        names = list(components)
+        depth = min(CANDIDATES_PER_FAMILY, self.truth.shape[1])
+        width = depth * len(names)
+        n = len(self.block.user_ids)
+        z = {name: np.full((n, width), -np.inf, dtype=np.float32) for name in names}
+        relevant = np.zeros((n, width), dtype=bool)
+        for rows, raw in self._blocks([components[name] for name in names]):
+            standard = [self._mask(standardize(scores), rows) for scores in raw]
+            best = [np.argpartition(-s, depth - 1, axis=1)[:, :depth] for s in standard]
+            columns = np.concatenate(best, axis=1)
+            columns.sort(axis=1)
+            repeated = np.zeros_like(columns, dtype=bool)
+            repeated[:, 1:] = columns[:, 1:] == columns[:, :-1]
+            for name, scores in zip(names, standard):
+                values = np.take_along_axis(scores, columns, axis=1)
+                values[repeated] = -np.inf  # an item counts once
+                z[name][rows] = values
+            hits = np.asarray(self.truth[rows][np.arange(columns.shape[0])[:, None], columns].todense()) > 0
+            relevant[rows] = hits & ~repeated
+        return Shortlist(z, relevant, self.truth.getnnz(axis=1), self.k)
+
+
+@dataclass
+class Shortlist:
+    """Standardised scores of each family on each user's candidate items; -inf: no candidate."""
+
+    z: dict[str, np.ndarray]       # family -> (users, candidates)
+    relevant: np.ndarray           # (users, candidates) bool: a held-out item of the user
+    n_relevant: np.ndarray         # per user, in the whole catalog
+    k: int
+
     def ndcg(self, scores: np.ndarray) -> float:
-        """Mean NDCG@k over the sampled users that have a relevant item (scores already masked)."""
         k = min(self.k, scores.shape[1])
         top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
-        top = np.take_along_axis(top, order, axis=1)
-        hits = np.asarray(self.truth[np.arange(len(top))[:, None], top].todense())
-        discounts = 1.0 / np.log2(np.arange(2, k + 2))
-        n_relevant = np.asarray(self.truth.sum(axis=1)).ravel()
-        ideal = np.cumsum(discounts)[np.minimum(n_relevant, k).astype(int) - 1]
-        users = n_relevant > 0
-        return float(((hits * discounts).sum(axis=1)[users] / ideal[users]).mean())
+        values = np.take_along_axis(scores, top, axis=1)
+        relevant = np.take_along_axis(self.relevant, top, axis=1)
+        total, users = _ndcg_sums(values, relevant, self.n_relevant, k)
+        return total / users if users else 0.0
 
-    def fresh_block(self) -> UserBlock:
-        """The block without cached ALS factors (each ALS fit attaches its own)."""
-        return UserBlock(self.block.user_ids, self.block.history, self.block.recency)
+
+def _ndcg_sums(values: np.ndarray, relevant: np.ndarray, n_relevant: np.ndarray, k: int) -> tuple[float, int]:
+    """(sum of NDCG@k, users counted) over users with a relevant item; values/relevant: each user's
+    k best candidates in any order (ties: the earlier column first, as a stable sort leaves them)."""
+    order = np.argsort(-values, axis=1, kind="stable")
+    hits = np.take_along_axis(relevant & np.isfinite(values), order, axis=1)
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    users = n_relevant > 0
+    ideal = np.cumsum(discounts)[np.minimum(n_relevant, k).astype(int) - 1]
+    return float(((hits * discounts).sum(axis=1)[users] / ideal[users]).sum()), int(users.sum())
 
 
 def fit_family(family: str, data: TrainingSet, params: dict, opts: ModelSettingsView, gram=None):
@@ -171,6 +303,8 @@ def fit_family(family: str, data: TrainingSet, params: dict, opts: ModelSettings
     if family == "itemknn":
         return itemknn.fit(gram or itemknn.gram(data.feedback, data.catalog, opts.item_knn_max_items),
                            float(params["l2"]))
+    if family == "neighbours":
+        return neighbours.fit(data.feedback, data.catalog, k=int(params["k"]), shrink=float(params["shrink"]))
     if family == "content":
         if data.items is None:
             return None
@@ -181,50 +315,53 @@ def fit_family(family: str, data: TrainingSet, params: dict, opts: ModelSettings
 
 
 def select(folds: list[tuple[TrainingSet, DataFrame]], space: dict[str, dict[str, list]],
-           opts: ModelSettingsView, log=print) -> Selection:
+           opts: ModelSettingsView, log=print, deadline: float | None = None) -> Selection:
     """Search the grid of each family in the space, then learn the hybrid's blend weights, on one or
     more inner (training set, truth) folds: every choice maximises NDCG averaged over the folds.
-    Families absent from the space are not candidates."""
+    Families absent from the space are not candidates. Past the deadline (time.monotonic()), each
+    family still gets its first grid point; the other trials are skipped and listed as such."""
     samples = [ValidationSample(inner, truth, opts.validation_users, opts.seed, opts.eval_k) for inner, truth in folds]
-    params, best_scores, trials, validation = {}, {}, [], {}
+    params, best_components, trials, validation = {}, {}, [], {}
     for family in (f for f in FAMILIES if f in space):
         grams = [itemknn.gram(inner.feedback, inner.catalog, opts.item_knn_max_items) if family == "itemknn" else None
                  for inner, _ in folds]
         best = None
-        for candidate in grid(space[family]) or [{}]:
+        points = grid(space[family]) or [{}]
+        for n, candidate in enumerate(points, 1):
+            if best is not None and deadline is not None and time.monotonic() > deadline:
+                trials.append({"family": family, "params": candidate, "skipped": "time budget spent"})
+                log(f"{family} {candidate} ({n} of {len(points)}): skipped, time budget spent")
+                continue
             started = time.monotonic()
             components = [fit_family(family, inner, candidate, opts, gram) for (inner, _), gram in zip(folds, grams)]
             if any(c is None for c in components):
                 break
-            scores = [sample.masked(c.score(sample.fresh_block())) for sample, c in zip(samples, components)]
-            ndcg = float(np.mean([sample.ndcg(s) for sample, s in zip(samples, scores)]))
+            ndcg = float(np.mean([sample.ndcg(c) for sample, c in zip(samples, components)]))
             trials.append({"family": family, "params": candidate, "ndcg": ndcg,
                            "seconds": round(time.monotonic() - started, 1)})
-            log(f"  {family} {candidate}: validation NDCG@{opts.eval_k} {ndcg:.4f}")
+            log(f"{family} {candidate} ({n} of {len(points)}): validation NDCG@{opts.eval_k} {ndcg:.4f} "
+                f"in {time.monotonic() - started:.1f} s")
             if best is None or ndcg > best[0]:
-                best = (ndcg, candidate, scores)
+                best = (ndcg, candidate, components)
         if best is not None:
-            validation[family], params[family], best_scores[family] = best
-    weights, validation[HYBRID] = learn_weights(best_scores, samples)
-    log(f"  hybrid weights {weights}: validation NDCG@{opts.eval_k} {validation[HYBRID]:.4f}")
+            validation[family], params[family], best_components[family] = best
+    shortlists = [sample.shortlist({f: comps[fold] for f, comps in best_components.items()})
+                  for fold, sample in enumerate(samples)]
+    weights, validation[HYBRID] = learn_weights(shortlists)
+    log(f"hybrid weights {weights}: validation NDCG@{opts.eval_k} {validation[HYBRID]:.4f}")
     return Selection(params, weights, validation, trials)
 
 
-def learn_weights(scores: dict[str, list[np.ndarray]], samples: list[ValidationSample],
-                  rounds: int = 3) -> tuple[dict, float]:
+def learn_weights(shortlists: list[Shortlist], rounds: int = 3) -> tuple[dict, float]:
     """Coordinate ascent over non-negative weights of the standardised family scores, maximising
     validation NDCG (mean over folds): each family's best step is taken when it gains at least
     MIN_BLEND_GAIN. Starts from the best single family, so the blend never does worse than it on
     validation."""
-    names = list(scores)
-    z = {name: [standardize(np.where(np.isfinite(s), s, 0.0)) for s in fold_scores]
-         for name, fold_scores in scores.items()}
-    masks = [~np.isfinite(s) for s in next(iter(scores.values()))]
+    names = list(shortlists[0].z)
 
     def value(w: dict[str, float]) -> float:
         used = [n for n in names if w[n] > 0]
-        return float(np.mean([sample.ndcg(np.where(mask, -np.inf, sum(w[n] * z[n][f] for n in used)))
-                              for f, (sample, mask) in enumerate(zip(samples, masks))]))
+        return float(np.mean([s.ndcg(sum(np.float32(w[n]) * s.z[n] for n in used)) for s in shortlists]))
 
     start = max(names, key=lambda n: value({m: float(m == n) for m in names}))
     weights = {n: (1.0 if n == start else 0.0) for n in names}
@@ -260,6 +397,26 @@ def fit_bundles(data: TrainingSet, selection: Selection, opts: ModelSettingsView
                              {"family": HYBRID, "weights": used, "parts": {n: selection.params[n] for n in used}})
     seconds[HYBRID] = sum(seconds[n] for n in used)
     return bundles, seconds
+
+
+def fit_recipe(data: TrainingSet, recipe: Recipe, opts: ModelSettingsView,
+               log=print) -> tuple[Bundle, dict[str, float]]:
+    """The recipe's families fit on data, blended with its weights; returns the bundle and each
+    family's fit seconds. Raises ValueError when a family cannot be fit on this data."""
+    components, seconds = {}, {}
+    families = recipe.families()
+    for n, family in enumerate(families, 1):
+        started = time.monotonic()
+        log(f"fit {family} ({n} of {len(families)}) {recipe.params[family]}")
+        component = fit_family(family, data, recipe.params[family], opts)
+        if component is None:
+            raise ValueError(f"recipe {recipe.candidate} needs {family}, which this data cannot fit "
+                             f"(content needs an item file)")
+        components[family], seconds[family] = component, time.monotonic() - started
+        log(f"fit {family} done in {seconds[family]:.1f} s")
+    params = ({"family": HYBRID, "weights": recipe.weights, "parts": recipe.params} if recipe.candidate == HYBRID
+              else {"family": recipe.candidate, **recipe.params[recipe.candidate]})
+    return Bundle(data.catalog, components, dict(recipe.weights), data.rules, params), seconds
 
 
 @dataclass

@@ -12,14 +12,15 @@ from nightrec.settings import Settings
 from nightrec.stages import STAGES
 
 DAG_ID = "nightrec_nightly"
+TUNE = "tune"  # the weekly DAG nightrec_tune's one stage
 
 # Stages that may (re)process several landing days in one run (DAG param `lookback_days`).
 WINDOWED = ("ingest", "validate")
 
 
 def stage_argv(stage: str, ds: str, lookback_days: int = 1) -> list[str]:
-    if stage not in STAGES:
-        raise ValueError(f"unknown stage {stage!r}; stages are {STAGES}")
+    if stage not in (*STAGES, TUNE):
+        raise ValueError(f"unknown stage {stage!r}; stages are {(*STAGES, TUNE)}")
     argv = ["--ds", ds]
     if stage in WINDOWED:
         argv += ["--lookback-days", str(int(lookback_days))]

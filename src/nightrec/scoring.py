@@ -31,12 +31,11 @@ CANDIDATES_PER_SLOT = 4  # with a category cap, look this many times k deep for 
 
 @dataclass
 class UserBlock:
-    """A block of users: histories as CSR over the catalog's positions, ALS factors when known."""
+    """A block of users: histories as CSR over the catalog's positions."""
 
     user_ids: np.ndarray
     history: sp.csr_matrix   # strength per (user, item)
     recency: sp.csr_matrix   # strength x recency decay, same pattern
-    factors: np.ndarray | None = None  # (users, rank); zero rows for users without factors
 
 
 class Component(Protocol):
@@ -81,11 +80,8 @@ class Bundle:
             cap_categories(scores, self.rules.categories, self.rules.max_per_category, k)
         return best_k(block.user_ids, scores, self.item_ids, min(k, len(self.item_ids)))
 
-    def without_user_factors(self) -> Bundle:
-        """A copy to broadcast: per-user state travels with the user rows instead."""
-        return dataclasses.replace(self, components={
-            name: c.without_user_factors() if hasattr(c, "without_user_factors") else c
-            for name, c in self.components.items()})
+    def with_rules(self, rules: Rules) -> Bundle:
+        return dataclasses.replace(self, rules=rules)
 
 
 def standardize(scores: np.ndarray) -> np.ndarray:
@@ -137,10 +133,7 @@ def recommend(bundle: Bundle, users: DataFrame, k: int, scores_per_block: int = 
     with serving_values also `value`, each list packed as Redis stores it (done here, where the lists
     are numpy arrays already, so the loader only moves bytes)."""
     spark = users.sparkSession
-    factors = user_factor_frame(spark, bundle)
-    if factors is not None:
-        users = users.join(factors, "user_id", "left")
-    shared = spark.sparkContext.broadcast(bundle.without_user_factors())
+    shared = spark.sparkContext.broadcast(bundle)
 
     def score(batches):
         model = shared.value
@@ -161,18 +154,6 @@ def with_serving_value(lists: pa.RecordBatch) -> pa.RecordBatch:
                          scores.flatten().to_numpy(zero_copy_only=False))
     return pa.RecordBatch.from_arrays([*lists.columns, pa.array(values, pa.binary())],
                                       names=[*lists.schema.names, "value"])
-
-
-def user_factor_frame(spark, bundle: Bundle) -> DataFrame | None:
-    """The (user_id, features) of the bundle's ALS component, as a DataFrame to join on."""
-    for name, component in bundle.components.items():
-        if bundle.weights.get(name, 0) > 0 and getattr(component, "user_factors", None) is not None:
-            table = pa.table({"user_id": pa.array(component.user_ids, pa.int32()),
-                              "features": pa.FixedSizeListArray.from_arrays(
-                                  pa.array(component.user_factors.ravel(), pa.float32()),
-                                  component.user_factors.shape[1]).cast(pa.list_(pa.float32()))})
-            return spark.createDataFrame(table)
-    return None
 
 
 def _score_batch(bundle: Bundle, batch: pa.RecordBatch, k: int, scores_per_block: int):
@@ -196,17 +177,7 @@ def user_block(batch: pa.RecordBatch, item_ids: np.ndarray) -> UserBlock:
     def matrix(column: str) -> sp.csr_matrix:
         data = batch.column(column).flatten().to_numpy(zero_copy_only=False).astype(np.float32)
         return sp.csr_matrix((data[known], (rows[known], positions[known])), shape=shape)
-
-    factors = None
-    if "features" in batch.schema.names:
-        column = batch.column("features")
-        present = np.flatnonzero(column.is_valid().to_numpy(zero_copy_only=False))
-        values = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32)  # nulls skipped
-        rank = len(values) // len(present) if len(present) else 0
-        factors = np.zeros((len(users), rank), dtype=np.float32)
-        factors[present] = values.reshape(len(present), rank)
-    return UserBlock(users, matrix("strengths"), matrix("recency"), factors)
-
+    return UserBlock(users, matrix("strengths"), matrix("recency"))
 
 
 def ranked_rows(lists: DataFrame) -> DataFrame:

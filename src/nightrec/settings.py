@@ -31,11 +31,16 @@ class Paths(_Section):
 
 
 class SparkSettings(_Section):
-    master: str = "local[2]"
+    master: str = "local[2]"    # local[N], spark://host:7077, yarn, k8s://https://host:443 (docs/deploy.md)
     driver_memory: str = "4g"
+    driver_host: str = ""       # address executors reach the driver at (spark.driver.host); empty: Spark's choice
+    executor_memory: str = Field("", pattern=r"^$|^[0-9]+([kmgtpKMGTP][bB]?)?$")  # spark.executor.memory, e.g. 8g; empty: 1g
+    executor_cores: int | None = Field(None, ge=1)  # spark.executor.cores; unset: Spark's (standalone: all of a worker's)
+    python: str = ""            # interpreter executors start (a path on the workers); empty: $PYSPARK_PYTHON, else the driver's
     shuffle_partitions: int = Field(4, ge=1)
-    checkpoint_dir: str = ""    # shared storage on a cluster (hdfs://, s3a://); empty: a local temp folder
-    conf: dict[str, str] = {}
+    ui_port: int = Field(4040, ge=0, le=65535)  # Spark UI; when taken Spark uses the next free port (logged by each stage)
+    checkpoint_dir: str = ""    # ALS checkpoints, on storage every executor shares; empty: <lake>/_checkpoints
+    conf: dict[str, str | int | float | bool] = {}  # any other Spark property, e.g. {"spark.cores.max": 8}; wins
 
 
 class ValidationSettings(_Section):
@@ -60,12 +65,14 @@ class ModelSettings(_Section):
     train_window_days: int = Field(ge=1)
     holdout_share: float = Field(0.2, gt=0, lt=0.5)  # each user's latest items held out: the promotion decision
     search_space: str = "models/search_space.toml"
+    recipe: str = "tuned"   # "tuned": what `nightrec tune` chose last; or a recipe file to pin one
+    evaluation_users: int = Field(50_000, ge=100)  # holdout users scored for the promotion gate
     seed: int = 42
     top_k: int = Field(100, ge=1, le=1000)
     eval_k: int = Field(10, ge=1)
     validation_users: int = Field(5000, ge=1)   # users sampled for the search and the blend weights
     random_validation_share: float = Field(0.25, ge=0, lt=0.5)  # second search fold; 0: latest-items fold only
-    item_knn_max_items: int = Field(10000, ge=1)
+    item_knn_max_items: int = Field(5000, ge=1)
     recency_half_life_days: float = Field(90.0, gt=0)
     max_per_category: int | None = Field(None, ge=1)
     cold_user_max_items: int = Field(10, ge=0)
@@ -75,11 +82,21 @@ class ModelSettings(_Section):
     similar_k: int = Field(50, ge=1, le=1000)    # neighbours stored per item ("more like this")
 
 
+class TuningSettings(_Section):
+    sample_users: int = Field(200_000, ge=100)    # users (with all their events) the search works on
+    budget_minutes: float = Field(120.0, gt=0)    # no new trial starts after this; each family gets one
+
+
 class MlflowSettings(_Section):
     tracking_uri: str
     artifact_root: str
     experiment: str
     registered_model: str
+    keep_versions: int = Field(20, ge=0)   # unaliased model versions kept; older ones are deleted with their files
+
+
+class LakeSettings(_Section):
+    retention_days: int = Field(7, ge=1)   # replaced data files and log entries kept this long (time travel window)
 
 
 class RedisSettings(_Section):
@@ -103,9 +120,11 @@ class Settings(_Section):
     validation: ValidationSettings
     events: EventSettings
     model: ModelSettings
+    tuning: TuningSettings = TuningSettings()
     mlflow: MlflowSettings
     redis: RedisSettings
     service: ServiceSettings = ServiceSettings()
+    lake: LakeSettings = LakeSettings()
 
     def path(self, name: str) -> str:
         """A `paths` entry as an absolute path (URIs such as s3a://... are kept as they are)."""

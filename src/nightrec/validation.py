@@ -97,7 +97,6 @@ class SuiteResult:
 def run_suite(typed_rows: DataFrame, event_types: list[str], docs_dir: str, run_name: str) -> SuiteResult:
     """Run the great_expectations suite on the typed frame and build Data Docs into docs_dir."""
     import great_expectations as gx
-    import great_expectations.expectations as gxe
 
     for noisy in ("great_expectations", "py4j"):
         logging.getLogger(noisy).setLevel(logging.ERROR)

@@ -18,7 +18,7 @@ def dagbag():
 
 def test_dag_files_import_without_errors(dagbag):
     assert dagbag.import_errors == {}
-    assert list(dagbag.dags) == ["nightrec_nightly"]
+    assert sorted(dagbag.dags) == ["nightrec_nightly", "nightrec_tune"]
 
 
 def test_schedule_and_run_policy(dagbag):
@@ -31,9 +31,15 @@ def test_schedule_and_run_policy(dagbag):
 
 
 def test_every_task_retries(dagbag):
-    dag = dagbag.dags["nightrec_nightly"]
-    for task in dag.tasks:
-        assert task.retries >= 2, task.task_id
+    for dag in dagbag.dags.values():
+        for task in dag.tasks:
+            assert task.retries >= 2, task.task_id
+
+
+def test_tuning_runs_weekly_apart_from_the_nightly_run(dagbag):
+    dag = dagbag.dags["nightrec_tune"]
+    assert dag.schedule == "0 12 * * 0" and dag.catchup is False and dag.max_active_runs == 1
+    assert [t.task_id for t in dag.tasks] == ["tune"]
 
 
 def test_tasks_run_the_stages_in_order(dagbag):
@@ -41,10 +47,12 @@ def test_tasks_run_the_stages_in_order(dagbag):
     assert sorted(t.task_id for t in dag.tasks) == sorted(STAGE_ORDER)
     for upstream, downstream in zip(STAGE_ORDER, STAGE_ORDER[1:]):
         assert dag.get_task(upstream).downstream_task_ids == {downstream}
-    assert dag.get_task("smoke").downstream_task_ids == set()
+    assert STAGE_ORDER[-1] == "housekeeping"  # retention runs once the night's work is live
+    assert dag.get_task("housekeeping").downstream_task_ids == set()
 
 
-def test_dag_file_stays_configuration():
-    source = (DAGS / "nightrec_nightly.py").read_text()
+@pytest.mark.parametrize("name", ["nightrec_nightly.py", "nightrec_tune.py"])
+def test_dag_files_stay_configuration(name):
+    source = (DAGS / name).read_text()
     top_level_imports = [line for line in source.splitlines() if line.startswith(("import ", "from "))]
     assert all("nightrec" not in line and "pyspark" not in line for line in top_level_imports)

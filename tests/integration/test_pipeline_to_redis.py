@@ -16,7 +16,7 @@ from nightrec import lake, publisher, tracking
 from nightrec.redis_layout import Keys, decode, decode_user, encode
 from nightrec.service import create_app
 from nightrec.settings import load_settings
-from nightrec.stages import ingest, publish, score, smoke, train, validate
+from nightrec.stages import ingest, publish, score, smoke, train, tune, validate
 
 DAY = dt.date(2024, 5, 20)
 USERS, ITEMS, NEW_USERS = 60, 200, 5
@@ -25,52 +25,53 @@ USERS, ITEMS, NEW_USERS = 60, 200, 5
 @pytest.fixture(scope="module")
 def pipeline(spark, redis_server, tmp_path_factory):
     home = tmp_path_factory.mktemp("pipeline")
-    settings = load_settings("local", settings_environ(home, redis_server))
+    settings = load_settings("local", settings_environ(home, redis_server, MODEL__RECIPE="tuned"))
     redis.Redis.from_url(redis_server).flushall()
     write_landing(Path(settings.path("landing")), days_ending(DAY, 10), users=USERS, items=ITEMS, new_users=NEW_USERS)
     ingest.run(spark, settings, DAY, lookback_days=10)
     validate.run(spark, settings, DAY, lookback_days=10)
+    tuned = tune.run(spark, settings, DAY)
     trained = train.run(spark, settings, DAY)
     scored = score.run(spark, settings, DAY)
     published = publish.run(spark, settings, DAY)
-    return settings, trained, scored, published
+    return settings, tuned, trained, scored, published
 
 
-def test_training_registers_every_candidate_and_a_champion(pipeline):
-    settings, trained, _, _ = pipeline
+def test_tuning_compares_every_candidate_and_the_night_fits_its_choice(pipeline):
+    settings, tuned, trained, _, _ = pipeline
     tracking.configure(settings)
     client = MlflowClient()
     name = settings.mlflow.registered_model
-    assert set(trained.candidates) == {"als", "itemknn", "content", "popularity", "hybrid"}
+    assert set(tuned.holdout_ndcg) == set(tuned.validation_ndcg) == {"als", "itemknn", "neighbours", "content", "popularity", "hybrid"}
+    # the recipe is the validation winner (the holdout only reports), and it beats popularity widely
+    assert tuned.validation_ndcg[tuned.recipe["candidate"]] == max(tuned.validation_ndcg.values())
+    assert tuned.holdout_ndcg[tuned.recipe["candidate"]] > 1.5 * tuned.holdout_ndcg["popularity"]
+    for candidate in tuned.holdout_ndcg:
+        runs = client.search_runs([client.get_run(tuned.run_id).info.experiment_id],
+                                  f"tags.candidate = '{candidate}' and tags.kind = 'tuning'")
+        assert runs and runs[0].data.tags["mlflow.parentRunId"] == tuned.run_id
+        assert {"holdout_ndcg_at_10", "holdout_recall_at_100", "validation_ndcg_at_10"} <= set(runs[0].data.metrics)
+    assert json.loads(client.get_registered_model(name).tags["tuned_recipe"]) == tuned.recipe
+
+    assert trained.recipe_source == f"tuning run {tuned.run_id}" and trained.candidate == tuned.recipe["candidate"]
     assert trained.promoted and "no champion yet" in trained.reason
     champion = client.get_model_version_by_alias(name, "champion")
-    assert str(champion.version) == trained.champion_version == trained.candidates[trained.best_candidate]["version"]
-    challenger = client.get_model_version_by_alias(name, "challenger")
-    assert challenger.tags["candidate"] != trained.best_candidate
+    assert str(champion.version) == trained.champion_version == trained.version
+    assert json.loads(champion.tags["recipe"]) == tuned.recipe
     parent = client.get_run(trained.run_id)
-    assert parent.data.tags["promotion_decision"] == "promoted" and parent.data.tags["best_candidate"] == trained.best_candidate
-    for candidate, summary in trained.candidates.items():
-        version = client.get_model_version(name, summary["version"])
-        assert version.tags["candidate"] == candidate and json.loads(version.tags["recipe"])["candidate"] == candidate
-        run = client.get_run(version.run_id)
-        assert run.data.tags["mlflow.parentRunId"] == trained.run_id
-        metrics = run.data.metrics
-        for metric in ("precision", "recall", "ndcg", "map"):
-            assert {f"holdout_{metric}_at_10", f"holdout_{metric}_at_100"} <= set(metrics)
-        assert {"holdout_coverage_at_10", "holdout_novelty_at_10", "holdout_ndcg_at_10_warm"} <= set(metrics)
-        artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "reports")}
-        assert {"reports/metrics_vs_k.png", "reports/score_distribution.png", "reports/popularity_vs_catalog.png",
-                "reports/sample_recommendations.json"} <= artifacts
-    # tonight's best is the validation winner (the holdout only judges it against the champion)
-    validation = {name: summary["validation_ndcg_at_10"] for name, summary in trained.candidates.items()}
-    assert validation[trained.best_candidate] == max(validation.values())
-    # the best candidate beats popularity on taste-group data by a wide margin
-    best = trained.candidates[trained.best_candidate]["holdout_ndcg_at_10"]
-    assert best > 1.5 * trained.candidates["popularity"]["holdout_ndcg_at_10"]
+    assert parent.data.tags["promotion_decision"] == "promoted" and parent.data.tags["candidate"] == trained.candidate
+    metrics = parent.data.metrics
+    for metric in ("precision", "recall", "ndcg", "map"):
+        assert {f"holdout_{metric}_at_10", f"holdout_{metric}_at_100"} <= set(metrics)
+    assert {"holdout_coverage_at_10", "holdout_novelty_at_10", "holdout_ndcg_at_10_warm"} <= set(metrics)
+    artifacts = {a.path for a in client.list_artifacts(trained.run_id, "reports")}
+    assert {"reports/metrics_vs_k.png", "reports/score_distribution.png", "reports/popularity_vs_catalog.png",
+            "reports/sample_recommendations.json"} <= artifacts
+    assert trained.holdout["ndcg_at_10"] == pytest.approx(tuned.holdout_ndcg[trained.candidate], abs=0.05)
 
 
 def test_recommendations_follow_the_taste_groups_and_skip_seen_items(spark, pipeline):
-    settings, trained, scored, _ = pipeline
+    settings, _, trained, scored, _ = pipeline
     assert scored.users == USERS + NEW_USERS and scored.new_users == NEW_USERS
     assert scored.min_items_per_user == settings.model.top_k
     gold = {r.user_id: r.item_ids for r in lake.read_table(spark, settings.table("gold/recommendations"), [DAY]).collect()}
@@ -82,7 +83,7 @@ def test_recommendations_follow_the_taste_groups_and_skip_seen_items(spark, pipe
 
 
 def test_redis_holds_every_user_of_gold_under_the_live_version(spark, pipeline):
-    settings, _, _, published = pipeline
+    settings, _, _, _, published = pipeline
     client = redis.Redis.from_url(settings.redis.url)
     keys = Keys(settings.redis.prefix)
     assert client.get(keys.live).decode() == published.version and published.users == USERS + NEW_USERS
@@ -117,13 +118,13 @@ def test_similar_items_stay_inside_the_taste_group(spark, pipeline):
 
 
 def test_smoke_stage_checks_through_the_service(pipeline):
-    settings, _, _, published = pipeline
+    settings, _, _, _, published = pipeline
     result = smoke.run(settings, DAY)
     assert result.live_version == published.version and result.unknown_user_source == "trending"
 
 
 def test_republishing_flips_atomically_and_keeps_one_previous_version(spark, pipeline):
-    settings, _, _, first = pipeline
+    settings, _, _, _, first = pipeline
     client = redis.Redis.from_url(settings.redis.url)
     keys = Keys(settings.redis.prefix)
     second = publish.run(spark, settings, DAY)
@@ -154,7 +155,7 @@ def test_an_older_load_never_replaces_a_newer_live_version(spark, pipeline):
 
 
 def test_a_load_failing_half_way_leaves_the_live_version_untouched(spark, pipeline):
-    settings, _, _, _ = pipeline
+    settings, _, _, _, _ = pipeline
     client = redis.Redis.from_url(settings.redis.url)
     keys = Keys(settings.redis.prefix)
     live_before = client.get(keys.live)

@@ -1,15 +1,24 @@
-"""The same loader, service and drain against a local 3-node Redis Cluster (redis.cluster = true)."""
+"""The same loader, service and drain against a local 3-node Redis Cluster (redis.cluster = true),
+and the loader's cluster writer against slots that move while it writes."""
 
 import datetime as dt
+import threading
+import time
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import redis
 from fastapi.testclient import TestClient
+from redis.crc import key_slot
 
 from helpers import publish_sample
-from nightrec.redis_layout import Keys
+from nightrec import publisher
+from nightrec.redis_layout import Keys, encode, encode_segment_ref
 from nightrec.service import create_app
 from nightrec.stages import drain_events
+
+KEYS = Keys("test")
 
 
 @pytest.fixture
@@ -51,3 +60,238 @@ def test_publish_serve_and_drain_on_a_cluster(spark, cluster_settings):
 
     drained = drain_events.run(cluster_settings, dt.date.today())
     assert drained.events == 1 and len(drained.files) == 1
+
+
+def user_values(ids) -> dict[int, bytes]:
+    """Lists of varying length (1-100 items), and a segment reference every 97th user."""
+    return {u: encode_segment_ref("gender=F") if u % 97 == 0 else
+            encode(range(u, u + 1 + u % 100), [1.0 / (i + 1) for i in range(1 + u % 100)]) for u in ids}
+
+
+def primaries(url: str) -> dict[str, redis.Redis]:
+    """"host:port" -> a plain client of that primary (it answers only for the slots it owns)."""
+    return {n.name: redis.Redis(host=n.host, port=n.port) for n in redis.RedisCluster.from_url(url).get_primaries()}
+
+
+def assert_stored_on_owners(url: str, expected: dict[str, bytes], pattern: str) -> dict[str, int]:
+    """Every key of `pattern` sits on the primary owning its slot (per a fresh slot map), every
+    expected key is there byte for byte, and nothing else. Returns keys per node."""
+    cluster = redis.RedisCluster.from_url(url)
+    wanted: dict[str, set[bytes]] = defaultdict(set)
+    for key in expected:
+        wanted[cluster.get_node_from_key(key).name].add(key.encode())
+    for name, node in primaries(url).items():
+        stored = set(node.scan_iter(match=pattern, count=1000))
+        assert stored == wanted[name], f"{name}: {len(stored - wanted[name])} keys too many, " \
+                                       f"{len(wanted[name] - stored)} missing"
+        pipe = node.pipeline(transaction=False)
+        for key in sorted(stored):
+            pipe.get(key)
+        assert pipe.execute() == [expected[key.decode()] for key in sorted(stored)]
+    return {name: len(keys) for name, keys in wanted.items()}
+
+
+def slot_of(key: str) -> int:
+    return key_slot(key.encode())
+
+
+def node_id(node: redis.Redis) -> str:
+    return node.execute_command("CLUSTER", "MYID").decode()
+
+
+def owner_of(url: str, slot: int) -> str:
+    """The slot's primary per a fresh slot map."""
+    return redis.RedisCluster.from_url(url).nodes_manager.get_node_from_slot(slot).name
+
+
+class SlotMover:
+    """Moves slots between the primaries as `redis-cli --cluster reshard` does: the target imports,
+    the source migrates (answering ASK for keys it does not hold), the keys go over with MIGRATE,
+    then every node learns the new owner. Every slot moved goes home in restore()."""
+
+    def __init__(self, url: str):
+        self.url, self.nodes = url, primaries(url)
+        self.ids = {name: node_id(node) for name, node in self.nodes.items()}
+        self.owners: dict[int, str] = {}  # slot -> owner, for the slots moved here (nobody else moves them)
+        self.home: dict[int, str] = {}
+
+    def owner(self, slot: int) -> str:
+        if slot not in self.owners:
+            self.owners[slot] = self.home[slot] = owner_of(self.url, slot)
+        return self.owners[slot]
+
+    def next_node(self, slot: int) -> str:
+        names = sorted(self.nodes)
+        return names[(names.index(self.owner(slot)) + 1) % len(names)]
+
+    def start(self, slot: int, to: str) -> str:
+        source = self.owner(slot)
+        self.nodes[to].execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", self.ids[source])
+        self.nodes[source].execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", self.ids[to])
+        return source
+
+    def finish(self, slot: int, source: str, to: str) -> None:
+        address = self.nodes[to].connection_pool.connection_kwargs
+        while keys := self.nodes[source].execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+            self.nodes[source].execute_command("MIGRATE", address["host"], address["port"], "", 0, 5000, "REPLACE",
+                                               "KEYS", *keys)
+        for name in sorted(self.nodes, key=lambda n: (n != to, n != source)):  # the new owner first
+            self.nodes[name].execute_command("CLUSTER", "SETSLOT", slot, "NODE", self.ids[to])
+        self.owners[slot] = to
+
+    def move(self, slot: int, to: str) -> None:
+        self.finish(slot, self.start(slot, to), to)
+
+    def restore(self) -> None:
+        for slot, home in self.home.items():
+            if self.owners[slot] != home:
+                self.move(slot, home)
+
+
+@pytest.fixture
+def slots(cluster_settings):
+    mover = SlotMover(cluster_settings.redis.url)
+    yield mover
+    mover.restore()
+
+
+def test_loader_writes_every_key_to_the_node_owning_its_slot(spark, cluster_settings):
+    url = cluster_settings.redis.url
+    users = user_values(range(1, 5001))
+    items = {i: encode([i + 1, i + 2], [0.5, 0.25]) for i in range(1, 1001)}
+    load = dict(url=url, cluster=True, prefix="test", version="7")
+    frame = spark.createDataFrame(list(users.items()), "user_id int, value binary").repartition(2)
+    assert publisher.load_values(frame, kind="user", **load) == len(users)
+    similar = spark.createDataFrame(list(items.items()), "item_id int, value binary").repartition(2)
+    assert publisher.load_values(similar, kind="similar", **load) == len(items)
+
+    per_node = assert_stored_on_owners(url, {KEYS.user("7", u): v for u, v in users.items()}, "test:v:7:u:*")
+    assert len(per_node) == 3 and min(per_node.values()) > 1500  # about a third each
+    per_node = assert_stored_on_owners(url, {KEYS.similar("7", i): v for i, v in items.items()}, "test:v:7:sim:*")
+    assert len(per_node) == 3 and sum(per_node.values()) == len(items)
+
+
+def test_a_stale_slot_map_is_refreshed_and_every_key_written(cluster_settings, slots):
+    expected = {KEYS.user("7", u): v for u, v in user_values(range(1, 2001)).items()}
+    writer = publisher.ClusterWriter(cluster_settings.redis.url)  # reads the slot map now
+    try:
+        moved = {slot_of(KEYS.user("7", u)): None for u in range(1, 11)}
+        for slot in moved:
+            moved[slot] = slots.next_node(slot)
+            slots.move(slot, moved[slot])
+        writer.write(list(expected), list(expected.values()))  # MOVED for those slots' keys
+    finally:
+        writer.close()
+    assert {slot: owner_of(cluster_settings.redis.url, slot) for slot in moved} == moved
+    assert_stored_on_owners(cluster_settings.redis.url, expected, "test:v:7:u:*")
+
+
+def test_keys_of_a_migrating_slot_follow_ask_to_the_importing_node(cluster_settings, slots):
+    expected = {KEYS.user("7", u): v for u, v in user_values(range(1, 2001)).items()}
+    slot = slot_of(KEYS.user("7", 1))
+    target = slots.next_node(slot)
+    source = slots.start(slot, target)
+    in_slot = sum(1 for key in expected if slot_of(key) == slot)
+    writer = publisher.ClusterWriter(cluster_settings.redis.url)
+    try:
+        writer.write(list(expected), list(expected.values()))  # ASK for that slot's keys
+    finally:
+        writer.close()
+    assert slots.nodes[target].execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) == in_slot
+    assert slots.nodes[source].execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) == 0
+    slots.finish(slot, source, target)
+    assert_stored_on_owners(cluster_settings.redis.url, expected, "test:v:7:u:*")
+
+
+def test_a_load_during_resharding_writes_every_key(spark, cluster_settings, slots):
+    """1024 slots go round the nodes, keys and all, while 10000 users in those slots are loaded."""
+    hot = set(range(0, 16384, 16))
+    ids = [u for u in range(1, 200_000) if slot_of(KEYS.user("7", u)) in hot][:10_000]
+    users = user_values(ids)
+    frame = spark.createDataFrame(list(users.items()), "user_id int, value binary").repartition(2).cache()
+    frame.count()
+    stop, moved = threading.Event(), []
+
+    def reshard():
+        while not stop.is_set():
+            for slot in sorted(hot):
+                if stop.is_set():
+                    return
+                slots.move(slot, slots.next_node(slot))
+                moved.append(slot)
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        resharding = pool.submit(reshard)
+        while not moved and not resharding.done():
+            time.sleep(0.01)
+        try:
+            moved_before = len(moved)
+            written = publisher.load_values(frame, url=cluster_settings.redis.url, cluster=True, prefix="test",
+                                            version="7", kind="user")
+            moved_during = len(moved) - moved_before
+        finally:
+            stop.set()
+        resharding.result()
+    frame.unpersist()
+    assert len(users) == 10_000 and written == len(users) and moved_during >= 10
+    assert_stored_on_owners(cluster_settings.redis.url, {KEYS.user("7", u): v for u, v in users.items()},
+                            "test:v:7:u:*")
+
+
+def test_a_load_whose_connections_are_cut_again_and_again_writes_every_key(spark, cluster_settings):
+    from pyspark.sql import functions as F
+
+    url = cluster_settings.redis.url
+    nodes = list(primaries(url).values())
+    users = spark.range(1, 100_001, numPartitions=4).select(F.col("id").cast("int").alias("user_id"),
+                                                            F.col("id").cast("string").cast("binary").alias("value"))
+    users = users.cache()
+    users.count()
+    kills, stop = [], threading.Event()
+
+    def drop_connections():  # a flaky network: every loader connection to every node is cut, again and again
+        while not stop.is_set():
+            if sum(node.dbsize() for node in nodes) > 10_000:
+                kills.extend(node.client_kill_filter(_type="normal", skipme=True) for node in nodes)
+            time.sleep(0.2)
+
+    cutter = threading.Thread(target=drop_connections)
+    cutter.start()
+    try:
+        written = publisher.load_values(users, url=url, cluster=True, prefix="test", version="7", kind="user")
+    finally:
+        stop.set()
+        cutter.join(10)
+    users.unpersist()
+    assert sum(kills) > 0  # connections really were cut during the load
+    assert written == 100_000 and sum(node.dbsize() for node in nodes) == 100_000
+    cluster = redis.RedisCluster.from_url(url)
+    assert all(cluster.get(KEYS.user("7", u)) == str(u).encode() for u in range(1, 100_001, 997))
+
+
+def test_a_slot_nobody_accepts_fails_the_load_loudly(cluster_settings, slots):
+    """The owner sends its keys elsewhere (ASK) and the node named refuses them (MOVED back): after
+    the retries the write fails instead of dropping the keys."""
+    expected = {KEYS.user("7", u): v for u, v in user_values(range(1, 101)).items()}
+    slot = slot_of(KEYS.user("7", 1))
+    owner, other = slots.owner(slot), slots.next_node(slot)
+    slots.nodes[owner].execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", node_id(slots.nodes[other]))
+    writer = publisher.ClusterWriter(cluster_settings.redis.url)
+    try:
+        with pytest.raises(publisher.PublishError, match=r"keys not written to the cluster after 5 retries"):
+            writer.write(list(expected), list(expected.values()))
+    finally:
+        writer.close()
+        slots.nodes[owner].execute_command("CLUSTER", "SETSLOT", slot, "STABLE")
+
+
+def test_a_write_the_cluster_refuses_fails_the_load(cluster_settings):
+    node = next(iter(primaries(cluster_settings.redis.url).values()))
+    node.config_set("maxmemory", 1)  # every write to it: OOM
+    writer = publisher.ClusterWriter(cluster_settings.redis.url)
+    try:
+        with pytest.raises(publisher.PublishError, match="refused .*maxmemory"):
+            writer.write([KEYS.user("7", u) for u in range(1, 101)], [b"x"] * 100)
+    finally:
+        writer.close()
+        node.config_set("maxmemory", 0)

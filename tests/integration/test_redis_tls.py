@@ -8,8 +8,8 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from conftest import _client, _wait_for, free_port
 from helpers import publish_sample
+from nightrec.benchmark import free_port, wait_for_redis
 from nightrec.service import create_app
 
 
@@ -25,7 +25,7 @@ def tls_redis_url(tmp_path_factory):
                              "--tls-auth-clients", "no", "--requirepass", "s3cret", "--save", "", "--appendonly", "no",
                              "--dir", str(folder)], stdout=subprocess.DEVNULL)
     url = f"rediss://:s3cret@127.0.0.1:{port}/2?ssl_cert_reqs=none"
-    _wait_for(_client(url=url), proc)
+    wait_for_redis(proc, url)
     yield url
     proc.terminate()
     proc.wait(10)

@@ -6,6 +6,7 @@ import random
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 from pyspark.sql import functions as F
 
 from nightrec import modeling
@@ -81,16 +82,29 @@ def test_latest_split_holds_out_each_users_newest_items_with_all_their_events(sp
         latest_split(frame, 0.6)
 
 
-def test_a_champion_that_cannot_be_refit_tonight_stops_the_gate_with_the_reason(spark):
-    from nightrec.errors import PermanentError
-    from nightrec.registry import Champion
-    from nightrec.stages.train import _refit_champion_ndcg
+def test_als_folds_users_in_exactly_as_spark_fits_them(spark):
+    """The user factors Spark computes are what fold_in solves from the same histories: scoring can
+    fold users in from their latest history and no artifact needs to keep user factors."""
+    from pyspark.ml.recommendation import ALS
 
-    data = modeling.training_set(feedback_frame(spark, grouped_pairs()), None, AS_OF, modeling.ModelSettingsView())
-    champion = Champion("7", {"candidate": "content", "params": {"content": {"min_items_per_term": 1}},
-                              "weights": {"content": 1.0}})
-    with pytest.raises(PermanentError, match=r"champion version 7 \(content\) needs \['content'\].*item file"):
-        _refit_champion_ndcg(champion, {}, {}, data, None, (10,), "ndcg_at_10", modeling.ModelSettingsView(), None)
+    from nightrec.candidates import als
+    from nightrec.topk import factor_matrix
+
+    pairs = grouped_pairs(users=60, items=48, per_user=8, seed=3)
+    feedback = feedback_frame(spark, pairs)
+    catalog = np.arange(1, 49)
+    params = dict(rank=6, regParam=0.1, alpha=2.0, maxIter=6, seed=5, numUserBlocks=2, numItemBlocks=2)
+    component = als.fit(feedback, catalog, rank=6, reg_param=0.1, alpha=2.0, max_iter=6, seed=5, blocks=2)
+    model = ALS(userCol="user_id", itemCol="item_id", ratingCol="strength", implicitPrefs=True, **params).fit(feedback)
+    users = model.userFactors.toArrow()
+    user_ids, expected = factor_matrix(users.column("id").combine_chunks(), users.column("features").combine_chunks())
+    batch = modeling.training_set(feedback, None, AS_OF, modeling.ModelSettingsView()).user_rows() \
+        .orderBy("user_id").toArrow().combine_chunks().to_batches()[0]
+    block = user_block(batch, catalog)
+    assert block.user_ids.tolist() == user_ids.tolist()
+    np.testing.assert_allclose(component.fold_in(block.history), expected, rtol=1e-4, atol=1e-5)
+    # a user with no history gets zeros, not a failure
+    assert not component.fold_in(sp.csr_matrix((1, 48), dtype=np.float32)).any()
 
 
 def test_item_gram_equals_numpy_and_covers_the_most_popular_items(spark):
@@ -169,3 +183,17 @@ def test_new_users_get_their_segment_list_or_else_the_global_one(spark):
     assert got[102] == ([2, 3], "segment:age=35-44|gender=M")
     assert got[103] == ([3, 2], f"popular:{GLOBAL}")   # age=56+|gender=F has no members: global list
     assert got[104] == ([3, 2], f"popular:{GLOBAL}")
+
+
+def test_neighbours_model_covers_the_catalog_and_finds_the_taste_groups(spark):
+    pairs = grouped_pairs(per_user=6)
+    opts = modeling.ModelSettingsView(blocks=2)
+    data = modeling.training_set(feedback_frame(spark, pairs), None, AS_OF, opts)
+    bundle, _ = modeling.fit_recipe(data, modeling.Recipe("neighbours", {"neighbours": {"k": 10, "shrink": 1.0}},
+                                                          {"neighbours": 1.0}), opts, log=lambda _: None)
+    assert bundle.components["neighbours"].similarity.getnnz(axis=1).max() <= 10
+    lists = {r.user_id: r.item_ids for r in recommend(bundle, data.user_rows(), 5).collect()}
+    own = sum(1 for u, ids in lists.items() for i in ids if i % 4 == u % 4)
+    assert own / sum(len(ids) for ids in lists.values()) > 0.9
+    seen = set(pairs)
+    assert not [(u, i) for u, ids in lists.items() for i in ids if (u, i) in seen]

@@ -1,8 +1,13 @@
 import datetime as dt
+import os
+import shutil
+import time
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
+from deltalake.exceptions import DeltaError
 from pyspark.sql import functions as F
 
 from nightrec import lake
@@ -61,3 +66,96 @@ def test_schema_changes_are_refused(spark, tmp_path):
     with pytest.raises(lake.LakeError, match="refusing to write"):
         lake.replace_partitions(frame(spark, 4, D1).withColumn("label", F.lit(1)), root, [D1])
     assert counts(spark, root) == {(D1, "a"): 4}
+
+
+# --- retention: lake.vacuum ---
+
+MONTH_AGO = time.time() - 30 * 86400
+
+
+def data_files(root) -> set[str]:
+    """Data files on disk (committed or not), relative to the table root."""
+    return {str(p.relative_to(root)) for p in Path(root).rglob("*.parquet") if "_delta_log" not in p.parts}
+
+
+def current_files(root) -> set[str]:
+    return set(pa.table(DeltaTable(root).get_add_actions()).column("path").to_pylist())
+
+
+def age(path: Path) -> Path:
+    os.utime(path, (MONTH_AGO, MONTH_AGO))
+    return path
+
+
+def test_vacuum_deletes_replaced_files_past_retention_and_keeps_the_current_version(spark, tmp_path):
+    root = str(tmp_path / "t")
+    lake.replace_partitions(frame(spark, 5, D1).unionByName(frame(spark, 7, D2)), root, [D1, D2])
+    first = data_files(root)
+    lake.replace_partitions(frame(spark, 3, D1, "b"), root, [D1])
+    rows, current = counts(spark, root), current_files(root)
+    replaced = first - current
+    assert replaced and all(p.startswith(f"dt={D1}/") for p in replaced)
+    replaced_bytes = sum((Path(root) / p).stat().st_size for p in replaced)
+
+    result = lake.vacuum(root, dt.timedelta(0))  # every replaced file is past a zero retention
+
+    assert data_files(root) == current
+    assert result.files_deleted == len(replaced) and result.partitions == [str(D1)]
+    assert result.bytes_freed > replaced_bytes  # the data files and the expired log entries
+    assert counts(spark, root) == rows == {(D1, "b"): 3, (D2, "a"): 7}
+    with pytest.raises(DeltaError):
+        DeltaTable(root, version=0)  # time travel past the retention is gone with the log
+
+
+def test_vacuum_keeps_what_time_travel_within_the_retention_needs(spark, tmp_path):
+    root = str(tmp_path / "t")
+    lake.replace_partitions(frame(spark, 5, D1), root, [D1])
+    first = data_files(root)
+    for path in first:
+        age(Path(root) / path)  # written a month ago ...
+    lake.replace_partitions(frame(spark, 3, D1, "b"), root, [D1])  # ... replaced just now
+    # Leftovers of failed writes: parquet files no commit mentions.
+    some_file = Path(root) / sorted(current_files(root))[0]
+    old_leftover = age(Path(shutil.copy(some_file, some_file.with_name("part-00009-failed-old.snappy.parquet"))))
+    young_leftover = Path(shutil.copy(some_file, some_file.with_name("part-00009-failed-young.snappy.parquet")))
+
+    result = lake.vacuum(root, dt.timedelta(days=7))
+
+    assert first <= data_files(root)  # replaced within the retention: still there for time travel
+    assert DeltaTable(root, version=0).to_pyarrow_table().num_rows == 5
+    assert not old_leftover.exists() and young_leftover.exists()  # untracked files go by their age
+    assert result.files_deleted == 1 and result.partitions == [str(D1)]
+    assert counts(spark, root) == {(D1, "b"): 3}
+    config = DeltaTable(root).metadata().configuration  # other Delta engines see the same window
+    assert config["delta.deletedFileRetentionDuration"] == config["delta.logRetentionDuration"] == "interval 7 days"
+
+
+def test_vacuum_expires_log_entries_past_the_retention(spark, tmp_path):
+    root = str(tmp_path / "t")
+    lake.replace_partitions(frame(spark, 5, D1), root, [D1])
+    lake.replace_partitions(frame(spark, 4, D1), root, [D1])
+    assert lake.vacuum(root, dt.timedelta(days=7)).log_files_deleted == 0  # nothing is old yet
+    log = Path(root) / "_delta_log"
+    for entry in log.iterdir():
+        age(entry)  # a month passes ...
+    lake.replace_partitions(frame(spark, 3, D1, "b"), root, [D1])  # ... and a night writes again
+
+    result = lake.vacuum(root, dt.timedelta(days=7))
+
+    # Only the newest checkpoint and what follows it stay (the commit of the night may already
+    # have removed some entries: delta-rs expires log entries after commits once a checkpoint exists).
+    assert result.log_files_deleted > 0
+    assert {p.name.split(".")[0] for p in log.iterdir() if p.name[0].isdigit()} == {f"{DeltaTable(root).version():020}"}
+    assert counts(spark, root) == {(D1, "b"): 3}
+    assert DeltaTable(root, version=DeltaTable(root).version()).to_pyarrow_table().num_rows == 3
+    with pytest.raises(DeltaError):
+        DeltaTable(root, version=1)
+
+
+def test_find_tables_discovers_every_table_and_nothing_else(spark, tmp_path):
+    for name in ("bronze/interactions", "gold/recommendations"):
+        lake.replace_partitions(frame(spark, 2, D1), str(tmp_path / name), [D1])
+    (tmp_path / "exports" / "2024").mkdir(parents=True)
+    (tmp_path / "_scratch" / "t" / "_delta_log").mkdir(parents=True)
+    assert lake.find_tables(str(tmp_path)) == ["bronze/interactions", "gold/recommendations"]
+    assert lake.find_tables(str(tmp_path / "missing")) == []

@@ -90,7 +90,6 @@ def test_user_block_maps_item_ids_onto_catalog_positions_and_ignores_unknown_one
     block = user_block(batch, np.array([10, 20, 30]))
     assert block.history.toarray().tolist() == [[0, 2, 0], [5, 0, 0]]
     assert block.recency.toarray().tolist() == [[0, 1, 0], [2.5, 0, 0]]
-    assert block.factors is None
 
 
 @pytest.mark.parametrize("k", [1, 3])
@@ -100,7 +99,7 @@ def test_ties_go_to_the_smaller_item_id(k):
 
 
 def test_blend_weights_take_a_real_gain_and_leave_out_a_negligible_one():
-    from nightrec.modeling import ValidationSample, learn_weights
+    from nightrec.modeling import Shortlist, learn_weights
 
     rng = np.random.default_rng(0)
     n_users, n_items = 300, 40
@@ -109,12 +108,55 @@ def test_blend_weights_take_a_real_gain_and_leave_out_a_negligible_one():
     boost[np.arange(n_users), relevant] = 5.0
     noise = rng.normal(size=(n_users, n_items)).astype(np.float32)
     covers = lambda users: np.where(np.isin(np.arange(n_users), users)[:, None], boost, 0.0)  # noqa: E731
-    scores = {"good": [noise + covers(range(0, 200))],      # finds two users in three
-              "helper": [noise + covers(range(200, 290))],  # finds most of the others
-              "weak": [covers([290])]}                      # finds one more user: a 0.3% gain
-    sample = ValidationSample.__new__(ValidationSample)
-    sample.k = 10
-    sample.truth = sp.csr_matrix((np.ones(n_users, np.float32), (np.arange(n_users), relevant)), shape=(n_users, n_items))
-    weights, value = learn_weights(scores, [sample])
+    scores = {"good": noise + covers(range(0, 200)),      # finds two users in three
+              "helper": noise + covers(range(200, 290)),  # finds most of the others
+              "weak": covers([290])}                      # finds one more user: a 0.3% gain
+    truth = np.zeros((n_users, n_items), dtype=bool)
+    truth[np.arange(n_users), relevant] = True
+    shortlist = Shortlist({name: standardize(s) for name, s in scores.items()}, truth, truth.sum(axis=1), 10)
+    weights, value = learn_weights([shortlist])
     assert weights["good"] > 0 and weights["helper"] > 0 and weights["weak"] == 0
-    assert value > sample.ndcg(scores["good"][0]) + 0.03
+    assert value > shortlist.ndcg(shortlist.z["good"]) + 0.03
+
+
+
+class ByUser:
+    """A component whose scores depend on the users asked for (blocks must line up)."""
+
+    def __init__(self, scores):
+        self.scores = np.asarray(scores, dtype=np.float32)
+
+    def score(self, block):
+        return self.scores[block.user_ids - 1].copy()
+
+
+def test_validation_sample_scores_in_user_blocks_exactly_as_in_one_piece():
+    from nightrec.modeling import Shortlist, ValidationSample
+
+    rng = np.random.default_rng(3)
+    n_users, n_items = 50, 30
+    histories = [list(rng.choice(n_items, 4, replace=False)) for _ in range(n_users)]
+    truth = sp.csr_matrix((rng.random((n_users, n_items)) < 0.1).astype(np.float32))
+    a, b = ByUser(rng.normal(size=(n_users, n_items))), ByUser(rng.normal(size=(n_users, n_items)))
+
+    def sample(rows_per_block, unavailable):
+        s = ValidationSample.__new__(ValidationSample)
+        s.block, s.truth, s.k, s.unavailable, s.rows_per_block = block_of(histories, n_items), truth, 5, unavailable, rows_per_block
+        return s
+
+    def dense_ndcg(scores, unavailable):
+        masked = scores.copy()
+        for user, items in enumerate(histories):
+            masked[user, items] = -np.inf
+        masked[:, unavailable] = -np.inf
+        return Shortlist({}, truth.toarray() > 0, truth.getnnz(axis=1), 5).ndcg(masked)
+
+    unavailable = np.zeros(n_items, dtype=bool)
+    unavailable[[2, 9]] = True
+    for rows in (7, 50):
+        s = sample(rows, unavailable)
+        assert s.ndcg(a) == pytest.approx(dense_ndcg(a.scores, unavailable))
+        # the shortlist reaches the whole catalog here (30 items < its depth): blends are exact
+        shortlist = s.shortlist({"a": a, "b": b})
+        blend = 0.3 * standardize(a.scores) + 0.7 * standardize(b.scores)
+        assert shortlist.ndcg(0.3 * shortlist.z["a"] + 0.7 * shortlist.z["b"]) == pytest.approx(dense_ndcg(blend, unavailable))

@@ -41,3 +41,14 @@ def test_unknown_section_or_environment_is_an_error():
 
 def test_cluster_settings_load():
     assert load_settings("cluster", {}).spark.master.startswith("spark://")
+
+
+def test_retention_settings_default_and_validate():
+    for env in ("local", "cluster"):
+        settings = load_settings(env, {})
+        assert settings.lake.retention_days == 7 and settings.mlflow.keep_versions == 20
+    assert load_settings("local", {"NIGHTREC_LAKE__RETENTION_DAYS": "30"}).lake.retention_days == 30
+    with pytest.raises(SettingsError, match="retention_days"):
+        load_settings("local", {"NIGHTREC_LAKE__RETENTION_DAYS": "0"})
+    with pytest.raises(SettingsError, match="keep_versions"):
+        load_settings("local", {"NIGHTREC_MLFLOW__KEEP_VERSIONS": "-1"})

@@ -1,40 +1,86 @@
-"""Implicit-feedback ALS (Spark MLlib): user and item factors; score = dot product."""
+"""Implicit-feedback ALS (Spark MLlib): item factors learnt in Spark; users folded in when scored.
+
+A fitted model keeps only the item side. A user's factors are the exact least-squares answer to
+their history given the item factors: the same normal equations Spark's last half-iteration solves,
+so folding in the training users reproduces Spark's user factors. Users are therefore scored on
+their latest history (tonight's events included) without refitting, and no user's factors are
+stored in a model artifact.
+"""
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
+import scipy.sparse as sp
 from pyspark.ml.recommendation import ALS
 from pyspark.sql import DataFrame
 
 from nightrec.scoring import UserBlock
 from nightrec.topk import factor_matrix
 
+OUTER_PRODUCTS_PER_CHUNK = 1 << 21  # floats of per-interaction outer products held at once (16 MB)
+
 
 @dataclass
 class AlsComponent:
     item_factors: np.ndarray          # (catalog items, rank); zero rows for items ALS never saw
-    user_ids: np.ndarray | None       # sorted ids of the users it was fit on
-    user_factors: np.ndarray | None   # (users, rank)
+    alpha: float                      # confidence per unit of strength, as fit
+    reg_param: float                  # Spark's regParam (scaled by each user's number of items)
+    _gram: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def score(self, block: UserBlock) -> np.ndarray:
-        rank = self.item_factors.shape[1]
-        if block.factors is None and self.user_factors is not None:
-            block.factors = self.factors_of(block.user_ids)
-        if block.factors is None or block.factors.shape[1] != rank:
-            return np.zeros((len(block.user_ids), len(self.item_factors)), dtype=np.float32)
-        return block.factors @ self.item_factors.T
+        return self.fold_in(block.history) @ self.item_factors.T
 
-    def factors_of(self, user_ids: np.ndarray) -> np.ndarray:
-        """Factor rows for user_ids (zeros for users the model was not fit on)."""
-        positions = np.minimum(np.searchsorted(self.user_ids, user_ids), len(self.user_ids) - 1)
-        known = self.user_ids[positions] == user_ids
-        return np.where(known[:, None], self.user_factors[positions], 0.0).astype(np.float32)
+    def fold_in(self, history: sp.csr_matrix) -> np.ndarray:
+        """(users, rank) factors solving Spark's implicit normal equations for each history row:
+        (YᵀY + Σ c·y yᵀ + λ·n I) x = Σ (1 + c)·y over the user's n items with strength > 0,
+        c = alpha·strength. Users without items get zeros."""
+        y = self.item_factors.astype(np.float64)
+        rank = y.shape[1]
+        history = history.tocsr()
+        history.sum_duplicates()
+        confidence = self.alpha * np.abs(history.data.astype(np.float64))
+        positive = history.data > 0
+        owners = np.repeat(np.arange(history.shape[0]), np.diff(history.indptr))
+        n_items = np.bincount(owners[positive], minlength=history.shape[0])
+        b = sp.csr_matrix((np.where(positive, 1.0 + confidence, 0.0), history.indices, history.indptr),
+                          shape=history.shape) @ y
+        a = np.empty((history.shape[0], rank, rank))
+        a[:] = self.gram()
+        a[:, np.arange(rank), np.arange(rank)] += (self.reg_param * n_items)[:, None]
+        _add_weighted_outer_products(a, history.indptr, y[history.indices], confidence)
+        solved = np.zeros((history.shape[0], rank), dtype=np.float32)
+        users = n_items > 0
+        if users.any():
+            solved[users] = np.linalg.solve(a[users], b[users][:, :, None])[:, :, 0]
+        return solved
 
-    def without_user_factors(self) -> AlsComponent:
-        return dataclasses.replace(self, user_ids=None, user_factors=None)
+    def gram(self) -> np.ndarray:
+        if self._gram is None:
+            y = self.item_factors.astype(np.float64)
+            self._gram = y.T @ y
+        return self._gram
+
+
+def _add_weighted_outer_products(a: np.ndarray, indptr: np.ndarray, rows: np.ndarray, weights: np.ndarray) -> None:
+    """a[u] += Σ_i weights_i · rows_i rows_iᵀ over each user's slice indptr[u]:indptr[u+1], in
+    chunks of whole users so the (interactions, rank, rank) products stay small."""
+    rank = rows.shape[1]
+    per_chunk = max(1, OUTER_PRODUCTS_PER_CHUNK // (rank * rank))
+    n_users = len(indptr) - 1
+    user = 0
+    while user < n_users:
+        # whole users only, at least one, until the chunk holds per_chunk interactions
+        stop = min(max(int(np.searchsorted(indptr, indptr[user] + per_chunk, side="right")) - 1, user + 1), n_users)
+        first = indptr[user]
+        lengths = np.diff(indptr[user:stop + 1])
+        if lengths.sum():
+            chunk = rows[first:indptr[stop]]
+            products = np.einsum("ni,nj->nij", chunk * weights[first:indptr[stop], None], chunk)
+            filled = np.flatnonzero(lengths)  # empty users have no segment: reduceat skips them
+            a[user + filled] += np.add.reduceat(products, indptr[user + filled] - first, axis=0)
+        user = stop
 
 
 def fit(feedback: DataFrame, catalog: np.ndarray, *, rank: int, reg_param: float, alpha: float,
@@ -51,6 +97,4 @@ def fit(feedback: DataFrame, catalog: np.ndarray, *, rank: int, reg_param: float
     aligned = np.zeros((len(catalog), rank), dtype=np.float32)
     positions = np.searchsorted(catalog, item_ids)
     aligned[positions] = item_matrix  # every fitted item is in the catalog: it comes from the same feedback
-    users = model.userFactors.toArrow()
-    user_ids, user_matrix = factor_matrix(users.column("id").combine_chunks(), users.column("features").combine_chunks())
-    return AlsComponent(aligned, user_ids, user_matrix)
+    return AlsComponent(aligned, float(alpha), float(reg_param))

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 
 from nightrec.settings import load_settings
 
-STAGES = ("drain_events", "ingest", "validate", "train", "score", "publish", "smoke")
+STAGES = ("drain_events", "ingest", "validate", "train", "score", "publish", "smoke", "housekeeping")
 
 
 def window(ds: dt.date, days: int) -> list[dt.date]:

@@ -14,7 +14,7 @@ from pyspark.sql import functions as F
 from nightrec import lake, registry, tracking
 from nightrec.candidates import popularity
 from nightrec.feedback import implicit_feedback
-from nightrec.modeling import is_unavailable
+from nightrec.modeling import ItemFacts, is_unavailable
 from nightrec.redis_layout import SEGMENT_REF
 from nightrec.scoring import recommend, user_rows
 from nightrec.similar import similar_items
@@ -84,6 +84,8 @@ def run(spark: SparkSession, settings: Settings, ds: dt.date) -> ScoreResult:
     feedback = implicit_feedback(training_events(spark, settings, ds), settings.events.weights).cache()
     users = attributes(spark, settings, "users", ds)
     items = attributes(spark, settings, "items", ds)
+    # tonight's availability and categories, whichever night the champion was fit on
+    bundle = bundle.with_rules(ItemFacts.read(items).rules_for(bundle.item_ids, settings.model.max_per_category))
     personal = (recommend(bundle, user_rows(feedback, as_of, settings.model.recency_half_life_days), settings.model.top_k,
                           serving_values=True)
                 .withColumn("model_version", F.lit(model_version)))

@@ -1,12 +1,15 @@
-"""Train: every candidate searched, evaluated on a holdout of each user's latest items, logged and
-registered in MLflow; the promotion gate decides whether the best one becomes `champion`.
+"""Train: tonight's model from the tuned recipe, judged against the champion on a holdout of each
+user's latest items, logged and registered in MLflow; the gate decides whether it becomes `champion`.
 
+The recipe (candidate, hyperparameters, blend weights) comes from the latest `nightrec tune` run,
+or from `model.recipe` when it names a file; tuning runs on its own schedule, not every night.
 Each user's items in the trailing window, in the order the user took them:
-  inner train | inner validation (holdout_share) | holdout (holdout_share)
-Hyperparameters and blend weights are chosen on the inner split (and on a second fold: a random
-share of each user's items before the holdout); the candidates (and the current champion's
-recipe) are then refit on everything but the holdout and compared on it; what is registered is
-finally refit on the whole window.
+  fit part | holdout (model.holdout_share)
+The recipe is fit on the fit part and scored on the holdout; the champion's own holdout-free fit
+(kept with every version) is scored on the same holdout with the same user histories, so the
+comparison needs no refit of the champion and neither model has seen the items held out. What is
+served is the recipe refit on the whole window. Users are folded in at scoring time, so no model
+stores per-user state.
 """
 
 from __future__ import annotations
@@ -25,8 +28,10 @@ from pyspark.sql import functions as F
 
 from nightrec import lake, modeling, registry, reports, tracking
 from nightrec.errors import PermanentError
-from nightrec.feedback import implicit_feedback, latest_split, stratified_split
-from nightrec.settings import Settings, resolve
+from nightrec.feedback import implicit_feedback, latest_split
+from nightrec.progress import Progress
+from nightrec.scoring import Bundle
+from nightrec.settings import Settings
 from nightrec.stages import stage_main, window
 
 CURVE_KS = (1, 5, 10, 20, 50, 100)
@@ -37,13 +42,16 @@ SAMPLE_USERS = 5
 class TrainResult:
     run_id: str
     model_name: str
-    champion_version: str
+    champion_version: str            # after tonight's decision
+    version: str                     # tonight's registered version
     promoted: bool
     reason: str
-    best_candidate: str
-    candidates: dict[str, dict]      # name -> {version, holdout ndcg, validation ndcg, fit seconds}
+    candidate: str
+    recipe_source: str
+    holdout: dict[str, float]        # tonight's model on the holdout (ndcg, recall, precision, map at eval_k)
     champion_holdout_ndcg: float | None
-    holdout_users: int
+    holdout_users: int               # users with held-out items
+    evaluated_users: int             # of them, the sample scored
     seconds: dict[str, float]
 
 
@@ -69,156 +77,146 @@ def model_options(settings: Settings, spark: SparkSession) -> modeling.ModelSett
         recency_half_life_days=m.recency_half_life_days, max_per_category=m.max_per_category)
 
 
+def sample_users(truth: DataFrame, max_users: int, seed: int) -> DataFrame:
+    """truth restricted to at most max_users of its users, chosen by a hash (the same users on
+    every recomputation)."""
+    users = truth.select("user_id").distinct()
+    chosen = users.orderBy(F.xxhash64(F.lit(seed), "user_id"), "user_id").limit(max_users)
+    return truth.join(F.broadcast(chosen), "user_id")
+
+
 def start_of(day: dt.date) -> dt.datetime:
     return dt.datetime.combine(day, dt.time(), tzinfo=dt.timezone.utc)
 
 
 def run(spark: SparkSession, settings: Settings, ds: dt.date) -> TrainResult:
-    import mlflow
 
     m, weights = settings.model, settings.events.weights
+    progress = Progress("train", spark)
     experiment_id = tracking.configure(settings)  # before any registry call: the champion lives there
     opts = model_options(settings, spark)
-    space = modeling.load_search_space(resolve(settings.home, m.search_space))
+    recipe, recipe_source = registry.nightly_recipe(settings)
+    progress(f"recipe {recipe.to_json()} from {recipe_source}")
     ks = tuple(sorted(set(CURVE_KS) | {m.eval_k, m.top_k}))
     metric = f"ndcg_at_{m.eval_k}"
     seconds: dict[str, float] = {}
-    events = training_events(spark, settings, ds).cache()
-    items = attributes(spark, settings, "items", ds)
     as_of = start_of(ds + dt.timedelta(days=1))
-    fit_events, truth = latest_split(events, m.holdout_share)
-    fit_events = fit_events.cache()
-    inner_events, inner_truth = latest_split(fit_events, m.holdout_share)
-    truth, inner_truth = truth.cache(), inner_truth.cache()
-    holdout_users = truth.select("user_id").distinct().count()
-    for name, frame in (("holdout", truth), ("inner validation", inner_truth)):
-        if frame.limit(1).count() == 0:
-            raise PermanentError(f"no {name}: no user has enough items for a share of {m.holdout_share} "
+    items = attributes(spark, settings, "items", ds)
+
+    started = time.monotonic()
+    with progress.step("split", window_days=m.train_window_days, holdout_share=m.holdout_share):
+        events = training_events(spark, settings, ds).cache()
+        fit_events, truth = latest_split(events, m.holdout_share)
+        truth = truth.cache()
+        holdout_users = truth.select("user_id").distinct().count()
+        if holdout_users == 0:
+            raise PermanentError(f"no holdout: no user has enough items for a share of {m.holdout_share} "
                                  f"(model.holdout_share); load more days or raise the share")
+        sampled = sample_users(truth, m.evaluation_users, m.seed).cache()
+        evaluated_users = min(holdout_users, m.evaluation_users)
+        fit_data = modeling.training_set(implicit_feedback(fit_events, weights).cache(), items, as_of, opts)
+        progress(f"{holdout_users:,} users with held-out items, {evaluated_users:,} of them evaluated; "
+                 f"catalog {len(fit_data.catalog):,} items")
+    seconds["split"] = time.monotonic() - started
 
     started = time.monotonic()
-    fit_feedback = implicit_feedback(fit_events, weights).cache()
-    folds = [(modeling.training_set(implicit_feedback(inner_events, weights).cache(), items, as_of, opts), inner_truth)]
-    if m.random_validation_share > 0:
-        # A second fold, a random share of each user's items: choices that only suit the order in
-        # which users took their items would not survive it.
-        rest, held = stratified_split(fit_feedback, 1 - m.random_validation_share, m.seed)
-        folds.append((modeling.training_set(rest.cache(), items, as_of, opts), held.cache()))
-    selection = modeling.select(folds, space, opts)
-    for fold_data, fold_truth in folds:
-        fold_data.feedback.unpersist()
-        fold_truth.unpersist()
-    seconds["search"] = time.monotonic() - started
-
-    started = time.monotonic()
-    fit_data = modeling.training_set(fit_feedback, items, as_of, opts)
-    bundles, _ = modeling.fit_bundles(fit_data, selection, opts)
-    evaluations = {name: modeling.evaluate(bundle, fit_data, truth, ks, m.cold_user_max_items)
-                   for name, bundle in bundles.items()}
-    champion = registry.current_champion(settings.mlflow.registered_model)
+    with progress.step("fit on the fit part", 1, 2):
+        try:
+            candidate, _ = modeling.fit_recipe(fit_data, recipe, opts, log=progress)
+        except ValueError as error:
+            raise PermanentError(f"{recipe_source}: {error}") from None
+    with progress.step("evaluate on the holdout", users=evaluated_users):
+        evaluation = modeling.evaluate(candidate, fit_data, sampled, ks, m.cold_user_max_items)
+    champion, champion_note = _champion(settings, fit_data, items)
     champion_ndcg = None
     if champion is not None:
-        champion_ndcg = _refit_champion_ndcg(champion, bundles, evaluations, fit_data, truth, ks, metric, opts, m)
-    # Tonight's best is chosen on validation, where the search happened; the holdout, untouched by
-    # any choice, then judges it against the champion. Choosing on the holdout as well would reward
-    # its noise (on MovieLens-100K the top three candidates differ there by about 0.002 NDCG).
-    ranking = sorted(evaluations, key=lambda n: -selection.validation_ndcg.get(n, -1.0))
-    best = ranking[0]
-    decision = registry.gate(best, evaluations[best].metrics[metric], champion_ndcg, m.promotion_tolerance, metric)
-    seconds["holdout"] = time.monotonic() - started
+        with progress.step(f"evaluate champion version {champion_note}", users=evaluated_users):
+            champion_evaluation = modeling.evaluate(champion, fit_data, sampled, ks, m.cold_user_max_items)
+            champion_evaluation.lists.unpersist()
+            champion_ndcg = champion_evaluation.metrics[metric]
+    decision = registry.gate(recipe.candidate, evaluation.metrics[metric], champion_ndcg, m.promotion_tolerance, metric)
+    if champion is None and champion_note:
+        decision = registry.Decision(decision.promote, f"{decision.reason} ({champion_note})")
+    progress(decision.reason)
+    seconds["fit_and_gate"] = time.monotonic() - started
 
     started = time.monotonic()
-    full_data = modeling.training_set(implicit_feedback(events, weights).cache(), items, as_of, opts)
-    finals, fit_seconds = modeling.fit_bundles(full_data, selection, opts)
+    with progress.step("fit on the whole window", 2, 2):
+        full_data = modeling.training_set(implicit_feedback(events, weights).cache(), items, as_of, opts)
+        final, fit_seconds = modeling.fit_recipe(full_data, recipe, opts, log=progress)
     seconds["final_fit"] = time.monotonic() - started
 
     started = time.monotonic()
-    decision_tags = {"promotion_decision": "promoted" if decision.promote else "kept",
-                     "promotion_reason": decision.reason, "best_candidate": best}
-    versions, summary = {}, {}
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"nightly-{ds.isoformat()}") as parent:
-        mlflow.set_tags({"ds": ds.isoformat(), "protocol": "latest_items_holdout", **decision_tags})
-        mlflow.log_params({"train_window_days": m.train_window_days, "holdout_share": m.holdout_share,
-                           "random_validation_share": m.random_validation_share, "event_weights": json.dumps(weights),
-                           "promotion_tolerance": m.promotion_tolerance})
-        mlflow.log_metrics({"holdout_users": holdout_users, "champion_holdout_" + metric: champion_ndcg or 0.0}
-                           if champion_ndcg is not None else {"holdout_users": holdout_users})
-        mlflow.log_dict({"trials": selection.trials, "chosen": selection.params, "weights": selection.weights},
-                        "search.json")
-        for name in ranking:
-            if name not in finals:
-                continue
-            recipe = _recipe(name, selection)
-            with mlflow.start_run(experiment_id=experiment_id, run_name=f"{name}-{ds.isoformat()}", nested=True):
-                mlflow.set_tags({"ds": ds.isoformat(), "candidate": name, "protocol": "latest_items_holdout",
-                                 "role": "best" if name == best else "candidate", **decision_tags})
-                mlflow.log_params(_flat_params(recipe))
-                mlflow.log_metrics({f"holdout_{k}": v for k, v in evaluations[name].metrics.items()}
-                                   | {f"validation_{metric}": selection.validation_ndcg.get(name, 0.0),
-                                      "fit_seconds": fit_seconds.get(name, 0.0)})
-                _log_reports(name, evaluations[name], fit_data, items, ks)
-                versions[name] = registry.log_candidate_model(finals[name], settings.mlflow.registered_model, {
-                    "ds": ds.isoformat(), "candidate": name, "holdout_" + metric: f"{evaluations[name].metrics[metric]:.5f}",
-                    registry.RECIPE_TAG: json.dumps(recipe), "promotion_decision": decision_tags["promotion_decision"]
-                    if name == best else "not best"})
-            summary[name] = {"version": versions[name], "holdout_" + metric: evaluations[name].metrics[metric],
-                             "validation_" + metric: selection.validation_ndcg.get(name),
-                             "fit_seconds": round(fit_seconds.get(name, 0.0), 1)}
-        runner_up = next((n for n in ranking if n != best), None) if decision.promote else best
-        registry.set_aliases(settings.mlflow.registered_model, versions[best] if decision.promote else None,
-                             versions.get(runner_up) if runner_up else None)
-        run_id = parent.info.run_id
+    with progress.step("log and register in MLflow"):
+        run_id, version = _record(settings, experiment_id, ds, recipe, recipe_source, decision, evaluation, final,
+                                  candidate, fit_seconds, fit_data, items, ks, metric, champion_ndcg,
+                                  holdout_users, evaluated_users)
+        registry.set_aliases(settings.mlflow.registered_model, version if decision.promote else None,
+                             None if decision.promote else version)
     seconds["mlflow"] = time.monotonic() - started
-    for evaluation in evaluations.values():
-        evaluation.lists.unpersist()
-    for frame in (events, fit_events, truth, fit_data.feedback, full_data.feedback):
+    evaluation.lists.unpersist()
+    for frame in (events, truth, sampled, fit_data.feedback, full_data.feedback):
         frame.unpersist()
     current = registry.current_champion(settings.mlflow.registered_model)
-    return TrainResult(run_id, settings.mlflow.registered_model, current.version if current else "",
-                       decision.promote, decision.reason, best, summary, champion_ndcg, holdout_users,
-                       {k: round(v, 1) for k, v in seconds.items()})
+    holdout = {k: round(v, 5) for k, v in evaluation.metrics.items()
+               if k in {f"{name}_at_{m.eval_k}" for name in ("ndcg", "recall", "precision", "map")}}
+    return TrainResult(run_id, settings.mlflow.registered_model, current.version if current else "", version,
+                       decision.promote, decision.reason, recipe.candidate, recipe_source, holdout, champion_ndcg,
+                       holdout_users, evaluated_users, {k: round(v, 1) for k, v in seconds.items()})
 
 
-def _recipe(name: str, selection: modeling.Selection) -> dict:
-    if name == modeling.HYBRID:
-        used = {n: w for n, w in selection.weights.items() if w > 0}
-        return {"candidate": name, "params": {n: selection.params[n] for n in used}, "weights": used}
-    return {"candidate": name, "params": {name: selection.params[name]}, "weights": {name: 1.0}}
+def _champion(settings: Settings, data: modeling.TrainingSet, items) -> tuple[Bundle | None, str]:
+    """The champion's holdout-free fit from its night, with tonight's rules; or None and why not.
+
+    Not the served artifact: that one was refit on its whole window, whose latest items are most of
+    tonight's holdout. The holdout-free fit never saw them: a user's latest items tonight were held
+    out on the champion's night too, or arrived since."""
+    name = settings.mlflow.registered_model
+    current = registry.current_champion(name)
+    if current is None:
+        return None, ""
+    try:
+        bundle = registry.load_holdout_free(name, current.version)
+    except Exception as error:  # an artifact this code cannot read: say so, don't block every night
+        return None, f"champion version {current.version} could not be loaded: {type(error).__name__}: {error}"
+    rules = modeling.ItemFacts.read(items).rules_for(bundle.item_ids, settings.model.max_per_category)
+    return bundle.with_rules(rules), current.version
 
 
-def _flat_params(recipe: dict) -> dict:
-    flat = {"candidate": recipe["candidate"]}
-    for family, params in recipe["params"].items():
+def _record(settings, experiment_id, ds, recipe, recipe_source, decision, evaluation, final, holdout_free,
+            fit_seconds, fit_data, items, ks, metric, champion_ndcg, holdout_users, evaluated_users) -> tuple[str, str]:
+    """One MLflow run per night (params, holdout metrics, reports) and tonight's model version."""
+    import mlflow
+
+    m = settings.model
+    decision_tags = {"promotion_decision": "promoted" if decision.promote else "kept",
+                     "promotion_reason": decision.reason, "candidate": recipe.candidate,
+                     "recipe_source": recipe_source}
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"nightly-{ds.isoformat()}") as run:
+        mlflow.set_tags({"ds": ds.isoformat(), "protocol": "latest_items_holdout", **decision_tags})
+        mlflow.log_params({"train_window_days": m.train_window_days, "holdout_share": m.holdout_share,
+                           "evaluation_users": m.evaluation_users, "event_weights": json.dumps(settings.events.weights),
+                           "promotion_tolerance": m.promotion_tolerance, **_flat_params(recipe)})
+        mlflow.log_metrics({f"holdout_{k}": v for k, v in evaluation.metrics.items()}
+                           | {"holdout_users": holdout_users, "evaluated_users": evaluated_users}
+                           | {f"fit_seconds_{family}": s for family, s in fit_seconds.items()}
+                           | ({f"champion_holdout_{metric}": champion_ndcg} if champion_ndcg is not None else {}))
+        mlflow.log_dict(json.loads(recipe.to_json()), "recipe.json")
+        _log_reports(recipe.candidate, evaluation, fit_data, items, ks)
+        version = registry.log_candidate_model(final, settings.mlflow.registered_model, {
+            "ds": ds.isoformat(), "candidate": recipe.candidate,
+            f"holdout_{metric}": f"{evaluation.metrics[metric]:.5f}", registry.RECIPE_TAG: recipe.to_json(),
+            "promotion_decision": decision_tags["promotion_decision"]}, holdout_free=holdout_free)
+    return run.info.run_id, version
+
+
+def _flat_params(recipe: modeling.Recipe) -> dict:
+    flat = {"candidate": recipe.candidate}
+    for family, params in recipe.params.items():
         flat |= {f"{family}.{k}": v for k, v in params.items()}
-    if recipe["candidate"] == modeling.HYBRID:
-        flat |= {f"weight.{n}": w for n, w in recipe["weights"].items()}
+    if recipe.candidate == modeling.HYBRID:
+        flat |= {f"weight.{n}": w for n, w in recipe.weights.items()}
     return flat
-
-
-def _refit_champion_ndcg(champion: registry.Champion, bundles, evaluations, fit_data, truth, ks, metric, opts, m):
-    """The champion's recipe refit on tonight's pre-holdout data, scored on tonight's holdout."""
-    recipe = champion.recipe
-    for name in bundles:
-        if bundles[name].params == _bundle_params(recipe):
-            return evaluations[name].metrics[metric]
-    selection = modeling.Selection(recipe["params"], recipe["weights"], {})
-    refit, _ = modeling.fit_bundles(fit_data, selection, opts)
-    bundle = refit.get(recipe["candidate"])
-    missing = sorted(set(recipe["weights"]) - set(bundle.weights if bundle else ()))
-    if missing:
-        # Judging a champion without some of its parts would make it look worse than it is.
-        raise PermanentError(f"champion version {champion.version} ({recipe['candidate']}) needs {missing}, which "
-                             f"tonight's data cannot fit (content needs an item file): restore the item file "
-                             f"or roll the champion back")
-    evaluation = modeling.evaluate(bundle, fit_data, truth, ks, m.cold_user_max_items)
-    evaluation.lists.unpersist()
-    return evaluation.metrics[metric]
-
-
-def _bundle_params(recipe: dict) -> dict:
-    if recipe["candidate"] == modeling.HYBRID:
-        return {"family": modeling.HYBRID, "weights": recipe["weights"], "parts": recipe["params"]}
-    return {"family": recipe["candidate"], **recipe["params"][recipe["candidate"]]}
 
 
 def _log_reports(name: str, evaluation: modeling.Evaluation, data: modeling.TrainingSet, items, ks) -> None:

@@ -1,0 +1,262 @@
+"""What a night costs at size: the whole nightly DAG through Airflow (`nightrec run`, as a user runs
+it) on `nightrec synth` data at three sizes, one table.
+
+    .venv/bin/python bench/scale.py                 # S, M and L
+    .venv/bin/python bench/scale.py --sizes S M     # fewer
+
+For each size, in its own folder under var/bench/scale/ with its own lake, MLflow store and
+redis-server: the initial load (an empty lake, all 30 days ingested at once), then a steady-state
+night (the last day arriving again with a lookback of one day: ingest and validate that day, train
+on the whole window, gate against the champion the initial night left, score, publish). Per
+night: every stage's seconds and the peak memory of the Spark driver (the JVM, which in local mode
+runs the executors too) and of its Python workers; Redis memory per user; the holdout NDCG@10 of
+tonight's model and of the champion it is judged against; and the growth exponent of each stage's
+time against events between consecutive sizes (time ~ events^exponent).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import os
+import re
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import redis
+
+HOME = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+LAST_DAY = "2024-06-30"
+DAYS = 30
+STAGES = ("drain_events", "ingest", "validate", "train", "score", "publish", "smoke", "housekeeping")
+
+
+@dataclass(frozen=True)
+class Size:
+    users: int
+    items: int
+    events: int
+    driver_memory: str
+
+
+SIZES = {
+    "S": Size(100_000, 10_000, 2_000_000, "4g"),
+    "M": Size(300_000, 30_000, 10_000_000, "8g"),
+    "L": Size(1_000_000, 100_000, 50_000_000, "12g"),
+}
+
+
+@dataclass
+class Night:
+    name: str
+    seconds: dict[str, float] = field(default_factory=dict)
+    driver_peak: dict[str, int] = field(default_factory=dict)    # stage -> bytes (JVM)
+    workers_peak: dict[str, int] = field(default_factory=dict)   # stage -> bytes (Python: task + Spark workers)
+    summaries: dict[str, dict] = field(default_factory=dict)
+    redis_bytes_per_user: float | None = None
+    total: float = 0.0
+
+
+class MemoryWatch:
+    """Samples the process tree under `root` every 0.5 s: the JVM's RSS and the Python processes'
+    summed RSS, attributed to whichever stage is running."""
+
+    def __init__(self, root: psutil.Process):
+        self.root, self.stage = root, None
+        self.driver: dict[str, int] = {}
+        self.workers: dict[str, int] = {}
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.done.wait(0.5):
+            if self.stage is None:
+                continue
+            jvm = python = 0
+            try:
+                for proc in self.root.children(recursive=True):
+                    try:
+                        rss = proc.memory_info().rss
+                        if proc.name() == "java":
+                            jvm += rss
+                        elif "python" in proc.name() or "airflow" in proc.name():
+                            python += rss
+                    except psutil.Error:
+                        continue
+            except psutil.Error:
+                continue
+            self.driver[self.stage] = max(self.driver.get(self.stage, 0), jvm)
+            self.workers[self.stage] = max(self.workers.get(self.stage, 0), python)
+
+    def stop(self) -> None:
+        self.done.set()
+        self.thread.join()
+
+
+def synth(size: Size, landing: Path, seed: int) -> None:
+    marker = landing / "synth.json"
+    wanted = {"users": size.users, "items": size.items, "events": size.events, "days": DAYS, "seed": seed}
+    if marker.is_file() and json.loads(marker.read_text()) == wanted:
+        return
+    subprocess.run([str(BIN / "nightrec"), "synth", "--users", str(size.users), "--items", str(size.items),
+                    "--events", str(size.events), "--days", str(DAYS), "--seed", str(seed), "--end", LAST_DAY,
+                    str(landing)], check=True)
+    marker.write_text(json.dumps(wanted))
+
+
+def run_night(name: str, env: dict, lookback: int, log: Path) -> Night:
+    night = Night(name)
+    runs = Path(env["NIGHTREC_PATHS__AIRFLOW_HOME"]) / "logs" / "nightrec-runs"
+    before = set(runs.glob("run-*.log")) if runs.is_dir() else set()
+    command = [str(BIN / "nightrec"), "run", "--ds", LAST_DAY, "--lookback-days", str(lookback)]
+    started = time.monotonic()
+    with open(log, "w") as out:
+        proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+        watch = MemoryWatch(psutil.Process(proc.pid))
+        run_log = None
+        while proc.poll() is None:
+            time.sleep(0.5)
+            new = set(runs.glob("run-*.log")) - before if runs.is_dir() else set()
+            if new:
+                run_log = max(new, key=lambda p: p.stat().st_mtime)
+                tasks = task_times(run_log.read_text(errors="replace"))
+                running = [t for t, (_, end) in tasks.items() if end is None]
+                watch.stage = running[-1] if running else None
+        watch.stop()
+    night.total = time.monotonic() - started
+    if proc.returncode != 0 or run_log is None:
+        raise RuntimeError(f"{name}: nightrec run failed ({proc.returncode}); see {log} and {run_log}")
+    text = run_log.read_text(errors="replace")
+    night.seconds = {t: (end - begin) for t, (begin, end) in task_times(text).items() if end is not None}
+    night.driver_peak, night.workers_peak = watch.driver, watch.workers
+    night.summaries = stage_summaries(text)
+    return night
+
+
+def task_times(text: str) -> dict[str, tuple[float, float | None]]:
+    """task -> (start, end) in epoch seconds, from `airflow dags test` log lines."""
+    times: dict[str, tuple[float, float | None]] = {}
+    for stamp, event, task in re.findall(r"^(\S+Z) .*\[DAG TEST\] (starting task_id|end task task_id)=(\w+)",
+                                         text, re.M):
+        moment = dt.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+        if event.startswith("starting"):
+            times[task] = (moment, None)
+        elif task in times:
+            times[task] = (times[task][0], moment)
+    return times
+
+
+def stage_summaries(text: str) -> dict[str, dict]:
+    """The JSON summary line each stage printed into the run's log."""
+    found = {}
+    for line in text.splitlines():
+        start = line.find('{"stage": ')
+        if start >= 0:
+            try:
+                summary = json.loads(line[start:])
+            except json.JSONDecodeError:
+                continue
+            found[summary["stage"]] = summary
+    return found
+
+
+def redis_bytes_per_user(url: str, baseline: int, users: int) -> float:
+    return (int(redis.Redis.from_url(url).info("memory")["used_memory"]) - baseline) / max(users, 1)
+
+
+def measure(label: str, size: Size, seed: int, work: Path) -> list[Night]:
+    from nightrec.benchmark import private_redis
+
+    home = work / label
+    landing = home / "landing"
+    started = time.monotonic()
+    synth(size, landing, seed)
+    print(f"{label}: data ready in {time.monotonic() - started:.0f} s ({landing})", flush=True)
+    for folder in ("lake", "mlflow", "airflow", "docs"):
+        subprocess.run(["rm", "-rf", str(home / folder)], check=True)
+    nights = []
+    with private_redis() as port:
+        url = f"redis://127.0.0.1:{port}/0"
+        env = {**os.environ, "NIGHTREC_PATHS__LANDING": str(landing), "NIGHTREC_PATHS__LAKE": str(home / "lake"),
+               "NIGHTREC_PATHS__DATA_DOCS": str(home / "docs"), "NIGHTREC_PATHS__AIRFLOW_HOME": str(home / "airflow"),
+               "AIRFLOW_HOME": str(home / "airflow"),
+               "NIGHTREC_MLFLOW__TRACKING_URI": f"sqlite:///{home}/mlflow/mlflow.db",
+               "NIGHTREC_MLFLOW__ARTIFACT_ROOT": str(home / "mlflow" / "artifacts"),
+               "NIGHTREC_REDIS__URL": url, "NIGHTREC_SPARK__DRIVER_MEMORY": size.driver_memory}
+        baseline = int(redis.Redis.from_url(url).info("memory")["used_memory"])
+        for name, lookback in (("initial", DAYS), ("steady", 1)):
+            night = run_night(name, env, lookback, home / f"{name}.log")
+            users = night.summaries.get("publish", {}).get("users", 0)
+            if name == "initial":  # one version in Redis: all of its memory is this version's
+                night.redis_bytes_per_user = redis_bytes_per_user(url, baseline, users)
+            nights.append(night)
+            print(f"{label} {name}: {night.total:.0f} s {night.seconds}", flush=True)
+    return nights
+
+
+def growth(times: dict[str, float], events: dict[str, int], a: str, b: str) -> float | None:
+    if a not in times or b not in times or times[a] <= 0 or times[b] <= 0:
+        return None
+    return math.log(times[b] / times[a]) / math.log(events[b] / events[a])
+
+
+def print_table(results: dict[str, list[Night]], command: str) -> None:
+    gib = 1 << 30
+    print(f"\n$ {command}")
+    print(f"nightrec_nightly through Airflow (`nightrec run`), Spark local[2], {DAYS} days of `nightrec synth` data\n")
+    print("| size | night | " + " | ".join(STAGES) + " | whole night s | peak driver GB | peak Python GB "
+          "| Redis B/user | holdout NDCG@10 (champion) |")
+    print("|---|---|" + "---|" * len(STAGES) + "---|---|---|---|---|")
+    for label, nights in results.items():
+        for night in nights:
+            train = night.summaries.get("train", {})
+            ndcg = train.get("holdout", {}).get("ndcg_at_10")
+            champion = train.get("champion_holdout_ndcg")
+            quality = (f"{ndcg:.4f}" if ndcg is not None else "–") + (f" ({champion:.4f})" if champion else "")
+            cells = [f"{night.seconds.get(s, 0):.0f}" for s in STAGES]
+            redis_cell = f"{night.redis_bytes_per_user:.0f}" if night.redis_bytes_per_user else "–"
+            print(f"| {label} | {night.name} | " + " | ".join(cells) + f" | {sum(night.seconds.values()):.0f} | "
+                  f"{max(night.driver_peak.values(), default=0) / gib:.1f} | "
+                  f"{max(night.workers_peak.values(), default=0) / gib:.1f} | {redis_cell} | {quality} |")
+    labels = list(results)
+    if len(labels) > 1:
+        events = {label: SIZES[label].events for label in labels}
+        print("\nGrowth exponent of each stage's time against events (time ~ events^x):\n")
+        pairs = list(zip(labels, labels[1:])) + ([(labels[0], labels[-1])] if len(labels) > 2 else [])
+        print("| night | sizes | " + " | ".join(STAGES) + " | whole night |")
+        print("|---|---|" + "---|" * len(STAGES) + "---|")
+        for night_index, name in enumerate(("initial", "steady")):
+            for a, b in pairs:
+                times = {label: results[label][night_index].seconds for label in (a, b)}
+                cells = []
+                for stage in (*STAGES, None):
+                    per = {lbl: (sum(t.values()) if stage is None else t.get(stage, 0)) for lbl, t in times.items()}
+                    x = growth(per, events, a, b)
+                    cells.append(f"{x:.2f}" if x is not None else "–")
+                print(f"| {name} | {a}→{b} | " + " | ".join(cells) + " |")
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", nargs="+", choices=list(SIZES), default=list(SIZES))
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--work", type=Path, default=HOME / "var" / "bench" / "scale")
+    args = parser.parse_args(argv)
+    results = {}
+    for label in args.sizes:
+        results[label] = measure(label, SIZES[label], args.seed, args.work)
+    print_table(results, "python bench/scale.py " + shlex.join(argv))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,35 @@
+"""nightrec_tune: the weekly search. Tries every candidate's hyperparameters and the hybrid's blend
+weights on a sample of users, compares the candidates in MLflow, and makes the best one the recipe
+that the nightly run fits from then on (it still has to pass the nightly promotion gate).
+
+Configuration only: the task is one call into the nightrec package. Scheduled apart from the
+nightly run (Sunday noon, UTC) so the two don't compete for the same cores.
+"""
+
+from datetime import datetime, timedelta
+
+from airflow.sdk import dag, task
+
+
+@task(task_id="tune")
+def tune(ds=None) -> dict:
+    from nightrec.orchestration import run_airflow_task  # heavy imports stay out of DAG parsing
+
+    return run_airflow_task("tune", ds)
+
+
+@dag(
+    dag_id="nightrec_tune",
+    schedule="0 12 * * 0",
+    start_date=datetime(1995, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    tags=["nightrec", "tuning"],
+    default_args={"owner": "nightrec", "retries": 2, "retry_delay": timedelta(minutes=10)},
+    doc_md=__doc__,
+)
+def nightrec_tune():
+    tune()
+
+
+nightrec_tune()

@@ -1,0 +1,77 @@
+"""Housekeeping: the night's last task keeps disk use flat, so a year of nights fits.
+
+- Lake: every Delta table under `paths.lake` (found by its `_delta_log`, not from a list) is
+  vacuumed: files no current version needs are deleted once older than `lake.retention_days`, and
+  log entries past that age expire, so time travel reaches back `lake.retention_days`
+  (nightrec.lake.vacuum; docs/lake.md, "Retention: VACUUM and log expiry").
+- MLflow: of the registered model's versions without an alias, the newest `mlflow.keep_versions`
+  stay; older ones are deleted with their logged models' files (nightrec.registry.prune_versions).
+  Aliased versions and the champion's rollback target always stay; runs and their metrics stay.
+- Redis needs nothing here: each publish already deletes every version but the live and the
+  previous one (nightrec.publisher.delete_stale_versions).
+
+Ages are measured against the clock, not `ds`: a backfill of an old date deletes nothing young.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import sys
+from dataclasses import dataclass, field
+
+from nightrec import lake, registry, tracking
+from nightrec.settings import Settings
+from nightrec.stages import stage_main
+
+log = logging.getLogger("nightrec.housekeeping")
+
+
+@dataclass
+class HousekeepingResult:
+    bytes_freed: int                                      # lake and MLflow together
+    retention_days: int
+    tables: dict[str, dict] = field(default_factory=dict)  # per table: files and bytes deleted, partitions touched
+    keep_versions: int = 0
+    model_versions_deleted: list[str] = field(default_factory=list)
+    model_versions_kept: list[str] = field(default_factory=list)
+    model_bytes_freed: int = 0
+
+
+def run(settings: Settings, ds: dt.date) -> HousekeepingResult:
+    retention = dt.timedelta(days=settings.lake.retention_days)
+    tables = {}
+    for name in lake.find_tables(settings.path("lake")):
+        vacuumed = lake.vacuum(settings.table(name), retention)
+        tables[name] = dataclasses.asdict(vacuumed)
+        if vacuumed.files_deleted or vacuumed.log_files_deleted:
+            log.info("%s: deleted %d data files (partitions %s) and %d log files, %d bytes", name,
+                     vacuumed.files_deleted, ", ".join(vacuumed.partitions) or "-", vacuumed.log_files_deleted,
+                     vacuumed.bytes_freed)
+
+    tracking.configure(settings)
+    name, keep = settings.mlflow.registered_model, settings.mlflow.keep_versions
+    pruned = registry.prune_versions(name, keep)
+    if pruned.deleted:
+        log.info("%s: deleted versions %s with their files (%d bytes); kept %s", name,
+                 ", ".join(pruned.deleted), pruned.bytes_freed, ", ".join(pruned.kept))
+
+    lake_bytes = sum(t["bytes_freed"] for t in tables.values())
+    return HousekeepingResult(
+        bytes_freed=lake_bytes + pruned.bytes_freed,
+        retention_days=settings.lake.retention_days,
+        tables=tables,
+        keep_versions=keep,
+        model_versions_deleted=pruned.deleted,
+        model_versions_kept=pruned.kept,
+        model_bytes_freed=pruned.bytes_freed,
+    )
+
+
+def main(argv=None) -> dict:
+    return stage_main("housekeeping", run, argv, needs_spark=False)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

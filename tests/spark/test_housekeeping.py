@@ -1,0 +1,55 @@
+"""The housekeeping stage on a real lake (Spark-written Delta tables) and a real MLflow store."""
+
+import datetime as dt
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import mlflow
+from pyspark.sql import functions as F
+
+from conftest import settings_environ
+from nightrec import lake, registry, tracking
+from nightrec.settings import load_settings
+from nightrec.stages import housekeeping
+
+DAY = dt.date(2024, 6, 30)
+
+
+def test_housekeeping_vacuums_every_table_and_prunes_model_versions(spark, tmp_path, monkeypatch, capsys):
+    environ = settings_environ(tmp_path, MLFLOW__KEEP_VERSIONS="1")
+    for key, value in environ.items():
+        monkeypatch.setenv(key, value)
+    settings = load_settings("local", environ)
+    rows = spark.range(4).select(F.col("id").alias("user_id"), F.lit(DAY).alias("dt"))
+    for name in ("bronze/interactions", "gold/recommendations"):
+        lake.replace_partitions(rows, settings.table(name), [DAY])
+    # A write that died before its commit, a month ago: its file is in no version.
+    table = Path(settings.table("bronze/interactions"))
+    committed = next(table.glob(f"dt={DAY}/*.parquet"))
+    leftover = Path(shutil.copy(committed, committed.with_name("part-00007-failed.snappy.parquet")))
+    month_ago = time.time() - 30 * 86400
+    os.utime(leftover, (month_ago, month_ago))
+    leftover_bytes = leftover.stat().st_size
+
+    experiment = tracking.configure(settings)
+    name = settings.mlflow.registered_model
+    for night in range(3):
+        with mlflow.start_run(experiment_id=experiment):
+            registry.log_candidate_model([night] * 1000, name, {registry.RECIPE_TAG: '{"candidate": "als"}'})
+    registry.set_aliases(name, "3", None)
+
+    summary = housekeeping.main(["--ds", DAY.isoformat()])
+
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == json.loads(json.dumps(summary))
+    assert summary["stage"] == "housekeeping" and summary["retention_days"] == 7
+    assert set(summary["tables"]) == {"bronze/interactions", "gold/recommendations"}
+    bronze = summary["tables"]["bronze/interactions"]
+    assert (bronze["files_deleted"], bronze["bytes_freed"], bronze["partitions"]) == (1, leftover_bytes, [str(DAY)])
+    assert summary["tables"]["gold/recommendations"]["files_deleted"] == 0
+    assert not leftover.exists() and committed.exists()
+    assert summary["model_versions_deleted"] == ["1"] and summary["model_versions_kept"] == ["2", "3"]
+    assert summary["bytes_freed"] == leftover_bytes + summary["model_bytes_freed"] > leftover_bytes
+    assert lake.read_table(spark, str(table)).count() == 4
