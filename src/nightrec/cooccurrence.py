@@ -11,8 +11,8 @@ sim(a, b) = users(a and b) / (sqrt(users(a) * users(b)) + shrink)
    the partial counts into blocks of item rows.
 3. Blocks are shuffled by block id; each task adds up the partial counts of its blocks, scores
    them and keeps each item's k best neighbours.
-Memory per task is bounded by PARTIAL_NONZEROS and the size of one block; only item-sized arrays
-(ids and user counts) are broadcast.
+Memory per task is bounded by PARTIAL_NONZEROS (map side, users sliced to fit) and about one
+block's counts (reduce side); only item-sized arrays (ids and user counts) are broadcast.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def neighbours(feedback: DataFrame, k: int, *, max_user_items: int = MAX_USER_IT
     """feedback: (user_id, item_id, last_ts). Returns (item_id, item_ids, scores), best first; items
     that co-occur with nothing get no row; `blocked` item ids are never anyone's neighbour."""
     spark = feedback.sparkSession
-    histories = recent_histories(feedback, max_user_items).cache()
+    histories = recent_histories(feedback, max_user_items)
     counts = (histories.select(F.explode("items").alias("item_id")).groupBy("item_id").count()
               .orderBy("item_id").toArrow())
     item_ids = counts.column("item_id").to_numpy().astype(np.int32)
@@ -59,13 +59,14 @@ def neighbours(feedback: DataFrame, k: int, *, max_user_items: int = MAX_USER_IT
         ids, _, _, block_rows = shared.value
         pending, size = None, 0
         for batch in batches:
-            x = user_item_matrix(batch, ids)
-            together = (x.T @ x).tocsr()
-            pending = together if pending is None else pending + together
-            size += together.nnz
-            if size >= partial_nonzeros:
-                yield from _blocks(pending, block_rows)
-                pending, size = None, 0
+            for users in _slices_by_pairs(batch, partial_nonzeros):
+                x = user_item_matrix(users, ids)
+                together = (x.T @ x).tocsr()
+                pending = together if pending is None else pending + together
+                size += together.nnz
+                if size >= partial_nonzeros:
+                    yield from _blocks(pending, block_rows)
+                    pending, size = None, 0
         if pending is not None:
             yield from _blocks(pending, block_rows)
 
@@ -105,6 +106,18 @@ def user_item_matrix(batch: pa.RecordBatch, item_ids: np.ndarray) -> sp.csr_matr
     return x
 
 
+def _slices_by_pairs(batch: pa.RecordBatch, budget: int):
+    """The batch in slices of whole users whose item pairs (n² per user) stay within budget."""
+    lengths = batch.column("items").value_lengths().fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    cumulative = np.cumsum(lengths * lengths)
+    start = 0
+    while start < batch.num_rows:
+        done = cumulative[start - 1] if start else 0
+        stop = max(start + 1, int(np.searchsorted(cumulative, done + budget, side="right")))
+        yield batch.slice(start, stop - start)
+        start = stop
+
+
 def _blocks(counts: sp.csr_matrix, rows_per_block: int):
     """The partial counts as COO batches, one per block of item rows that has any."""
     for start in range(0, counts.shape[0], rows_per_block):
@@ -121,10 +134,12 @@ def _best_of_block(block: int, parts: list[pa.RecordBatch], item_ids: np.ndarray
                    banned: np.ndarray, rows_per_block: int, k: int, shrink: float) -> pa.RecordBatch:
     first = block * rows_per_block
     n_rows = min(rows_per_block, len(item_ids) - first)
-    rows = np.concatenate([p.column("rows").flatten().to_numpy() for p in parts])
-    cols = np.concatenate([p.column("cols").flatten().to_numpy() for p in parts])
-    values = np.concatenate([p.column("counts").flatten().to_numpy() for p in parts])
-    together = sp.csr_matrix((values, (rows, cols)), shape=(n_rows, len(item_ids)))  # duplicates summed
+    together = sp.csr_matrix((n_rows, len(item_ids)), dtype=np.float32)
+    for part in parts:  # summed one partial at a time: memory stays about one block's counts
+        together = together + sp.csr_matrix(
+            (part.column("counts").flatten().to_numpy(),
+             (part.column("rows").flatten().to_numpy(), part.column("cols").flatten().to_numpy())),
+            shape=(n_rows, len(item_ids)))
     together.sum_duplicates()
     row_of = np.repeat(np.arange(n_rows), np.diff(together.indptr))
     cols, counts = together.indices, together.data

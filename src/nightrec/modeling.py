@@ -27,6 +27,8 @@ WEIGHT_STEPS = (0.0, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0)
 # noise of a few thousand validation users and do not carry over to unseen data.
 MIN_BLEND_GAIN = 0.005
 UNAVAILABLE = ("0", "false", "no", "n", "unavailable")
+REQUIRED_PARAMS = {"als": ("rank", "reg_param", "alpha", "max_iter"), "itemknn": ("l2",),
+                   "neighbours": ("k", "shrink"), "content": (), "popularity": ("half_life_days",)}
 CANDIDATES_PER_FAMILY = 200    # per user: each family's best items that the blend search re-ranks
 SAMPLE_BLOCK_SCORES = 1 << 22  # dense scores held at once while scoring the validation sample (16 MB)
 
@@ -58,6 +60,16 @@ class Recipe:
     def families(self) -> list[str]:
         return [f for f in FAMILIES if self.weights.get(f, 0) > 0]
 
+    def scaled_to_users(self, factor: float) -> Recipe:
+        """The recipe for `factor` times as many users as it was tuned on: co-occurrence counts grow
+        with users, so EASE's l2 and the neighbours' shrink grow with them (ALS's reg_param is
+        already scaled per user and item by Spark)."""
+        scaled = {"itemknn": "l2", "neighbours": "shrink"}
+        params = {family: ({**p, scaled[family]: round(float(p[scaled[family]]) * factor, 3)}
+                           if family in scaled and scaled[family] in p else dict(p))
+                  for family, p in self.params.items()}
+        return Recipe(self.candidate, params, dict(self.weights))
+
     def to_json(self) -> str:
         return json.dumps({"candidate": self.candidate, "params": self.params, "weights": self.weights}, sort_keys=True)
 
@@ -68,12 +80,15 @@ class Recipe:
                          {f: float(w) for f, w in data["weights"].items()})
         except (KeyError, TypeError, AttributeError) as error:
             raise ValueError(f"a recipe needs candidate, params and weights: {error!r} in {data!r}") from None
-        unknown = set(recipe.params) - set(FAMILIES)
+        unknown = (set(recipe.params) | set(recipe.weights)) - set(FAMILIES)
         if recipe.candidate not in CANDIDATES or unknown or not recipe.families():
             raise ValueError(f"not a usable recipe: {data!r} (families: {FAMILIES}, candidates: {CANDIDATES})")
-        missing = [f for f in recipe.families() if f not in recipe.params]
-        if missing:
-            raise ValueError(f"recipe {data!r} weights {missing} without their hyperparameters")
+        if recipe.candidate != HYBRID and recipe.families() != [recipe.candidate]:
+            raise ValueError(f"recipe {data!r}: candidate {recipe.candidate} must weigh itself alone")
+        for family in recipe.families():
+            missing = sorted(set(REQUIRED_PARAMS[family]) - set(recipe.params.get(family, {})))
+            if missing:
+                raise ValueError(f"recipe {data!r}: {family} needs {missing}")
         return recipe
 
     @classmethod
@@ -416,7 +431,8 @@ def fit_recipe(data: TrainingSet, recipe: Recipe, opts: ModelSettingsView,
         log(f"fit {family} done in {seconds[family]:.1f} s")
     params = ({"family": HYBRID, "weights": recipe.weights, "parts": recipe.params} if recipe.candidate == HYBRID
               else {"family": recipe.candidate, **recipe.params[recipe.candidate]})
-    return Bundle(data.catalog, components, dict(recipe.weights), data.rules, params), seconds
+    weights = {family: recipe.weights[family] for family in families}
+    return Bundle(data.catalog, components, weights, data.rules, params), seconds
 
 
 @dataclass

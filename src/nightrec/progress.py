@@ -36,6 +36,9 @@ class Progress:
         watcher.start()
         try:
             yield
+        except BaseException as error:
+            self(f"{label} failed after {time.monotonic() - started:.1f} s: {type(error).__name__}")
+            raise
         finally:
             done.set()
             watcher.join()

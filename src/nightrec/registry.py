@@ -47,8 +47,6 @@ class RecommenderModel(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context):
         self.bundle = load_bundle(context.artifacts["bundle"])
-        path = context.artifacts.get("holdout_free")
-        self.holdout_free = load_bundle(path) if path else None
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         k = int((params or {}).get("k", 100))
@@ -98,29 +96,45 @@ def _version(package: str) -> str:
 class Champion:
     version: str
     recipe: dict
+    ds: str | None = None   # the night it was fit on
+
+
+def _absent(error: MlflowException) -> bool:
+    """True when MLflow says the thing asked for does not exist (not: the server failed)."""
+    return error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
 
 
 def current_champion(registered_model: str) -> Champion | None:
     client = MlflowClient()
     try:
         found = client.get_model_version_by_alias(registered_model, CHAMPION)
-    except MlflowException:
-        return None
+    except MlflowException as error:
+        if _absent(error):
+            return None
+        raise
     recipe = json.loads(found.tags.get(RECIPE_TAG, "null"))
-    return Champion(str(found.version), recipe) if recipe else None
+    return Champion(str(found.version), recipe, found.tags.get("ds")) if recipe else None
 
 
 def load_version(registered_model: str, version: str) -> Bundle:
-    model = mlflow.pyfunc.load_model(f"models:/{registered_model}/{version}")
+    try:
+        model = mlflow.pyfunc.load_model(f"models:/{registered_model}/{version}")
+    except ValueError as error:  # a model this code cannot score (see AlsComponent.__setstate__)
+        raise PermanentError(f"{registered_model}/{version}: {error}") from None
     return model.unwrap_python_model().bundle
 
 
-def load_holdout_free(registered_model: str, version: str) -> Bundle:
-    """The version's recipe as fit on its night without the holdout (what promotion gates compare)."""
-    model = mlflow.pyfunc.load_model(f"models:/{registered_model}/{version}").unwrap_python_model()
-    if getattr(model, "holdout_free", None) is None:
-        raise ValueError(f"version {version} was registered without its holdout-free fit")
-    return model.holdout_free
+def load_holdout_free(registered_model: str, version: str) -> Bundle | None:
+    """The version's recipe as fit on its night without the holdout (what promotion gates compare);
+    None for versions registered without one."""
+    folder = Path(mlflow.artifacts.download_artifacts(f"models:/{registered_model}/{version}"))
+    found = list(folder.glob("artifacts/holdout_free.pkl"))
+    if not found:
+        return None
+    try:
+        return load_bundle(found[0])
+    except ValueError:  # saved by an earlier nightrec: judged like a version without one
+        return None
 
 
 def load_champion(registered_model: str) -> tuple[Bundle, str]:
@@ -148,26 +162,37 @@ def set_tuned_recipe(registered_model: str, recipe: Recipe, run_id: str) -> None
 
 def nightly_recipe(settings: Settings) -> tuple[Recipe, str]:
     """(recipe, where it came from): the file `model.recipe` names, else the latest tuning's
-    choice, else the shipped default (models/default_recipe.toml)."""
-    name = settings.model.recipe
-    if name != "tuned":
-        path = resolve(settings.home, name)
-        try:
-            return Recipe.from_file(path), path
-        except ValueError as error:
-            raise PermanentError(f"model.recipe: {error}") from None
+    choice, else the champion's own recipe, else the shipped default (models/default_recipe.toml)."""
+    name = settings.mlflow.registered_model
+    if settings.model.recipe != "tuned":
+        return _recipe_file(resolve(settings.home, settings.model.recipe), "model.recipe")
     try:
-        tags = MlflowClient().get_registered_model(settings.mlflow.registered_model).tags
-    except MlflowException:
+        tags = MlflowClient().get_registered_model(name).tags
+    except MlflowException as error:
+        if not _absent(error):
+            raise
         tags = {}
     if TUNED_RECIPE_TAG in tags:
         try:
             return Recipe.from_json(tags[TUNED_RECIPE_TAG]), f"tuning run {tags.get(TUNED_RUN_TAG, '?')}"
         except ValueError as error:
-            raise PermanentError(f"{settings.mlflow.registered_model} tag {TUNED_RECIPE_TAG}: {error}; "
-                                 f"run `nightrec tune` again") from None
+            raise PermanentError(f"{name} tag {TUNED_RECIPE_TAG}: {error}; run `nightrec tune` again") from None
+    champion = current_champion(name)
+    if champion is not None:  # a champion from before tuning existed: keep its recipe, not the default
+        try:
+            return Recipe.from_dict(champion.recipe), f"champion version {champion.version} (no tuning yet)"
+        except ValueError:
+            pass
     path = resolve(settings.home, DEFAULT_RECIPE)
-    return Recipe.from_file(path), f"{path} (no tuning yet: run `nightrec tune`)"
+    recipe, _ = _recipe_file(path, "the default recipe")
+    return recipe, f"{path} (no tuning yet: run `nightrec tune`)"
+
+
+def _recipe_file(path: str, what: str) -> tuple[Recipe, str]:
+    try:
+        return Recipe.from_file(path), path
+    except ValueError as error:
+        raise PermanentError(f"{what}: {error}") from None
 
 
 @dataclass

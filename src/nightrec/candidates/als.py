@@ -20,6 +20,7 @@ from nightrec.scoring import UserBlock
 from nightrec.topk import factor_matrix
 
 OUTER_PRODUCTS_PER_CHUNK = 1 << 21  # floats of per-interaction outer products held at once (16 MB)
+FOLD_IN_FLOATS = 1 << 23             # floats of the users' (rank x rank) systems solved at once (64 MB)
 
 
 @dataclass
@@ -29,27 +30,46 @@ class AlsComponent:
     reg_param: float                  # Spark's regParam (scaled by each user's number of items)
     _gram: np.ndarray | None = field(default=None, repr=False, compare=False)
 
+    def __setstate__(self, state: dict) -> None:
+        if "alpha" not in state:  # pickled before users were folded in: it kept user factors instead
+            raise ValueError("an ALS model saved by an earlier nightrec (with per-user factors) cannot be "
+                             "scored by this one: use a version registered since, or retrain")
+        self.__dict__.update(state)
+
     def score(self, block: UserBlock) -> np.ndarray:
         return self.fold_in(block.history) @ self.item_factors.T
 
     def fold_in(self, history: sp.csr_matrix) -> np.ndarray:
         """(users, rank) factors solving Spark's implicit normal equations for each history row:
         (YᵀY + Σ c·y yᵀ + λ·n I) x = Σ (1 + c)·y over the user's n items with strength > 0,
-        c = alpha·strength. Users without items get zeros."""
-        y = self.item_factors.astype(np.float64)
-        rank = y.shape[1]
+        c = alpha·strength. Items the fit never saw (zero factors) are left out, as Spark never
+        saw them either; users without items get zeros. Users are solved in chunks that keep the
+        (users, rank, rank) systems under FOLD_IN_FLOATS."""
         history = history.tocsr()
         history.sum_duplicates()
+        known = np.flatnonzero(self.item_factors.any(axis=1))
+        if len(known) < history.shape[1]:
+            history = _only_columns(history, known)
+        rank = self.item_factors.shape[1]
+        solved = np.zeros((history.shape[0], rank), dtype=np.float32)
+        per_chunk = max(1, FOLD_IN_FLOATS // (rank * rank))
+        for start in range(0, history.shape[0], per_chunk):
+            solved[start:start + per_chunk] = self._solve(history[start:start + per_chunk])
+        return solved
+
+    def _solve(self, history: sp.csr_matrix) -> np.ndarray:
+        rank = self.item_factors.shape[1]
         confidence = self.alpha * np.abs(history.data.astype(np.float64))
         positive = history.data > 0
         owners = np.repeat(np.arange(history.shape[0]), np.diff(history.indptr))
         n_items = np.bincount(owners[positive], minlength=history.shape[0])
-        b = sp.csr_matrix((np.where(positive, 1.0 + confidence, 0.0), history.indices, history.indptr),
-                          shape=history.shape) @ y
+        y = self.item_factors[history.indices].astype(np.float64)
+        b = sp.csr_matrix((np.where(positive, 1.0 + confidence, 0.0), np.arange(history.nnz), history.indptr),
+                          shape=(history.shape[0], history.nnz)) @ y
         a = np.empty((history.shape[0], rank, rank))
         a[:] = self.gram()
         a[:, np.arange(rank), np.arange(rank)] += (self.reg_param * n_items)[:, None]
-        _add_weighted_outer_products(a, history.indptr, y[history.indices], confidence)
+        _add_weighted_outer_products(a, history.indptr, y, confidence)
         solved = np.zeros((history.shape[0], rank), dtype=np.float32)
         users = n_items > 0
         if users.any():
@@ -61,6 +81,13 @@ class AlsComponent:
             y = self.item_factors.astype(np.float64)
             self._gram = y.T @ y
         return self._gram
+
+
+def _only_columns(matrix: sp.csr_matrix, columns: np.ndarray) -> sp.csr_matrix:
+    """The matrix with every entry outside `columns` dropped (same shape)."""
+    keep = np.zeros(matrix.shape[1], dtype=bool)
+    keep[columns] = True
+    return sp.csr_matrix(matrix.multiply(keep[None, :]))
 
 
 def _add_weighted_outer_products(a: np.ndarray, indptr: np.ndarray, rows: np.ndarray, weights: np.ndarray) -> None:

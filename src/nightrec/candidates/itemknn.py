@@ -63,7 +63,9 @@ def gram(feedback: DataFrame, catalog: np.ndarray, max_items: int) -> Gram:
                                               "counts": pa.array([part.data.astype(np.float32)])})
 
     schema = "rows array<int>, cols array<int>, counts array<float>"
-    parts = recent_histories(feedback, None).mapInArrow(partial, schema).toArrow()
+    # one partial per core, not per shuffle partition: each can hold max_items² counts
+    histories = recent_histories(feedback, None).coalesce(feedback.sparkSession.sparkContext.defaultParallelism)
+    parts = histories.mapInArrow(partial, schema).toArrow()
     rows, cols, values = (parts.column(c).combine_chunks().flatten().to_numpy() for c in ("rows", "cols", "counts"))
     matrix = sp.coo_matrix((values, (rows, cols)), shape=(len(covered), len(covered))).toarray()  # partials summed
     return Gram(np.searchsorted(catalog, covered), matrix)

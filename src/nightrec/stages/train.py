@@ -127,16 +127,20 @@ def run(spark: SparkSession, settings: Settings, ds: dt.date) -> TrainResult:
             raise PermanentError(f"{recipe_source}: {error}") from None
     with progress.step("evaluate on the holdout", users=evaluated_users):
         evaluation = modeling.evaluate(candidate, fit_data, sampled, ks, m.cold_user_max_items)
-    champion, champion_note = _champion(settings, fit_data, items)
+    champion, champion_note = _champion(settings, fit_data, items, ds, opts, progress)
     champion_ndcg = None
     if champion is not None:
         with progress.step(f"evaluate champion version {champion_note}", users=evaluated_users):
             champion_evaluation = modeling.evaluate(champion, fit_data, sampled, ks, m.cold_user_max_items)
             champion_evaluation.lists.unpersist()
             champion_ndcg = champion_evaluation.metrics[metric]
-    decision = registry.gate(recipe.candidate, evaluation.metrics[metric], champion_ndcg, m.promotion_tolerance, metric)
-    if champion is None and champion_note:
-        decision = registry.Decision(decision.promote, f"{decision.reason} ({champion_note})")
+        decision = registry.gate(recipe.candidate, evaluation.metrics[metric], champion_ndcg,
+                                 m.promotion_tolerance, metric)
+    elif champion_note:  # a backfill: a newer champion stays, whatever tonight's model scores
+        decision = registry.Decision(False, f"{recipe.candidate}: {champion_note}, which a backfill does not "
+                                            f"replace: champion kept")
+    else:
+        decision = registry.gate(recipe.candidate, evaluation.metrics[metric], None, m.promotion_tolerance, metric)
     progress(decision.reason)
     seconds["fit_and_gate"] = time.monotonic() - started
 
@@ -165,20 +169,31 @@ def run(spark: SparkSession, settings: Settings, ds: dt.date) -> TrainResult:
                        holdout_users, evaluated_users, {k: round(v, 1) for k, v in seconds.items()})
 
 
-def _champion(settings: Settings, data: modeling.TrainingSet, items) -> tuple[Bundle | None, str]:
-    """The champion's holdout-free fit from its night, with tonight's rules; or None and why not.
+def _champion(settings: Settings, data: modeling.TrainingSet, items, ds: dt.date,
+              opts: modeling.ModelSettingsView, log) -> tuple[Bundle | None, str]:
+    """What tonight's model is judged against: the champion's holdout-free fit from its night, with
+    tonight's rules; or None and why there is nothing to judge against.
 
     Not the served artifact: that one was refit on its whole window, whose latest items are most of
     tonight's holdout. The holdout-free fit never saw them: a user's latest items tonight were held
-    out on the champion's night too, or arrived since."""
+    out on the champion's night too, or arrived since. A champion registered without one (by an
+    earlier nightrec) has its recipe refit on tonight's fit part instead."""
     name = settings.mlflow.registered_model
     current = registry.current_champion(name)
     if current is None:
         return None, ""
-    try:
-        bundle = registry.load_holdout_free(name, current.version)
-    except Exception as error:  # an artifact this code cannot read: say so, don't block every night
-        return None, f"champion version {current.version} could not be loaded: {type(error).__name__}: {error}"
+    if current.ds is not None and current.ds > ds.isoformat():
+        return None, f"champion version {current.version} is from the later night {current.ds}"
+    bundle = registry.load_holdout_free(name, current.version)
+    if bundle is None:
+        try:
+            recipe = modeling.Recipe.from_dict(current.recipe)
+            log(f"champion version {current.version} has no holdout-free fit: refitting its recipe tonight")
+            bundle, _ = modeling.fit_recipe(data, recipe, opts, log=log)
+        except ValueError as error:
+            raise PermanentError(f"champion version {current.version} cannot be judged: {error}; "
+                                 f"roll it back or pin model.recipe") from None
+        return bundle, current.version
     rules = modeling.ItemFacts.read(items).rules_for(bundle.item_ids, settings.model.max_per_category)
     return bundle.with_rules(rules), current.version
 

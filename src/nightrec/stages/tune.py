@@ -1,10 +1,11 @@
-"""Tune: search every candidate's hyperparameters and the hybrid's blend weights, compare the
-candidates on the holdout, and make the best one the recipe the following nights fit.
+"""Tune: search every candidate's hyperparameters and the hybrid's blend weights, choose the best
+on validation, compare the candidates on the holdout, and make the best the recipe nights fit.
 
 Runs on its own schedule (the weekly DAG `nightrec_tune`) or on demand (`nightrec tune`), not
 every night: a search fits each family many times, and its cost grows with data x grid size.
 It works on a sample of users (`tuning.sample_users`, all their events) and stops starting new
-trials once `tuning.budget_minutes` is spent.
+trials once `tuning.budget_minutes` is spent. Settings that count co-occurrences (EASE's l2, the
+neighbours' shrink) are scaled from the sample to all users before the recipe is stored.
 
 Each sampled user's items in the trailing window, in the order the user took them:
   inner train | inner validation (holdout_share) | holdout (holdout_share)
@@ -68,7 +69,7 @@ def run(spark: SparkSession, settings: Settings, ds: dt.date) -> TuneResult:
         users = all_events.select("user_id").distinct()
         chosen = users.orderBy(F.xxhash64(F.lit(m.seed + 1), "user_id"), "user_id").limit(t.sample_users)
         events = all_events.join(F.broadcast(chosen), "user_id").cache()
-        sampled = chosen.count()
+        sampled, total_users = chosen.count(), users.count()
         fit_events, truth = latest_split(events, m.holdout_share)
         fit_events = fit_events.cache()
         inner_events, inner_truth = latest_split(fit_events, m.holdout_share)
@@ -108,14 +109,16 @@ def run(spark: SparkSession, settings: Settings, ds: dt.date) -> TuneResult:
     seconds["holdout"] = time.monotonic() - started
 
     ranking = sorted(evaluations, key=lambda n: -selection.validation_ndcg.get(n, -1.0))
-    best = modeling.recipe_of(ranking[0], selection)
+    # what nights fit: tuned on the sample, scaled to every user of the window
+    best = modeling.recipe_of(ranking[0], selection).scaled_to_users(total_users / max(sampled, 1))
     skipped = sum(1 for trial in selection.trials if trial.get("skipped"))
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"tune-{ds.isoformat()}") as parent:
         mlflow.set_tags({"ds": ds.isoformat(), "kind": "tuning", "best_candidate": best.candidate})
         mlflow.log_params({"sample_users": t.sample_users, "budget_minutes": t.budget_minutes,
                            "holdout_share": m.holdout_share, "random_validation_share": m.random_validation_share,
                            "event_weights": json.dumps(weights)})
-        mlflow.log_metrics({"sampled_users": sampled, "trials": len(selection.trials) - skipped,
+        mlflow.log_metrics({"sampled_users": sampled, "window_users": total_users,
+                            "trials": len(selection.trials) - skipped,
                             "skipped_trials": skipped})
         mlflow.log_dict({"trials": selection.trials, "chosen": selection.params, "weights": selection.weights},
                         "search.json")
