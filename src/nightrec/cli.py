@@ -120,11 +120,11 @@ def _follow(command: list[str], env: dict, log_path: Path) -> int:
                     console.print(f"  task {m[1]:<9} started")
                     status.update(f"task [bold]{m[1]}[/] running")
                 elif (m := re.search(r"(\[\w+ +[\d.]+ s\] .*)", line)):
-                    console.print(f"    {m[1]}", style="dim", highlight=False)  # a stage's progress line
+                    console.print(f"    {m[1]}", style="dim", highlight=False, markup=False)  # a stage's progress
                 elif (m := re.search(r"\[DAG TEST\] end task task_id=(\w+)", line)):
                     console.print(f"  task {m[1]:<9} ended after {time.monotonic() - started[m[1]]:6.1f} s")
                 elif line.startswith('{"stage"'):
-                    console.print(f"    {line.strip()}", style="dim", highlight=False)
+                    console.print(f"    {line.strip()}", style="dim", highlight=False, markup=False)
                 elif line.startswith("nightrec.") and not errors:
                     errors.append(line.rstrip())  # the first nightrec error ...
                     in_error = True
