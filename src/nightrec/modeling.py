@@ -169,6 +169,9 @@ class ItemFacts:
                    table.column("unavailable").to_numpy(zero_copy_only=False).astype(bool),
                    np.asarray(table.column("category").to_pylist(), dtype=object))
 
+    def unavailable_ids(self) -> set[int]:
+        return set(self.ids[self.unavailable].tolist())
+
     def rules_for(self, catalog: np.ndarray, max_per_category: int | None) -> Rules:
         """The rules over a catalog (any catalog: a champion's from another night too)."""
         unavailable = np.isin(catalog, self.ids[self.unavailable])
@@ -404,13 +407,8 @@ def fit_bundles(data: TrainingSet, selection: Selection, opts: ModelSettingsView
         component = fit_family(family, data, params, opts)
         if component is not None:
             components[family], seconds[family] = component, time.monotonic() - started
-    bundles = {family: Bundle(data.catalog, {family: c}, {family: 1.0}, data.rules,
-                              {"family": family, **selection.params[family]})
-               for family, c in components.items()}
-    used = {n: w for n, w in selection.weights.items() if w > 0 and n in components}
-    bundles[HYBRID] = Bundle(data.catalog, {n: components[n] for n in used}, used, data.rules,
-                             {"family": HYBRID, "weights": used, "parts": {n: selection.params[n] for n in used}})
-    seconds[HYBRID] = sum(seconds[n] for n in used)
+    bundles = {name: bundle_of(recipe_of(name, selection), components, data) for name in [*components, HYBRID]}
+    seconds[HYBRID] = sum(seconds[n] for n in bundles[HYBRID].weights)
     return bundles, seconds
 
 
@@ -429,10 +427,14 @@ def fit_recipe(data: TrainingSet, recipe: Recipe, opts: ModelSettingsView,
                              f"(content needs an item file)")
         components[family], seconds[family] = component, time.monotonic() - started
         log(f"fit {family} done in {seconds[family]:.1f} s")
-    params = ({"family": HYBRID, "weights": recipe.weights, "parts": recipe.params} if recipe.candidate == HYBRID
-              else {"family": recipe.candidate, **recipe.params[recipe.candidate]})
-    weights = {family: recipe.weights[family] for family in families}
-    return Bundle(data.catalog, components, weights, data.rules, params), seconds
+    return bundle_of(recipe, components, data), seconds
+
+
+def bundle_of(recipe: Recipe, components: dict, data: TrainingSet) -> Bundle:
+    """The recipe's fitted families, blended with its weights, over the data's catalog and rules."""
+    families = recipe.families()
+    return Bundle(data.catalog, {f: components[f] for f in families}, {f: recipe.weights[f] for f in families},
+                  data.rules, json.loads(recipe.to_json()))
 
 
 @dataclass

@@ -148,7 +148,9 @@ def ensure_registered_model(registered_model: str) -> None:
     client = MlflowClient()
     try:
         client.get_registered_model(registered_model)
-    except MlflowException:
+    except MlflowException as error:
+        if not _absent(error):
+            raise
         client.create_registered_model(registered_model)
 
 

@@ -14,7 +14,7 @@ from pyspark.sql import functions as F
 from nightrec import lake, registry, tracking
 from nightrec.candidates import popularity
 from nightrec.feedback import implicit_feedback
-from nightrec.modeling import ItemFacts, is_unavailable
+from nightrec.modeling import ItemFacts
 from nightrec.redis_layout import SEGMENT_REF
 from nightrec.scoring import recommend, user_rows
 from nightrec.similar import similar_items
@@ -72,9 +72,7 @@ def is_personal(model_version):
 
 
 def unavailable_items(items: DataFrame | None) -> set[int]:
-    if items is None:
-        return set()
-    return {r.item_id for r in items.where(is_unavailable()).select("item_id").collect()}
+    return ItemFacts.read(items).unavailable_ids()
 
 
 def run(spark: SparkSession, settings: Settings, ds: dt.date) -> ScoreResult:
@@ -84,8 +82,9 @@ def run(spark: SparkSession, settings: Settings, ds: dt.date) -> ScoreResult:
     feedback = implicit_feedback(training_events(spark, settings, ds), settings.events.weights).cache()
     users = attributes(spark, settings, "users", ds)
     items = attributes(spark, settings, "items", ds)
+    facts = ItemFacts.read(items)
     # tonight's availability and categories, whichever night the champion was fit on
-    bundle = bundle.with_rules(ItemFacts.read(items).rules_for(bundle.item_ids, settings.model.max_per_category))
+    bundle = bundle.with_rules(facts.rules_for(bundle.item_ids, settings.model.max_per_category))
     personal = (recommend(bundle, user_rows(feedback, as_of, settings.model.recency_half_life_days), settings.model.top_k,
                           serving_values=True)
                 .withColumn("model_version", F.lit(model_version)))
@@ -95,7 +94,7 @@ def run(spark: SparkSession, settings: Settings, ds: dt.date) -> ScoreResult:
     if users is not None:
         recs = personal.unionByName(new_user_recs(users, feedback, fallbacks))
     lake.replace_partitions(recs.withColumn("dt", F.lit(ds)), settings.table("gold/recommendations"), [ds])
-    similar = similar_items(feedback, settings.model.similar_k, unavailable_items(items))
+    similar = similar_items(feedback, settings.model.similar_k, facts.unavailable_ids())
     n_similar = lake.replace_partitions(similar.withColumn("dt", F.lit(ds)), settings.table("gold/similar_items"), [ds])
     stored = lake.read_table(spark, settings.table("gold/recommendations"), [ds]).agg(
         F.count("*").alias("users"), F.min(F.size("item_ids")).alias("min_items"),

@@ -90,7 +90,6 @@ def start_of(day: dt.date) -> dt.datetime:
 
 
 def run(spark: SparkSession, settings: Settings, ds: dt.date) -> TrainResult:
-
     m, weights = settings.model, settings.events.weights
     progress = Progress("train", spark)
     experiment_id = tracking.configure(settings)  # before any registry call: the champion lives there
