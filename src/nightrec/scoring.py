@@ -65,9 +65,10 @@ class Bundle:
         used = [(name, w) for name, w in self.weights.items() if w > 0]
         if len(used) == 1:
             return self.components[used[0][0]].score(block).astype(np.float32, copy=False)
-        total = np.zeros((len(block.user_ids), len(self.item_ids)), dtype=np.float32)
+        total = None
         for name, weight in used:
-            total += np.float32(weight) * standardize(self.components[name].score(block))
+            part = standardize(self.components[name].score(block), np.float32(weight))
+            total = part if total is None else np.add(total, part, out=total)
         return total
 
     def ranked(self, block: UserBlock, k: int) -> pa.RecordBatch:
@@ -84,12 +85,16 @@ class Bundle:
         return dataclasses.replace(self, rules=rules)
 
 
-def standardize(scores: np.ndarray) -> np.ndarray:
-    """Per-row z-score; a constant row becomes zeros."""
+def standardize(scores: np.ndarray, weight: np.float32 = np.float32(1.0)) -> np.ndarray:
+    """Per-row z-score times weight, in place on a float32 array (a component's fresh scores: at a
+    100k catalog the temporaries of the textbook formula cost as much as the ALS matmul); a
+    constant row becomes zeros."""
     scores = scores.astype(np.float32, copy=False)
-    mean = scores.mean(axis=1, keepdims=True)
-    std = scores.std(axis=1, keepdims=True)
-    return (scores - mean) / np.where(std > 0, std, 1.0)
+    scores -= scores.mean(axis=1, keepdims=True)
+    # after centring, the variance is the mean square (einsum: no squared temporary)
+    std = np.sqrt(np.einsum("ij,ij->i", scores, scores) / np.float32(scores.shape[1]))[:, None]
+    scores *= weight / np.where(std > 0, std, np.float32(1.0))
+    return scores
 
 
 def cap_categories(scores: np.ndarray, categories: np.ndarray, cap: int, k: int) -> None:
