@@ -105,6 +105,20 @@ def replace_partitions(df: DataFrame, root: str, dates: Iterable[dt.date]) -> in
     return sum(json.loads(a.stats)["numRecords"] for a in adds)
 
 
+def drop_old_partitions(root: str, keep: int, also_keep: Iterable[dt.date] = ()) -> list[str]:
+    """Remove from the current version every `dt` partition but the newest `keep` (and `also_keep`),
+    in one commit; returns the dropped `dt` values, oldest first. Their files stay for time travel
+    until a vacuum past the retention deletes them."""
+    table = DeltaTable(root)
+    dates = sorted({p[PARTITION] for p in table.partitions() if p.get(PARTITION)})
+    spared = set(dates[-keep:] if keep > 0 else []) | {d.isoformat() for d in also_keep}
+    dropped = [d for d in dates if d not in spared]
+    if dropped:
+        table.create_write_transaction([], mode="overwrite", schema=pa.schema(table.schema().to_arrow()),
+                                       partition_by=[PARTITION], partition_filters=[(PARTITION, "in", dropped)])
+    return dropped
+
+
 def _arrow_schema(df: DataFrame) -> pa.Schema:
     schema = to_arrow_schema(df.schema, timezone="UTC")
     # Delta needs timezone-aware microsecond timestamps (naive ones would require timestamp_ntz).

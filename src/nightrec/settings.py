@@ -97,6 +97,7 @@ class MlflowSettings(_Section):
 
 class LakeSettings(_Section):
     retention_days: int = Field(7, ge=1)   # replaced data files and log entries kept this long (time travel window)
+    snapshot_nights: int = Field(14, ge=1)  # nights of per-night snapshots kept (gold outputs, item/user attributes)
 
 
 class RedisSettings(_Section):

@@ -19,13 +19,15 @@ DAY = dt.date(2024, 6, 30)
 
 
 def test_housekeeping_vacuums_every_table_and_prunes_model_versions(spark, tmp_path, monkeypatch, capsys):
-    environ = settings_environ(tmp_path, MLFLOW__KEEP_VERSIONS="1")
+    environ = settings_environ(tmp_path, MLFLOW__KEEP_VERSIONS="1", LAKE__SNAPSHOT_NIGHTS="2")
     for key, value in environ.items():
         monkeypatch.setenv(key, value)
     settings = load_settings("local", environ)
-    rows = spark.range(4).select(F.col("id").alias("user_id"), F.lit(DAY).alias("dt"))
-    for name in ("bronze/interactions", "gold/recommendations"):
-        lake.replace_partitions(rows, settings.table(name), [DAY])
+    nights = [DAY - dt.timedelta(days=n) for n in (3, 2, 1, 0)]
+    for night in nights:
+        rows = spark.range(4).select(F.col("id").alias("user_id"), F.lit(night).alias("dt"))
+        for name in ("bronze/interactions", "bronze/items", "gold/recommendations"):
+            lake.replace_partitions(rows, settings.table(name), [night])
     # A write that died before its commit, a month ago: its file is in no version.
     table = Path(settings.table("bronze/interactions"))
     committed = next(table.glob(f"dt={DAY}/*.parquet"))
@@ -41,15 +43,22 @@ def test_housekeeping_vacuums_every_table_and_prunes_model_versions(spark, tmp_p
             registry.log_candidate_model([night] * 1000, name, {registry.RECIPE_TAG: '{"candidate": "als"}'})
     registry.set_aliases(name, "3", None)
 
-    summary = housekeeping.main(["--ds", DAY.isoformat()])
+    backfill = nights[0]  # a backfill night: its own gold partition stays, besides the newest two
+    summary = housekeeping.main(["--ds", backfill.isoformat()])
 
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == json.loads(json.dumps(summary))
     assert summary["stage"] == "housekeeping" and summary["retention_days"] == 7
-    assert set(summary["tables"]) == {"bronze/interactions", "gold/recommendations"}
+    assert set(summary["tables"]) == {"bronze/interactions", "bronze/items", "gold/recommendations"}
     bronze = summary["tables"]["bronze/interactions"]
     assert (bronze["files_deleted"], bronze["bytes_freed"], bronze["partitions"]) == (1, leftover_bytes, [str(DAY)])
-    assert summary["tables"]["gold/recommendations"]["files_deleted"] == 0
+    gold = summary["tables"]["gold/recommendations"]
+    # snapshot tables drop old nights; an event table keeps every day
+    assert gold["partitions_dropped"] == summary["tables"]["bronze/items"]["partitions_dropped"] == [str(nights[1])]
+    assert bronze["partitions_dropped"] == []
+    assert gold["files_deleted"] == 0  # the dropped night's files stay for time travel until the retention
+    kept = {r["dt"] for r in lake.read_table(spark, settings.table("gold/recommendations")).select("dt").distinct().collect()}
+    assert kept == {nights[0], nights[2], nights[3]}
     assert not leftover.exists() and committed.exists()
     assert summary["model_versions_deleted"] == ["1"] and summary["model_versions_kept"] == ["2", "3"]
     assert summary["bytes_freed"] == leftover_bytes + summary["model_bytes_freed"] > leftover_bytes
-    assert lake.read_table(spark, str(table)).count() == 4
+    assert lake.read_table(spark, str(table)).count() == 4 * len(nights)

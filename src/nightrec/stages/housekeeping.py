@@ -1,5 +1,9 @@
 """Housekeeping: the night's last task keeps disk use flat, so a year of nights fits.
 
+- Snapshots: each night writes whole snapshots into a new `dt` partition (every user's list in
+  the `gold/` tables, the item and user files in `bronze/items` and `bronze/users`); all but the
+  newest `lake.snapshot_nights` nights (and tonight's) are dropped, so the lake grows with the
+  events kept, not with nights times users. Event tables are history and keep every day.
 - Lake: every Delta table under `paths.lake` (found by its `_delta_log`, not from a list) is
   vacuumed: files no current version needs are deleted once older than `lake.retention_days`, and
   log entries past that age expire, so time travel reaches back `lake.retention_days`
@@ -11,6 +15,7 @@
   previous one (nightrec.publisher.delete_stale_versions).
 
 Ages are measured against the clock, not `ds`: a backfill of an old date deletes nothing young.
+Snapshot nights are counted by date instead, as the data's dates need not be near the clock's.
 """
 
 from __future__ import annotations
@@ -39,12 +44,23 @@ class HousekeepingResult:
     model_bytes_freed: int = 0
 
 
+def is_snapshot(table: str) -> bool:
+    """Tables holding one whole snapshot per night (not events per event day)."""
+    return table.startswith("gold/") or table in ("bronze/items", "bronze/users")
+
+
 def run(settings: Settings, ds: dt.date) -> HousekeepingResult:
     retention = dt.timedelta(days=settings.lake.retention_days)
     tables = {}
     for name in lake.find_tables(settings.path("lake")):
+        dropped = []
+        if is_snapshot(name):
+            dropped = lake.drop_old_partitions(settings.table(name), settings.lake.snapshot_nights, [ds])
+            if dropped:
+                log.info("%s: dropped the snapshots of %s (keeping the newest %d nights)", name,
+                         ", ".join(dropped), settings.lake.snapshot_nights)
         vacuumed = lake.vacuum(settings.table(name), retention)
-        tables[name] = dataclasses.asdict(vacuumed)
+        tables[name] = {**dataclasses.asdict(vacuumed), "partitions_dropped": dropped}
         if vacuumed.files_deleted or vacuumed.log_files_deleted:
             log.info("%s: deleted %d data files (partitions %s) and %d log files, %d bytes", name,
                      vacuumed.files_deleted, ", ".join(vacuumed.partitions) or "-", vacuumed.log_files_deleted,
