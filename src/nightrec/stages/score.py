@@ -15,6 +15,7 @@ from nightrec import lake, registry, tracking
 from nightrec.candidates import popularity
 from nightrec.feedback import implicit_feedback
 from nightrec.modeling import ItemFacts
+from nightrec.progress import Progress
 from nightrec.redis_layout import SEGMENT_REF
 from nightrec.scoring import recommend, user_rows
 from nightrec.similar import similar_items
@@ -76,6 +77,7 @@ def unavailable_items(items: DataFrame | None) -> set[int]:
 
 
 def run(spark: SparkSession, settings: Settings, ds: dt.date) -> ScoreResult:
+    progress = Progress("score", spark)
     tracking.configure(settings)
     bundle, model_version = registry.load_champion(settings.mlflow.registered_model)
     as_of = start_of(ds + dt.timedelta(days=1))
@@ -89,13 +91,17 @@ def run(spark: SparkSession, settings: Settings, ds: dt.date) -> ScoreResult:
                           serving_values=True)
                 .withColumn("model_version", F.lit(model_version)))
     fallbacks = fallback_lists(feedback, users, settings, as_of).cache()
-    lake.replace_partitions(fallbacks.withColumn("dt", F.lit(ds)), settings.table("gold/fallbacks"), [ds])
+    with progress.step("trending lists"):
+        lake.replace_partitions(fallbacks.withColumn("dt", F.lit(ds)), settings.table("gold/fallbacks"), [ds])
     recs = personal
     if users is not None:
         recs = personal.unionByName(new_user_recs(users, feedback, fallbacks))
-    lake.replace_partitions(recs.withColumn("dt", F.lit(ds)), settings.table("gold/recommendations"), [ds])
+    with progress.step("top-k per user", model=model_version, catalog=len(bundle.item_ids)):
+        lake.replace_partitions(recs.withColumn("dt", F.lit(ds)), settings.table("gold/recommendations"), [ds])
     similar = similar_items(feedback, settings.model.similar_k, facts.unavailable_ids())
-    n_similar = lake.replace_partitions(similar.withColumn("dt", F.lit(ds)), settings.table("gold/similar_items"), [ds])
+    with progress.step("similar items"):
+        n_similar = lake.replace_partitions(similar.withColumn("dt", F.lit(ds)), settings.table("gold/similar_items"),
+                                            [ds])
     stored = lake.read_table(spark, settings.table("gold/recommendations"), [ds]).agg(
         F.count("*").alias("users"), F.min(F.size("item_ids")).alias("min_items"),
         F.sum(F.when(F.col("model_version") != model_version, 1).otherwise(0)).alias("new_users")).first()
