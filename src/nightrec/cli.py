@@ -105,6 +105,9 @@ def run(ds: DsOption,
         raise typer.Exit(code)
 
 
+FAILED_TASK = "airflow.sdk.exceptions.AirflowFailException: "  # how a stage's PermanentError ends a task
+
+
 def _follow(command: list[str], env: dict, log_path: Path) -> int:
     """Run the command, keep its whole output in log_path, show task progress and stage summaries."""
     started: dict[str, float] = {}
@@ -125,8 +128,8 @@ def _follow(command: list[str], env: dict, log_path: Path) -> int:
                     console.print(f"  task {m[1]:<9} ended after {time.monotonic() - started[m[1]]:6.1f} s")
                 elif line.startswith('{"stage"'):
                     console.print(f"    {line.strip()}", style="dim", highlight=False, markup=False)
-                elif line.startswith("nightrec.") and not errors:
-                    errors.append(line.rstrip())  # the first nightrec error ...
+                elif line.startswith(("nightrec.", FAILED_TASK)) and not errors:
+                    errors.append(line.removeprefix(FAILED_TASK).rstrip())  # the first nightrec error ...
                     in_error = True
                 elif in_error and line.startswith("  ") and not line.startswith("  File"):
                     errors.append(line.rstrip())  # ... and its indented details

@@ -37,10 +37,16 @@ def run_airflow_task(stage: str, ds: str, lookback_days: int = 1) -> dict:
     """run_stage for an Airflow task: bad data or settings fail the task without pointless retries."""
     from airflow.sdk.exceptions import AirflowFailException
 
+    if getattr(sys, "tracebacklimit", None) == 0:  # set by an earlier task of this process (below)
+        del sys.tracebacklimit
     try:
         return run_stage(stage, ds, lookback_days)
     except PermanentError as error:
-        raise AirflowFailException(f"{type(error).__name__}: {error}") from error
+        # Bad data or settings: the message names the problem and what to do, and a stack trace would
+        # only bury it at the end of the task log. Airflow logs the exception with Python's traceback
+        # formatting, which prints no frames under this limit.
+        sys.tracebacklimit = 0
+        raise AirflowFailException(f"{type(error).__name__}: {error}") from None
 
 
 def airflow_environment(settings: Settings) -> dict[str, str]:
@@ -55,6 +61,11 @@ def airflow_environment(settings: Settings) -> dict[str, str]:
         "AIRFLOW__CORE__PARALLELISM": "4",
         "NIGHTREC_HOME": str(settings.home),
         "NIGHTREC_ENV": settings.env,
+        # Two warnings the airflow CLI prints on every run, about its own optional extras (graph
+        # rendering, and the in-process API that `dags test` drives through Starlette's test client):
+        # nothing a user of nightrec can or needs to act on.
+        "PYTHONWARNINGS": ",".join(f"ignore:{message}" for message in (
+            "Could not import graphviz", "Using `httpx` with `starlette.testclient` is deprecated")),
     }
     env = {**os.environ, **{k: v for k, v in defaults.items() if k not in os.environ}}
     # `airflow standalone` starts its components as `airflow ...` found on PATH: use this environment's.

@@ -44,7 +44,9 @@ class SparkSettings(_Section):
 
 
 class ValidationSettings(_Section):
-    max_bad_fraction: float = Field(0.05, ge=0.0, le=1.0)
+    max_bad_fraction: float = Field(0.05, ge=0.0, le=1.0)       # of a day's rows
+    max_bad_file_fraction: float = Field(0.5, ge=0.0, le=1.0)   # of a day's non-empty files, quarantined
+    max_line_bytes: int = Field(1_000_000, ge=1024)             # a longer line in a CSV/JSON file quarantines it
 
 
 class EventSettings(_Section):
@@ -97,7 +99,7 @@ class MlflowSettings(_Section):
 
 class LakeSettings(_Section):
     retention_days: int = Field(7, ge=1)   # replaced data files and log entries kept this long (time travel window)
-    snapshot_nights: int = Field(14, ge=1)  # nights of per-night snapshots kept (gold outputs, item/user attributes)
+    snapshot_nights: int = Field(7, ge=1)   # nights of per-night snapshots kept (gold outputs, item/user attributes)
 
 
 class RedisSettings(_Section):

@@ -12,12 +12,19 @@ import ipaddress
 import logging
 import os
 import sys
+import warnings
 
 from pyspark.sql import SparkSession
 
 from nightrec.settings import Settings, SettingsError, resolve
 
 log = logging.getLogger("nightrec.spark")
+
+# PySpark 4.2 warns on every pandas conversion that pandas 3 is "not yet fully supported". The
+# pinned pandas 3 is what the pinned Airflow, MLflow and great_expectations install with, and the
+# conversions nightrec makes (Arrow-backed toPandas / createDataFrame, pandas UDFs) run in its tests:
+# the warning says nothing to whoever reads a task log.
+warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas", category=FutureWarning)
 
 # Settings that make Spark write plain parquet files that delta-rs can commit (see docs/lake.md).
 LAKE_FRIENDLY_CONF = {

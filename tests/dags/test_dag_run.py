@@ -2,6 +2,7 @@
 
 import datetime as dt
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -57,12 +58,30 @@ def test_nightly_dag_runs_end_to_end_and_a_rerun_changes_nothing(tmp_path, redis
     assert recs_again == recs
 
 
-def test_a_bad_day_fails_the_run_with_the_reason(tmp_path, redis_url):
+def last_log_tail(env: dict, lines: int = 20) -> str:
+    """The last lines of the newest run's Airflow log."""
+    runs = Path(env["AIRFLOW_HOME"]) / "logs" / "nightrec-runs"
+    newest = max(runs.glob("run-*.log"), key=lambda p: p.stat().st_mtime)
+    return "\n".join(newest.read_text().splitlines()[-lines:])
+
+
+def test_bad_data_fails_the_run_with_the_reason_and_no_stack_trace(tmp_path, redis_url):
     folder = tmp_path / "landing" / "interactions" / f"dt={DAY}"
     folder.mkdir(parents=True)
-    (folder / "day.csv").write_text("user_id,item_id,event_type,value,ts\n1,2,teleport,1,2024-06-30T01:00:00Z\n")
     env = {**os.environ, **settings_environ(tmp_path, redis_url)}
-    result = run_dag(env)
-    assert result.returncode != 0
-    assert "failed validation" in result.stdout and "event_type_known" in result.stdout
+    (folder / "day.parquet").write_bytes(b"PAR1 half an upload")  # the day's only file is unreadable: ingest fails
+    unreadable = run_dag(env)
+    unreadable_tail = last_log_tail(env)
+    (folder / "day.parquet").unlink()
+    (folder / "day.csv").write_text("user_id,item_id,event_type,value,ts\n1,2,teleport,1,2024-06-30T01:00:00Z\n")
+    invalid = run_dag(env)  # its only row is bad: validate fails
+    invalid_tail = last_log_tail(env)
+
+    assert unreadable.returncode != 0 and invalid.returncode != 0
+    assert "day.parquet: not a readable Parquet file" in unreadable.stdout
+    assert "failed validation" in invalid.stdout and "event_type_known" in invalid.stdout
+    for tail, reason in ((unreadable_tail, "not a readable Parquet file"), (invalid_tail, "event_type_known")):
+        assert reason in tail, tail
+        # neither Python frames nor Java ones ("at org.apache...(File.scala:12)")
+        assert not re.search(r"Traceback|File \"|^\s+at [\w$.]+\(|Py4JJavaError|Exception in thread", tail, re.M), tail
     assert not redis.Redis.from_url(redis_url).exists(Keys("test").live)

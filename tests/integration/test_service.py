@@ -177,7 +177,7 @@ def test_redis_down_is_a_503_not_a_500(make_settings):
 
 
 def test_the_nightly_drain_writes_posted_events_to_landing_once(spark, api, settings):
-    from nightrec.landing import read_interactions
+    from nightrec.landing import inspect_day, read_interactions
     from nightrec.validation import typed
 
     today = dt.datetime.now(dt.timezone.utc).date()
@@ -190,7 +190,8 @@ def test_the_nightly_drain_writes_posted_events_to_landing_once(spark, api, sett
     assert drain_events.run(settings, day2).events == 0  # nothing twice
     api.post("/v1/events", json={"user_id": 2, "item_id": 9, "event_type": "view", "ts": f"{day2}T09:00:00Z"})
     assert drain_events.run(settings, day2).events == 1
-    frame, days = read_interactions(spark, settings.path("landing"), [day1, day2])
+    files = [f for day in (day1, day2) for f in inspect_day(settings.path("landing"), day, 1 << 20)]
+    frame = read_interactions(spark, files)
     rows = sorted((r.user_id, r.item_id, r.event_type, r.value, str(r.dt)) for r in typed(frame).collect())
     assert rows == [(1, 7, "click", 2.0, str(day1)), (1, 8, "click", 2.0, str(day1)),
                     (1, 9, "click", 2.0, str(day2)), (2, 9, "view", 1.0, str(day2))]
