@@ -114,7 +114,7 @@ def inspect_file(path: Path, day: dt.date, max_line_bytes: int) -> LandingFile:
 def _inspect_parquet(path: Path, verdict) -> LandingFile:
     try:
         metadata = pq.read_metadata(path)
-        schema = pq.read_schema(path)
+        schema = metadata.schema.to_arrow_schema()  # the same footer: read once
     except Exception as error:  # pyarrow raises several types for a broken footer
         return verdict(QUARANTINED, f"not a readable Parquet file ({_first_line(error)})", fmt="parquet")
     columns, reason = _match_columns(schema.names)
@@ -144,10 +144,8 @@ def _inspect_text(path: Path, fmt: str, max_line_bytes: int, verdict) -> Landing
 def _inspect_csv(content: list[bytes], verdict) -> LandingFile:
     if not content:
         return verdict(EMPTY, "no lines", fmt="csv")
-    header_line = content[0]
-    bom = header_line.startswith(codecs.BOM_UTF8)
     try:
-        text = header_line[len(codecs.BOM_UTF8) if bom else 0:].decode("utf-8")
+        text = content[0].removeprefix(codecs.BOM_UTF8).decode("utf-8")
     except UnicodeDecodeError:
         return verdict(QUARANTINED, "the header line is not UTF-8 text", fmt="csv")
     header = next(csv.reader([text]), [])

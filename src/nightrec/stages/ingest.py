@@ -62,9 +62,9 @@ def run(spark: SparkSession, settings: Settings, ds: dt.date, lookback_days: int
     if failing:
         raise FilesUnreadable(failure_message(failing, settings.validation.max_bad_file_fraction, ds, lookback_days))
 
+    readable = sum(f.status == OK for f in files)
     bronze = read_interactions(spark, files).withColumn("ingested_at", F.current_timestamp())
-    with Progress("ingest", spark).step("read the files into bronze", files=sum(f.status == OK for f in files),
-                                        days=len(present)):
+    with Progress("ingest", spark).step("read the files into bronze", files=readable, days=len(present)):
         rows = lake.replace_partitions(bronze, settings.table("bronze/interactions"), present)
     attributes = {}
     for name, key in (("items", "item_id"), ("users", "user_id")):
@@ -83,7 +83,7 @@ def run(spark: SparkSession, settings: Settings, ds: dt.date, lookback_days: int
     return IngestResult(
         rows, len(present), present[0].isoformat(), present[-1].isoformat(),
         [d.isoformat() for d in days if d not in present],
-        files_read=sum(f.status == OK for f in files),
+        files_read=readable,
         empty_files=[f.path for f in files if f.status == EMPTY],
         quarantined_files=[{"path": f.path, "reason": f.reason} for f in files if f.status == QUARANTINED],
         skipped=[{"path": f.path, "reason": f.reason} for f in files if f.status == SKIPPED],
