@@ -26,9 +26,9 @@ from pathlib import Path
 import pyarrow as pa
 from deltalake import DeltaTable
 
-from nightrec.lake import find_tables
+from nightrec.data.lake import find_tables
+from nightrec.pipeline.housekeeping import is_snapshot
 from nightrec.settings import load_settings
-from nightrec.stages.housekeeping import is_snapshot
 
 MB = 1 << 20
 ALIASED_VERSIONS = 3  # champion, challenger, rollback target

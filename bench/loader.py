@@ -27,12 +27,13 @@ import redis
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from nightrec import publisher
-from nightrec.benchmark import private_redis, private_redis_cluster
-from nightrec.redis_layout import encode
-from nightrec.scoring import with_serving_value
+from nightrec.data.spark import get_spark
+from nightrec.modeling.scoring import with_serving_value
+from nightrec.pipeline.publish import load_values, publish_frames
+from nightrec.serving import loader as publisher
+from nightrec.serving.layout import encode
+from nightrec.serving.redis_server import private_redis, private_redis_cluster
 from nightrec.settings import load_settings
-from nightrec.spark import get_spark
 
 VALUE_BYTES = len(encode(range(1, 101), [0.5] * 100))  # a top-100 list: 603 bytes
 
@@ -90,7 +91,7 @@ def loader_vs_redis_benchmark(recs: DataFrame, users: int, cores: int) -> None:
         client = redis.Redis(port=port)
         url = f"redis://127.0.0.1:{port}/0"
         load = dict(url=url, cluster=False, prefix="nightrec", kind="user")
-        publisher.load_values(recs.limit(10_000), version="0", **load)  # Python workers started, code loaded
+        load_values(recs.limit(10_000), version="0", **load)  # Python workers started, code loaded
         bench_rates, load_seconds = [], []
         for attempt in range(2):  # alternating, best of two each: the machine is shared
             client.flushall()
@@ -98,13 +99,13 @@ def loader_vs_redis_benchmark(recs: DataFrame, users: int, cores: int) -> None:
             client.flushall()
             empty = used_memory(client)
             started = time.perf_counter()
-            written = publisher.load_values(recs, version=f"19980422.{attempt}", **load)
+            written = load_values(recs, version=f"19980422.{attempt}", **load)
             load_seconds.append(time.perf_counter() - started)
             per_user = (used_memory(client) - empty) / written
         bench_rate, load_seconds = max(bench_rates), min(load_seconds)
         client.flushall()
         started = time.perf_counter()
-        publisher.publish(recs, publisher.Extras({"global": ([1], [1.0])}), url=url, prefix="nightrec",
+        publish_frames(recs, publisher.Extras({"global": ([1], [1.0])}), url=url, prefix="nightrec",
                           ds=dt.date(1998, 4, 22), model_version="bench/1")
         publish_seconds = time.perf_counter() - started
 
@@ -132,7 +133,7 @@ def single_vs_cluster(recs: DataFrame, users: int, cores: int, runs: int = 3) ->
                                                      [redis.Redis(host=n.host, port=n.port) for n in primaries]),
         }
         for url, cluster, nodes in targets.values():  # Python workers started, code loaded
-            publisher.load_values(recs.limit(10_000), url=url, cluster=cluster, prefix="nightrec", version="0",
+            load_values(recs.limit(10_000), url=url, cluster=cluster, prefix="nightrec", version="0",
                                   kind="user")
             for node in nodes:
                 node.flushall()
@@ -143,7 +144,7 @@ def single_vs_cluster(recs: DataFrame, users: int, cores: int, runs: int = 3) ->
                 empty = sum(used_memory(node) for node in nodes)
                 cpu = sum(used_cpu(node) for node in nodes)
                 started = time.perf_counter()
-                written = publisher.load_values(recs, url=url, cluster=cluster, prefix="nightrec",
+                written = load_values(recs, url=url, cluster=cluster, prefix="nightrec",
                                                 version=f"19980422.{attempt}", kind="user")
                 rates[name].append(written / (time.perf_counter() - started))
                 cpu_per_key[name].append((sum(used_cpu(node) for node in nodes) - cpu) / written)

@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import redis
 
-from nightrec import publisher
-from nightrec.benchmark import free_port, private_redis
-from nightrec.redis_layout import Keys, encode, encode_id_set
+from nightrec.serving import loader as publisher
+from nightrec.serving.layout import Keys, encode, encode_id_set
+from nightrec.serving.redis_server import free_port, private_redis
 
 PREFIX = "bench"
 CONNECTIONS = 64

@@ -32,11 +32,12 @@ def main(argv: list[str]) -> None:
     os.environ.update({"NIGHTREC_PATHS__LANDING": str(BENCH / "landing"), "NIGHTREC_PATHS__LAKE": str(BENCH / "lake"),
                        "NIGHTREC_PATHS__DATA_DOCS": str(BENCH / "data_docs")})
 
-    from nightrec import benchmark, modeling
-    from nightrec.feedback import implicit_feedback
+    from nightrec.data.feedback import implicit_feedback
+    from nightrec.data.spark import get_spark
+    from nightrec.data.tables import attributes, training_events
+    from nightrec.modeling import training as modeling
+    from nightrec.pipeline import benchmark
     from nightrec.settings import load_settings, resolve
-    from nightrec.spark import get_spark
-    from nightrec.stages.train import attributes, model_options, training_events
 
     settings = load_settings()
     spark = get_spark(settings, "nightrec-bench-movielens")
@@ -45,7 +46,7 @@ def main(argv: list[str]) -> None:
     feedback = implicit_feedback(training_events(spark, settings, day), settings.events.weights).cache()
     items = attributes(spark, settings, "items", day)
     space = modeling.load_search_space(resolve(settings.home, settings.model.search_space))
-    opts = model_options(settings, spark)
+    opts = modeling.ModelSettingsView.of(settings.model, spark.sparkContext.defaultParallelism)
     print(f"{feedback.count()} (user, item) pairs, {feedback.select('user_id').distinct().count()} users", flush=True)
 
     results = []

@@ -43,14 +43,14 @@ def main(argv: list[str]) -> None:
                        "NIGHTREC_PATHS__DATA_DOCS": str(BENCH / "data_docs")})
     from pyspark.sql import functions as F
 
-    from nightrec import benchmark, lake
-    from nightrec.evaluation import ranking_metrics
-    from nightrec.feedback import implicit_feedback, stratified_split
-    from nightrec.scoring import ranked_rows
+    from nightrec.data import lake
+    from nightrec.data.feedback import implicit_feedback, stratified_split
+    from nightrec.data.spark import get_spark
+    from nightrec.data.tables import training_events
+    from nightrec.modeling.evaluation import ranking_metrics
+    from nightrec.modeling.scoring import ranked_rows
+    from nightrec.pipeline import benchmark, ingest, score, train, tune, validate
     from nightrec.settings import load_settings
-    from nightrec.spark import get_spark
-    from nightrec.stages import ingest, score, train, tune, validate
-    from nightrec.stages.train import training_events
 
     base = load_settings()
     spark = get_spark(base, "nightrec-bench-published")

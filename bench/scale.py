@@ -33,11 +33,12 @@ from pathlib import Path
 import psutil
 import redis
 
+from nightrec.constants import STAGES
+
 HOME = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 LAST_DAY = "2024-06-30"
 DAYS = 30
-STAGES = ("drain_events", "ingest", "validate", "train", "score", "publish", "smoke", "housekeeping")
 
 
 @dataclass(frozen=True)
@@ -175,7 +176,7 @@ def redis_bytes_per_user(url: str, baseline: int, users: int) -> float:
 
 
 def measure(label: str, size: Size, seed: int, work: Path) -> list[Night]:
-    from nightrec.benchmark import private_redis
+    from nightrec.serving.redis_server import private_redis
 
     home = work / label
     landing = home / "landing"

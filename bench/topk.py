@@ -1,4 +1,4 @@
-"""Top-100 generation: nightrec.topk vs Spark's ALSModel.recommendForAllUsers(100), same factors.
+"""Top-100 generation: nightrec.modeling.topk vs Spark's ALSModel.recommendForAllUsers(100), same factors.
 
     .venv/bin/python bench/topk.py --users 100000 --items 20000 --rank 64
 
@@ -18,9 +18,9 @@ import numpy as np
 from pyspark.ml.recommendation import ALS
 from pyspark.sql import functions as F
 
+from nightrec.data.spark import get_spark
+from nightrec.modeling.topk import factor_matrix, top_k_unseen
 from nightrec.settings import load_settings
-from nightrec.spark import get_spark
-from nightrec.topk import factor_matrix, top_k_unseen
 
 
 def timed(action) -> tuple[float, object]:
@@ -87,7 +87,7 @@ def main(argv: list[str]) -> None:
     print("| method                                    | seconds | vs recommendForAllUsers |")
     print("|-------------------------------------------|--------:|------------------------:|")
     print(f"| ALSModel.recommendForAllUsers             | {spark_seconds:7.2f} | 1.0x |")
-    print(f"| nightrec.topk.top_k_unseen (seen dropped) | {ours_seconds:7.2f} | {spark_seconds / ours_seconds:.1f}x |")
+    print(f"| nightrec.modeling.topk.top_k_unseen (seen dropped) | {ours_seconds:7.2f} | {spark_seconds / ours_seconds:.1f}x |")
     print(f"| FLOP bound (best matmul rate)             | {flop_bound:7.2f} | {spark_seconds / flop_bound:.1f}x |")
     print(f"\nexactness on {len(mine)} users, nothing excluded, vs recommendForAllUsers: identical lists {same}, "
           f"identical sets {same_sets} (order differs only on float ties)")

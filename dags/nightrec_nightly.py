@@ -1,24 +1,63 @@
 """nightrec_nightly: service events and landing files of the logical date -> Delta lake -> models -> Redis.
 
-Configuration only: every task is one call into the nightrec package (see README, "Orchestration").
+Configuration only: each task runs one stage's `main` (nightrec.pipeline.<stage>) in the task's own
+process. A stage is imported when its task runs, not when the scheduler parses this file: Spark,
+MLflow and great_expectations take seconds to import.
 """
 
 from datetime import datetime, timedelta
 
 from airflow.sdk import Param, chain, dag, task
 
-# Equal to nightrec.stages.STAGES (tests/dags keeps them in step); spelled out so parsing imports nothing heavy.
-STAGES = ("drain_events", "ingest", "validate", "train", "score", "publish", "smoke", "housekeeping")
+from nightrec.pipeline.orchestration import airflow_task
 
 
-def _stage_task(stage: str):
-    @task(task_id=stage)
-    def run(ds=None, params=None) -> dict:
-        from nightrec.orchestration import run_airflow_task  # heavy imports stay out of DAG parsing
+@task
+def drain_events(ds=None) -> dict:
+    from nightrec.pipeline.drain_events import main
+    return airflow_task(main, ds)
 
-        return run_airflow_task(stage, ds, params["lookback_days"])
 
-    return run()
+@task
+def ingest(ds=None, params=None) -> dict:
+    from nightrec.pipeline.ingest import main
+    return airflow_task(main, ds, params["lookback_days"])
+
+
+@task
+def validate(ds=None, params=None) -> dict:
+    from nightrec.pipeline.validate import main
+    return airflow_task(main, ds, params["lookback_days"])
+
+
+@task
+def train(ds=None) -> dict:
+    from nightrec.pipeline.train import main
+    return airflow_task(main, ds)
+
+
+@task
+def score(ds=None) -> dict:
+    from nightrec.pipeline.score import main
+    return airflow_task(main, ds)
+
+
+@task
+def publish(ds=None) -> dict:
+    from nightrec.pipeline.publish import main
+    return airflow_task(main, ds)
+
+
+@task
+def smoke(ds=None) -> dict:
+    from nightrec.pipeline.smoke import main
+    return airflow_task(main, ds)
+
+
+@task
+def housekeeping(ds=None) -> dict:
+    from nightrec.pipeline.housekeeping import main
+    return airflow_task(main, ds)
 
 
 @dag(
@@ -36,7 +75,7 @@ def _stage_task(stage: str):
     doc_md=__doc__,
 )
 def nightrec_nightly():
-    chain(*[_stage_task(stage) for stage in STAGES])
+    chain(drain_events(), ingest(), validate(), train(), score(), publish(), smoke(), housekeeping())
 
 
 nightrec_nightly()

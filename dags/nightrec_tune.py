@@ -2,7 +2,7 @@
 weights on a sample of users, compares the candidates in MLflow, and makes the best one the recipe
 that the nightly run fits from then on (it still has to pass the nightly promotion gate).
 
-Configuration only: the task is one call into the nightrec package. Scheduled apart from the
+Configuration only: the task runs nightrec.pipeline.tune's `main`. Scheduled apart from the
 nightly run (Sunday noon, UTC) so the two don't compete for the same cores.
 """
 
@@ -10,12 +10,13 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import dag, task
 
+from nightrec.pipeline.orchestration import airflow_task
 
-@task(task_id="tune")
+
+@task
 def tune(ds=None) -> dict:
-    from nightrec.orchestration import run_airflow_task  # heavy imports stay out of DAG parsing
-
-    return run_airflow_task("tune", ds)
+    from nightrec.pipeline.tune import main  # imported when the task runs, not when the DAG is parsed
+    return airflow_task(main, ds)
 
 
 @dag(

@@ -2,7 +2,7 @@
 
 import sys
 
-from nightrec.stages.drain_events import main
+from nightrec.pipeline.drain_events import main
 
 if __name__ == "__main__":
     main(sys.argv[1:])

@@ -2,7 +2,7 @@
 
 import sys
 
-from nightrec.stages.housekeeping import main
+from nightrec.pipeline.housekeeping import main
 
 if __name__ == "__main__":
     main(sys.argv[1:])

@@ -2,7 +2,7 @@
 
 import sys
 
-from nightrec.stages.ingest import main
+from nightrec.pipeline.ingest import main
 
 if __name__ == "__main__":
     main(sys.argv[1:])

@@ -2,7 +2,7 @@
 
 import sys
 
-from nightrec.stages.publish import main
+from nightrec.pipeline.publish import main
 
 if __name__ == "__main__":
     main(sys.argv[1:])

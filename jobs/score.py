@@ -2,7 +2,7 @@
 
 import sys
 
-from nightrec.stages.score import main
+from nightrec.pipeline.score import main
 
 if __name__ == "__main__":
     main(sys.argv[1:])

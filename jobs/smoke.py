@@ -2,7 +2,7 @@
 
 import sys
 
-from nightrec.stages.smoke import main
+from nightrec.pipeline.smoke import main
 
 if __name__ == "__main__":
     main(sys.argv[1:])

@@ -2,7 +2,7 @@
 
 import sys
 
-from nightrec.stages.train import main
+from nightrec.pipeline.train import main
 
 if __name__ == "__main__":
     main(sys.argv[1:])

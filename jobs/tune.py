@@ -2,7 +2,7 @@
 
 import sys
 
-from nightrec.stages.tune import main
+from nightrec.pipeline.tune import main
 
 if __name__ == "__main__":
     main(sys.argv[1:])

@@ -2,7 +2,7 @@
 
 import sys
 
-from nightrec.stages.validate import main
+from nightrec.pipeline.validate import main
 
 if __name__ == "__main__":
     main(sys.argv[1:])

@@ -18,7 +18,7 @@ os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 @pytest.fixture(scope="session")
 def redis_server():
     """A real redis-server of our own on a free port (never the machine's shared 6379)."""
-    from nightrec.benchmark import private_redis
+    from nightrec.serving.redis_server import private_redis
 
     with private_redis() as port:
         yield f"redis://127.0.0.1:{port}/0"
@@ -27,7 +27,7 @@ def redis_server():
 @pytest.fixture(scope="session")
 def redis_cluster():
     """A real 3-node Redis Cluster (3 primaries, no replicas) on free ports; yields one node's URL."""
-    from nightrec.benchmark import private_redis_cluster
+    from nightrec.serving.redis_server import private_redis_cluster
 
     with private_redis_cluster(nodes=3) as url:
         yield url
@@ -71,8 +71,8 @@ def make_settings(tmp_path):
 
 @pytest.fixture(scope="session")
 def spark():
+    from nightrec.data.spark import get_spark
     from nightrec.settings import load_settings
-    from nightrec.spark import get_spark
 
     session = get_spark(load_settings("local", {}), "nightrec-tests")
     yield session

@@ -54,8 +54,9 @@ def days_ending(last: dt.date, n: int) -> list[dt.date]:
 def publish_sample(spark, redis_url: str, prefix: str = "test", cluster: bool = False):
     """A small version through the real loader: users 1-3 personal (items u..u+99), user 4 on segment
     gender=F, item 10's neighbours, categories comedy (even items) and drama, item 5 unavailable."""
-    from nightrec import publisher
-    from nightrec.redis_layout import encode, encode_segment_ref
+    from nightrec.pipeline.publish import publish_frames
+    from nightrec.serving import loader as publisher
+    from nightrec.serving.layout import encode, encode_segment_ref
 
     rows = [(u, encode(range(u, u + 100), [1.0 - i / 100 for i in range(100)])) for u in (1, 2, 3)]
     rows.append((4, encode_segment_ref("gender=F")))
@@ -63,5 +64,5 @@ def publish_sample(spark, redis_url: str, prefix: str = "test", cluster: bool = 
     similar = spark.createDataFrame([(10, encode([11, 12, 13, 14], [0.9, 0.8, 0.7, 0.6]))], "item_id int, value binary")
     extras = publisher.Extras({"global": ([50, 40, 30], [0.9, 0.5, 0.1]), "gender=F": ([60, 61, 62], [3.0, 2.0, 1.0])},
                               {"comedy": list(range(2, 201, 2)), "drama": [3, 7, 11]}, [5])
-    return publisher.publish(recs, extras, url=redis_url, prefix=prefix, ds=dt.date(2024, 1, 1),
+    return publish_frames(recs, extras, url=redis_url, prefix=prefix, ds=dt.date(2024, 1, 1),
                              model_version="nightrec/7", similar=similar, cluster=cluster)

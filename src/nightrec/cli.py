@@ -39,7 +39,7 @@ def _date(value: str) -> dt.date:
 @app.command("demo-data")
 def demo_data(landing: Annotated[Optional[Path], typer.Option(help="landing folder (default: settings)")] = None):
     """Download MovieLens-100K and write it into the landing zone."""
-    from nightrec import movielens
+    from nightrec.data import movielens
 
     settings = _settings()
     target = landing or Path(settings.path("landing"))
@@ -63,7 +63,7 @@ def synth(out: Annotated[Path, typer.Argument(help="landing folder to write")],
           overwrite: Annotated[bool, typer.Option(help="replace the landing data already in OUT")] = False):
     """Write synthetic landing data (interactions, items, users) with a realistic shape, for tests,
     benchmarks and sizing. Prints one JSON summary line."""
-    from nightrec import synth as synthetic
+    from nightrec.data import synth as synthetic
 
     config = synthetic.Config(users=users, items=items, events=events, days=days, seed=seed, end=_date(end),
                               zipf_exponent=zipf_exponent)
@@ -82,7 +82,7 @@ def run(ds: DsOption,
         lookback_days: Annotated[int, typer.Option(min=1, help="landing days ending at ds to (re)ingest")] = 1,
         landing: Annotated[Optional[Path], typer.Option(help="folder of landing files (default: settings)")] = None):
     """Run the nightrec_nightly DAG for one logical date through Airflow (`airflow dags test`)."""
-    from nightrec.orchestration import DAG_ID, airflow_environment
+    from nightrec.pipeline.orchestration import DAG_ID, airflow_environment
 
     day = _date(ds)
     settings = _settings()
@@ -145,7 +145,7 @@ def _follow(command: list[str], env: dict, log_path: Path) -> int:
 def stage(name: Annotated[str, typer.Argument(help="drain_events|ingest|validate|train|score|publish|smoke|housekeeping, or tune")], ds: DsOption,
           lookback_days: Annotated[int, typer.Option(min=1)] = 1):
     """Run one stage directly (no Airflow), e.g. to debug or re-run a single step."""
-    from nightrec.orchestration import run_stage
+    from nightrec.pipeline.orchestration import run_stage
 
     run_stage(name, _date(ds).isoformat(), lookback_days)
 
@@ -154,50 +154,50 @@ def stage(name: Annotated[str, typer.Argument(help="drain_events|ingest|validate
 def tune(ds: DsOption):
     """Search hyperparameters and blend weights on the window ending DS; the chosen recipe is what the
     following nights fit (the weekly DAG nightrec_tune does this on schedule)."""
-    from nightrec.orchestration import TUNE, run_stage
+    from nightrec.constants import TUNE
+    from nightrec.pipeline.orchestration import run_stage
 
     run_stage(TUNE, _date(ds).isoformat())
 
 
 @app.command()
-def recs(user_id: int, k: Annotated[int, typer.Option(min=1, max=100)] = 10):
-    """Print a user's live recommendations from Redis, with item titles when the lake has them."""
-    from nightrec.publisher import connect
-    from nightrec.redis_layout import GLOBAL_SEGMENT, Keys, decode, decode_user
+def recs(user_id: int, k: Annotated[int, typer.Option(min=1, max=100)] = 10,
+         category: Annotated[Optional[str], typer.Option(help="only items of this category")] = None,
+         exclude: Annotated[Optional[str], typer.Option(help="comma-separated item ids to leave out")] = None):
+    """Print a user's live recommendations, exactly as the lookup API answers them, with item titles
+    when the lake has them."""
+    import asyncio
+
+    from nightrec.serving.lookup import Lookup, LookupFailed
 
     settings = _settings()
-    keys = Keys(settings.redis.prefix)
-    client = connect(settings.redis.url, settings.redis.cluster)
-    version = client.get(keys.live)
-    if version is None:
-        console.print("[red]nothing published yet[/]: run `nightrec run` first")
-        raise typer.Exit(1)
-    version = version.decode()
-    value = client.get(keys.user(version, user_id))
-    stored = decode_user(value) if value is not None else GLOBAL_SEGMENT
-    source = "personalized"
-    if isinstance(stored, str):
-        source = "trending (unknown user)" if value is None else f"segment {stored}"
-        value = client.get(keys.fallback(version, stored))
-        if value is None:
-            console.print(f"[red]live version {version} has no {stored!r} list[/]")
-            raise typer.Exit(1)
-        stored = decode(value)
-    meta = {k.decode(): v.decode() for k, v in client.hgetall(keys.meta(version)).items()}
-    ids, scores = stored
+
+    async def ask() -> dict:
+        lookup = Lookup(settings)
+        try:
+            return await lookup.recommendations(user_id, k, category, exclude)
+        finally:
+            await lookup.aclose()
+
+    try:
+        answer = asyncio.run(ask())
+    except LookupFailed as error:
+        console.print(f"[red]{error.detail}[/]", highlight=False)
+        raise typer.Exit(1) from None
+    source = answer["source"] + (f" {answer['segment']}" if answer["source"] == "segment" else "")
     titles = _item_titles(settings)
-    table = Table(title=f"user {user_id}: {source}, version {version}, model {meta.get('model_version')}")
+    table = Table(title=f"user {user_id}: {source}, version {answer['version']}, model {answer['model_version']}")
     for column in ("rank", "item_id", "score", "title"):
         table.add_column(column)
-    for rank, (item, score) in enumerate(zip(ids[:k], scores[:k]), start=1):
-        table.add_row(str(rank), str(item), f"{score:.4f}", titles.get(str(item), ""))
+    for item in answer["items"]:
+        table.add_row(str(item["rank"]), str(item["item_id"]), f"{item['score']:.4f}", titles.get(str(item["item_id"]), ""))
     console.print(table)
 
 
 def _item_titles(settings) -> dict[str, str]:
     from deltalake import DeltaTable
 
-    from nightrec.lake import table_exists
+    from nightrec.data.lake import table_exists
 
     root = settings.table("bronze/items")
     if not table_exists(root):
@@ -211,8 +211,8 @@ def _item_titles(settings) -> dict[str, str]:
 @app.command()
 def status(count: Annotated[bool, typer.Option(help="also count users and list lengths in the live version")] = False):
     """Show the live and previous Redis versions, and the MLflow champion with its metrics."""
-    from nightrec.publisher import connect
-    from nightrec.redis_layout import Keys, decode_user
+    from nightrec.serving.client import connect
+    from nightrec.serving.layout import Keys, decode_user
 
     settings = _settings()
     keys = Keys(settings.redis.prefix)
@@ -237,7 +237,7 @@ def _champion_summary(settings) -> str:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from nightrec import registry, tracking
+    from nightrec.modeling import registry, tracking
 
     tracking.configure(settings)
     client = MlflowClient()
@@ -258,8 +258,8 @@ def _champion_summary(settings) -> str:
 @app.command()
 def rollback(ds: DsOption, to: Annotated[Optional[str], typer.Option(help="model version (default: the one the champion replaced)")] = None):
     """Move `champion` back to an earlier version and republish its recommendations for DS."""
-    from nightrec import registry, tracking
-    from nightrec.orchestration import run_stage
+    from nightrec.modeling import registry, tracking
+    from nightrec.pipeline.orchestration import run_stage
 
     day = _date(ds)
     settings = _settings()
@@ -283,14 +283,14 @@ def serve(host: str = "127.0.0.1", port: int = 8000,
     if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # /metrics adds up every worker's counters from files in this folder (prometheus_client multiprocess mode)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="nightrec-metrics-")
-    uvicorn.run("nightrec.service:create_app", factory=True, host=host, port=port, workers=workers,
+    uvicorn.run("nightrec.serving.api:create_app", factory=True, host=host, port=port, workers=workers,
                 log_level=log_level, access_log=access_log, proxy_headers=False)
 
 
 @app.command("mlflow-ui")
 def mlflow_ui(host: str = "127.0.0.1", port: int = 5000):
     """Start MLflow's UI on the project's tracking store."""
-    from nightrec.tracking import artifact_location, tracking_uri
+    from nightrec.modeling.tracking import artifact_location, tracking_uri
 
     settings = _settings()
     mlflow = str(Path(sys.executable).with_name("mlflow"))
@@ -301,7 +301,7 @@ def mlflow_ui(host: str = "127.0.0.1", port: int = 5000):
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def airflow(ctx: typer.Context):
     """Run the airflow CLI on this project (its AIRFLOW_HOME and dags/), e.g. `nightrec airflow standalone`."""
-    from nightrec.orchestration import airflow_environment
+    from nightrec.pipeline.orchestration import airflow_environment
 
     binary = str(Path(sys.executable).with_name("airflow"))
     os.execve(binary, [binary, *ctx.args], airflow_environment(_settings()))

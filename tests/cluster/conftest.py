@@ -51,7 +51,7 @@ def spark_class() -> str:
 def spark_cluster(tmp_path_factory):
     """Master and two workers (1 core, 1g each) on free loopback ports, running the venv's Python on
     their executors; yields once both workers are registered, stopped at the end of the session."""
-    from nightrec.benchmark import free_ports
+    from nightrec.serving.redis_server import free_ports
 
     folder = tmp_path_factory.mktemp("spark-cluster")
     master_port, master_web, *worker_webs = free_ports(2 + WORKERS)

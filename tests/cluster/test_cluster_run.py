@@ -13,10 +13,10 @@ import redis
 
 from conftest import settings_environ
 from helpers import days_ending, write_landing
-from nightrec.benchmark import free_port
-from nightrec.redis_layout import Keys, decode_user
-from nightrec.spark import CHECKPOINT_FOLDER
-from nightrec.stages import STAGES
+from nightrec.constants import STAGES
+from nightrec.data.spark import CHECKPOINT_FOLDER
+from nightrec.serving.layout import Keys, decode_user
+from nightrec.serving.redis_server import free_port
 
 pytestmark = [pytest.mark.cluster, pytest.mark.airflow, pytest.mark.redis]
 

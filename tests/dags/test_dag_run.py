@@ -12,7 +12,7 @@ from deltalake import DeltaTable
 
 from conftest import settings_environ
 from helpers import days_ending, write_landing
-from nightrec.redis_layout import Keys, decode_user
+from nightrec.serving.layout import Keys, decode_user
 
 DAY = dt.date(2024, 6, 30)
 TABLES = ("bronze/interactions", "bronze/items", "silver/interactions", "quarantine/interactions",

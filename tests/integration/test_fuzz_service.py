@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from helpers import publish_sample
-from nightrec.service import create_app
+from nightrec.serving.api import create_app
 
 SEED = 20261123
 

@@ -14,22 +14,24 @@ import redis
 from fastapi.testclient import TestClient
 
 from helpers import publish_sample
-from nightrec import publisher
-from nightrec.redis_layout import Keys
-from nightrec.service import create_app
+from nightrec.pipeline.publish import publish_frames
+from nightrec.serving import loader as publisher
+from nightrec.serving.api import create_app
+from nightrec.serving.layout import Keys
 
 LOADER = textwrap.dedent("""
     import datetime as dt, sys
     from pyspark.sql import functions as F
-    from nightrec import publisher
-    from nightrec.redis_layout import encode
+    from nightrec.serving import loader as publisher
+    from nightrec.pipeline.publish import publish_frames
+    from nightrec.serving.layout import encode
     from nightrec.settings import load_settings
-    from nightrec.spark import get_spark
+    from nightrec.data.spark import get_spark
 
     spark = get_spark(load_settings("local", {}), "killed-loader")
     value = F.lit(encode(range(1000, 1100), [0.5] * 100))
     users = spark.range(1, 2_000_001, numPartitions=8).select(F.col("id").cast("int").alias("user_id"), value.alias("value"))
-    publisher.publish(users, publisher.Extras({"global": ([1], [1.0])}), url=sys.argv[1], prefix="test",
+    publish_frames(users, publisher.Extras({"global": ([1], [1.0])}), url=sys.argv[1], prefix="test",
                       ds=dt.date(2024, 1, 2), model_version="big/1")
 """)
 
@@ -85,7 +87,7 @@ def test_killing_the_loader_mid_load_leaves_the_previous_version_live(spark, red
 def test_the_loader_retries_when_redis_drops_its_connections(spark, redis_url):
     from pyspark.sql import functions as F
 
-    from nightrec.redis_layout import decode
+    from nightrec.serving.layout import decode
 
     client = redis.Redis.from_url(redis_url)
     # value: codec 1 holding the one item = the user id ("01 0100" + int32 id + float16 1.0)
@@ -105,7 +107,7 @@ def test_the_loader_retries_when_redis_drops_its_connections(spark, redis_url):
     cutter = threading.Thread(target=drop_connections)
     cutter.start()
     try:
-        result = publisher.publish(users, publisher.Extras({"global": ([1], [1.0])}), url=redis_url, prefix="test",
+        result = publish_frames(users, publisher.Extras({"global": ([1], [1.0])}), url=redis_url, prefix="test",
                                    ds=dt.date(2024, 1, 3), model_version="flaky/1")
     finally:
         stop.set()

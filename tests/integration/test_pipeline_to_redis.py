@@ -12,11 +12,14 @@ from mlflow import MlflowClient
 
 from conftest import settings_environ
 from helpers import days_ending, write_landing
-from nightrec import lake, publisher, tracking
-from nightrec.redis_layout import Keys, decode, decode_user, encode
-from nightrec.service import create_app
+from nightrec.data import lake
+from nightrec.modeling import tracking
+from nightrec.pipeline import ingest, publish, score, smoke, train, tune, validate
+from nightrec.pipeline.publish import publish_frames
+from nightrec.serving import loader as publisher
+from nightrec.serving.api import create_app
+from nightrec.serving.layout import Keys, decode, decode_user, encode
 from nightrec.settings import load_settings
-from nightrec.stages import ingest, publish, score, smoke, train, tune, validate
 
 DAY = dt.date(2024, 5, 20)
 USERS, ITEMS, NEW_USERS = 60, 200, 5
@@ -162,7 +165,7 @@ def test_a_load_failing_half_way_leaves_the_live_version_untouched(spark, pipeli
     good = [(u, encode([1, 2, 3], [0.3, 0.2, 0.1])) for u in range(1, 200)]
     broken = spark.createDataFrame(good + [(999, None)], "user_id int, value binary")
     with pytest.raises(Exception, match="user 999 has no value"):
-        publisher.publish(broken.repartition(4), publisher.Extras({"global": ([1], [1.0])}), url=settings.redis.url,
+        publish_frames(broken.repartition(4), publisher.Extras({"global": ([1], [1.0])}), url=settings.redis.url,
                           prefix=settings.redis.prefix, ds=DAY, model_version="broken/1")
     assert client.get(keys.live) == live_before
     with TestClient(create_app(settings)) as api:

@@ -9,10 +9,10 @@ from mlflow import MlflowClient
 
 from conftest import settings_environ
 from helpers import days_ending, write_landing
-from nightrec import registry, tracking
-from nightrec.redis_layout import Keys
+from nightrec.modeling import registry, tracking
+from nightrec.pipeline import ingest, publish, score, train, validate
+from nightrec.serving.layout import Keys
 from nightrec.settings import load_settings
-from nightrec.stages import ingest, publish, score, train, validate
 
 DAY = dt.date(2024, 5, 20)
 WORSE_RECIPE = str(Path(__file__).parents[1] / "data" / "recipe_worse.toml")

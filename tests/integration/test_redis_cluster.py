@@ -13,10 +13,11 @@ from fastapi.testclient import TestClient
 from redis.crc import key_slot
 
 from helpers import publish_sample
-from nightrec import publisher
-from nightrec.redis_layout import Keys, encode, encode_segment_ref
-from nightrec.service import create_app
-from nightrec.stages import drain_events
+from nightrec.pipeline import drain_events
+from nightrec.pipeline.publish import load_values
+from nightrec.serving import loader as publisher
+from nightrec.serving.api import create_app
+from nightrec.serving.layout import Keys, encode, encode_segment_ref
 
 KEYS = Keys("test")
 
@@ -161,9 +162,9 @@ def test_loader_writes_every_key_to_the_node_owning_its_slot(spark, cluster_sett
     items = {i: encode([i + 1, i + 2], [0.5, 0.25]) for i in range(1, 1001)}
     load = dict(url=url, cluster=True, prefix="test", version="7")
     frame = spark.createDataFrame(list(users.items()), "user_id int, value binary").repartition(2)
-    assert publisher.load_values(frame, kind="user", **load) == len(users)
+    assert load_values(frame, kind="user", **load) == len(users)
     similar = spark.createDataFrame(list(items.items()), "item_id int, value binary").repartition(2)
-    assert publisher.load_values(similar, kind="similar", **load) == len(items)
+    assert load_values(similar, kind="similar", **load) == len(items)
 
     per_node = assert_stored_on_owners(url, {KEYS.user("7", u): v for u, v in users.items()}, "test:v:7:u:*")
     assert len(per_node) == 3 and min(per_node.values()) > 1500  # about a third each
@@ -226,7 +227,7 @@ def test_a_load_during_resharding_writes_every_key(spark, cluster_settings, slot
             time.sleep(0.01)
         try:
             moved_before = len(moved)
-            written = publisher.load_values(frame, url=cluster_settings.redis.url, cluster=True, prefix="test",
+            written = load_values(frame, url=cluster_settings.redis.url, cluster=True, prefix="test",
                                             version="7", kind="user")
             moved_during = len(moved) - moved_before
         finally:
@@ -258,7 +259,7 @@ def test_a_load_whose_connections_are_cut_again_and_again_writes_every_key(spark
     cutter = threading.Thread(target=drop_connections)
     cutter.start()
     try:
-        written = publisher.load_values(users, url=url, cluster=True, prefix="test", version="7", kind="user")
+        written = load_values(users, url=url, cluster=True, prefix="test", version="7", kind="user")
     finally:
         stop.set()
         cutter.join(10)

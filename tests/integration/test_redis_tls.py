@@ -9,8 +9,8 @@ import redis
 from fastapi.testclient import TestClient
 
 from helpers import publish_sample
-from nightrec.benchmark import free_port, wait_for_redis
-from nightrec.service import create_app
+from nightrec.serving.api import create_app
+from nightrec.serving.redis_server import free_port, wait_for_redis
 
 
 @pytest.fixture(scope="module")

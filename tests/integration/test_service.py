@@ -8,9 +8,9 @@ import redis
 from fastapi.testclient import TestClient
 
 from helpers import publish_sample
-from nightrec.redis_layout import Keys
-from nightrec.service import create_app
-from nightrec.stages import drain_events
+from nightrec.pipeline import drain_events
+from nightrec.serving.api import create_app
+from nightrec.serving.layout import Keys
 
 
 @pytest.fixture
@@ -177,8 +177,8 @@ def test_redis_down_is_a_503_not_a_500(make_settings):
 
 
 def test_the_nightly_drain_writes_posted_events_to_landing_once(spark, api, settings):
-    from nightrec.landing import inspect_day, read_interactions
-    from nightrec.validation import typed
+    from nightrec.data.landing import inspect_day, read_interactions
+    from nightrec.data.validation import typed
 
     today = dt.datetime.now(dt.timezone.utc).date()
     day1, day2 = today - dt.timedelta(days=2), today - dt.timedelta(days=1)

@@ -9,12 +9,13 @@ import pytest
 import scipy.sparse as sp
 from pyspark.sql import functions as F
 
-from nightrec import modeling
-from nightrec.candidates import itemknn
-from nightrec.feedback import latest_split, stratified_split
-from nightrec.scoring import recommend, user_block
-from nightrec.candidates.popularity import ranked_lists, segment_lists
-from nightrec.stages.score import GLOBAL, new_user_recs
+from nightrec.constants import GLOBAL_SEGMENT as GLOBAL
+from nightrec.data.feedback import latest_split, stratified_split
+from nightrec.modeling import training as modeling
+from nightrec.modeling.candidates import itemknn
+from nightrec.modeling.candidates.popularity import ranked_lists, segment_lists
+from nightrec.modeling.fallbacks import new_user_recs
+from nightrec.modeling.scoring import recommend, user_block
 
 AS_OF = dt.datetime(2024, 6, 1, tzinfo=dt.timezone.utc)
 FEEDBACK_SCHEMA = "user_id int, item_id int, strength float, last_ts timestamp"
@@ -87,8 +88,8 @@ def test_als_folds_users_in_exactly_as_spark_fits_them(spark):
     fold users in from their latest history and no artifact needs to keep user factors."""
     from pyspark.ml.recommendation import ALS
 
-    from nightrec.candidates import als
-    from nightrec.topk import factor_matrix
+    from nightrec.modeling.candidates import als
+    from nightrec.modeling.topk import factor_matrix
 
     pairs = grouped_pairs(users=60, items=48, per_user=8, seed=3)
     feedback = feedback_frame(spark, pairs)

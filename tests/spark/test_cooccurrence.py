@@ -6,7 +6,7 @@ import random
 import numpy as np
 import pytest
 
-from nightrec import cooccurrence
+from nightrec.modeling import cooccurrence
 
 AS_OF = dt.datetime(2024, 6, 1, tzinfo=dt.timezone.utc)
 

@@ -16,8 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from helpers import HEADER, synthetic_rows, write_csv
-from nightrec import lake
-from nightrec.stages import ingest, validate
+from nightrec.data import lake
+from nightrec.pipeline import ingest, validate
 
 DAY = dt.date(2024, 3, 10)
 GOOD = synthetic_rows(DAY, users=20, items=8, per_user=2)   # 40 rows in good.csv
@@ -170,7 +170,7 @@ def test_a_hostile_file_beside_a_good_one_does_not_stop_the_day(spark, make_sett
 
 
 def _inspected_reason(settings, path: Path) -> str:
-    from nightrec.landing import inspect_file
+    from nightrec.data.landing import inspect_file
     return inspect_file(path, DAY, settings.validation.max_line_bytes).reason
 
 

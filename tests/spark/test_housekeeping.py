@@ -11,9 +11,10 @@ import mlflow
 from pyspark.sql import functions as F
 
 from conftest import settings_environ
-from nightrec import lake, registry, tracking
+from nightrec.data import lake
+from nightrec.modeling import registry, tracking
+from nightrec.pipeline import housekeeping
 from nightrec.settings import load_settings
-from nightrec.stages import housekeeping
 
 DAY = dt.date(2024, 6, 30)
 

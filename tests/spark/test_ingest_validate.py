@@ -7,9 +7,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from helpers import days_ending, synthetic_rows, write_csv, write_landing
-from nightrec import lake
-from nightrec.landing import LandingError
-from nightrec.stages import ingest, validate
+from nightrec.data import lake
+from nightrec.data.landing import LandingError
+from nightrec.pipeline import ingest, validate
 
 DAY = dt.date(2024, 3, 10)
 

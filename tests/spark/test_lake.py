@@ -10,7 +10,7 @@ from deltalake import DeltaTable
 from deltalake.exceptions import DeltaError
 from pyspark.sql import functions as F
 
-from nightrec import lake
+from nightrec.data import lake
 
 D1, D2 = dt.date(2024, 1, 1), dt.date(2024, 1, 2)
 

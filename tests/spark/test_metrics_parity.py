@@ -2,8 +2,13 @@ import random
 
 import pytest
 
-from nightrec.evaluation import (METRICS, catalog_metrics, ranking_metrics, reference_catalog_metrics,
-                                 reference_metrics)
+from nightrec.modeling.evaluation import (
+    METRICS,
+    catalog_metrics,
+    ranking_metrics,
+    reference_catalog_metrics,
+    reference_metrics,
+)
 
 
 def random_case(seed):

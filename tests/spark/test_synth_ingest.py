@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from nightrec import lake, synth
-from nightrec.stages import ingest, validate
+from nightrec.data import lake, synth
+from nightrec.pipeline import ingest, validate
 
 
 @pytest.mark.spark

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from nightrec import topk
+from nightrec.modeling import topk
 
 
 def full_sort(scores, item_ids, k):

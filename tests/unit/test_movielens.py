@@ -1,7 +1,7 @@
 import csv
 import zipfile
 
-from nightrec import movielens
+from nightrec.data import movielens
 
 
 def fake_wheel(path):

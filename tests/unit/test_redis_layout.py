@@ -3,8 +3,18 @@ import struct
 import numpy as np
 import pytest
 
-from nightrec.redis_layout import (Keys, decode, decode_consumed, decode_id_set, decode_user, encode,
-                                   encode_consumed, encode_id_set, encode_many, encode_segment_ref)
+from nightrec.serving.layout import (
+    Keys,
+    decode,
+    decode_consumed,
+    decode_id_set,
+    decode_user,
+    encode,
+    encode_consumed,
+    encode_id_set,
+    encode_many,
+    encode_segment_ref,
+)
 
 
 def test_keys_are_exactly_as_documented():

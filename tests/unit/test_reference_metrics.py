@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from nightrec.evaluation import reference_metrics
+from nightrec.modeling.evaluation import reference_metrics
 
 
 def test_hand_computed_example():

@@ -9,7 +9,7 @@ import pytest
 from mlflow import MlflowClient
 
 from conftest import settings_environ
-from nightrec import registry, tracking
+from nightrec.modeling import registry, tracking
 from nightrec.settings import load_settings
 
 

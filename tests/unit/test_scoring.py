@@ -5,8 +5,8 @@ import pyarrow as pa
 import pytest
 import scipy.sparse as sp
 
-from nightrec.candidates.popularity import PopularityComponent
-from nightrec.scoring import Bundle, Rules, UserBlock, cap_categories, standardize, user_block
+from nightrec.modeling.candidates.popularity import PopularityComponent
+from nightrec.modeling.scoring import Bundle, Rules, UserBlock, cap_categories, standardize, user_block
 
 
 class Fixed:
@@ -99,7 +99,7 @@ def test_ties_go_to_the_smaller_item_id(k):
 
 
 def test_blend_weights_take_a_real_gain_and_leave_out_a_negligible_one():
-    from nightrec.modeling import Shortlist, learn_weights
+    from nightrec.modeling.training import Shortlist, learn_weights
 
     rng = np.random.default_rng(0)
     n_users, n_items = 300, 40
@@ -131,7 +131,7 @@ class ByUser:
 
 
 def test_validation_sample_scores_in_user_blocks_exactly_as_in_one_piece():
-    from nightrec.modeling import Shortlist, ValidationSample
+    from nightrec.modeling.training import Shortlist, ValidationSample
 
     rng = np.random.default_rng(3)
     n_users, n_items = 50, 30

@@ -5,8 +5,15 @@ import sys
 
 import pytest
 
+from nightrec.data.spark import (
+    CHECKPOINT_FOLDER,
+    _check_driver_address,
+    checkpoint_root,
+    executor_python,
+    on_this_machine,
+    spark_conf,
+)
 from nightrec.settings import SettingsError, load_settings
-from nightrec.spark import CHECKPOINT_FOLDER, _check_driver_address, checkpoint_root, executor_python, on_this_machine, spark_conf
 
 
 def test_local_defaults_keep_the_ui_on_and_progress_bars_off():

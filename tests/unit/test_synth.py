@@ -9,8 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from nightrec import synth
 from nightrec.cli import app
+from nightrec.data import synth
 
 CONFIG = synth.Config(users=3000, items=600, events=60_000, days=7, seed=7, end=dt.date(2024, 3, 10))
 

@@ -1,0 +1,147 @@
+"""Interaction checks: one great_expectations suite for the record and Data Docs, and the same
+rules as Spark conditions that route each failing row to quarantine with its reasons."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+
+from nightrec.constants import EVENT_KEY, MAX_ID, SILVER_COLUMNS
+
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+
+TYPED_COLUMNS = (*SILVER_COLUMNS, "seconds_into_day")  # what the suite sees
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    message: str
+    is_bad: Callable[[], Column]          # row-level condition, true when the row breaks the rule
+    expectation: Callable[[list[str]], object]  # the matching great_expectations expectation
+
+
+def typed(bronze: DataFrame) -> DataFrame:
+    """Raw landing text -> typed columns; what cannot be parsed becomes null (and fails a rule)."""
+    def positive_id(column: str) -> Column:
+        value = F.expr(f"try_cast(trim({column}) AS BIGINT)")
+        return F.when((value >= 1) & (value <= MAX_ID), value.cast("int"))
+
+    raw_value = F.trim(F.col("value"))
+    number = F.expr("try_cast(trim(value) AS DOUBLE)")
+    raw_ts = F.trim(F.col("ts"))
+    ts = F.when(raw_ts.rlike(r"^\d{9,11}$"), F.timestamp_seconds(raw_ts.cast("bigint"))).otherwise(
+        F.expr("try_cast(trim(ts) AS TIMESTAMP)"))
+    return bronze.select(
+        positive_id("user_id").alias("user_id"),
+        positive_id("item_id").alias("item_id"),
+        F.coalesce(F.lower(F.trim(F.col("event_type"))), F.lit("")).alias("event_type"),
+        F.when(raw_value.isNull() | (raw_value == ""), F.lit(1.0))
+        .when(~F.isnan(number) & (number >= 0) & (number < float("inf")), number).alias("value"),
+        ts.alias("ts"),
+        "dt",
+        (F.unix_timestamp(ts) - F.unix_timestamp(F.col("dt").cast("timestamp"))).alias("seconds_into_day"),
+        F.struct(*[F.col(c) for c in ("user_id", "item_id", "event_type", "value", "ts", "source_file")]).alias("raw"),
+    )
+
+
+def mark_repeats(typed_rows: DataFrame) -> DataFrame:
+    """Adds `kept_value` (the value of the copy an event keeps) and `duplicate` (an exact repeat of
+    that copy: same user, item, event type, time and value, as at-least-once delivery produces;
+    dropped and counted, never quarantined). The kept copy is the first with a usable value, by file
+    and raw text: the same choice on every run."""
+    event = Window.partitionBy(*EVENT_KEY).orderBy(F.col("value").isNull(), F.col("raw.source_file"),
+                                                   F.col("raw.value"))
+    complete = F.col("user_id").isNotNull() & F.col("item_id").isNotNull() & F.col("ts").isNotNull()
+    return (typed_rows.withColumn("kept_value", F.first("value").over(event))
+            .withColumn("duplicate", complete & F.col("value").isNotNull()
+                        & (F.col("value") == F.col("kept_value")) & (F.row_number().over(event) > 1)))
+
+
+def rules(event_types: list[str]) -> list[Rule]:
+    import great_expectations.expectations as gxe
+
+    return [
+        Rule("user_id_valid", "user_id missing or not an integer in 1..2^31-1",
+             lambda: F.col("user_id").isNull(), lambda _: gxe.ExpectColumnValuesToNotBeNull(column="user_id")),
+        Rule("item_id_valid", "item_id missing or not an integer in 1..2^31-1",
+             lambda: F.col("item_id").isNull(), lambda _: gxe.ExpectColumnValuesToNotBeNull(column="item_id")),
+        Rule("event_type_known", f"event_type not one of {event_types}",
+             lambda: ~F.col("event_type").isin(event_types),
+             lambda types: gxe.ExpectColumnValuesToBeInSet(column="event_type", value_set=types)),
+        Rule("value_valid", "value is not a non-negative number",
+             lambda: F.col("value").isNull(), lambda _: gxe.ExpectColumnValuesToNotBeNull(column="value")),
+        Rule("ts_valid", "ts missing or not an ISO-8601 timestamp / epoch seconds",
+             lambda: F.col("ts").isNull(), lambda _: gxe.ExpectColumnValuesToNotBeNull(column="ts")),
+        Rule("ts_inside_day", "ts outside the landing day dt (UTC)",
+             lambda: F.col("seconds_into_day").isNotNull() & ~F.col("seconds_into_day").between(0, 86399),
+             lambda _: gxe.ExpectColumnValuesToBeBetween(column="seconds_into_day", min_value=0, max_value=86399)),
+        Rule("no_conflicting_copy", "the same user_id, item_id, event_type and ts as another row, with another value",
+             lambda: F.col("user_id").isNotNull() & F.col("item_id").isNotNull() & F.col("ts").isNotNull()
+             & F.col("value").isNotNull() & (F.col("value") != F.col("kept_value")),
+             lambda _: gxe.ExpectCompoundColumnsToBeUnique(column_list=list(EVENT_KEY),
+                                                           ignore_row_if="any_value_is_missing")),
+    ]
+
+
+def with_reasons(typed_rows: DataFrame, rule_list: list[Rule]) -> DataFrame:
+    reasons = F.filter(
+        F.array(*[F.when(rule.is_bad(), F.lit(rule.name)) for rule in rule_list]), lambda r: r.isNotNull())
+    return typed_rows.withColumn("reasons", reasons)
+
+
+@dataclass
+class SuiteResult:
+    unexpected: dict[str, int]      # rule -> unexpected row count reported by GX
+    data_docs: str | None
+
+
+def run_suite(typed_rows: DataFrame, unreadable_files: DataFrame, event_types: list[str], docs_dir: str,
+              run_name: str) -> SuiteResult:
+    """Run the great_expectations suites on the typed rows and on the landing files the ingest could
+    not read (quarantine/files: `path`, `reason`), and build Data Docs into docs_dir: the page lists
+    those files with their reasons."""
+    import great_expectations as gx
+
+    for noisy in ("great_expectations", "py4j"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = {"globally": False}
+    site = "nightrec_docs"
+    context.add_data_docs_site(site_name=site, site_config={
+        "class_name": "SiteBuilder",
+        "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": docs_dir},
+        "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+    })
+    source = context.data_sources.add_spark(name="nightrec")
+    suite = context.suites.add(gx.ExpectationSuite(name="interactions"))
+    names = {}
+    for rule in rules(event_types):
+        expectation = suite.add_expectation(rule.expectation(event_types))
+        names[expectation.id] = rule.name
+    files_suite = context.suites.add(gx.ExpectationSuite(name="landing_files"))
+    files_suite.add_expectation(gx.expectations.ExpectColumnValuesToBeNull(column="unreadable"))
+    checks = [("interactions", suite, typed_rows.select(*TYPED_COLUMNS)),
+              ("landing_files", files_suite,
+               unreadable_files.select(F.concat_ws(": ", "path", "reason").alias("unreadable")))]
+    unexpected = {}
+    for name, checked_suite, frame in checks:
+        batch = source.add_dataframe_asset(name=name).add_batch_definition_whole_dataframe("day")
+        validation = context.validation_definitions.add(gx.ValidationDefinition(name=name, data=batch,
+                                                                                suite=checked_suite))
+        checkpoint = context.checkpoints.add(gx.Checkpoint(
+            name=f"{run_name}_{name}", validation_definitions=[validation],
+            actions=[gx.checkpoint.UpdateDataDocsAction(name="docs", site_names=[site])],
+            result_format={"result_format": "SUMMARY"}))
+        result = checkpoint.run(batch_parameters={"dataframe": frame})
+        unexpected.update({names[item.expectation_config.id]: int(item.result.get("unexpected_count") or 0)
+                           for run_result in result.run_results.values() for item in run_result.results
+                           if item.expectation_config.id in names})
+    index = Path(docs_dir) / "index.html"
+    return SuiteResult(unexpected, str(index) if index.exists() else None)

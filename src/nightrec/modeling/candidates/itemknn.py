@@ -1,0 +1,86 @@
+"""Item-item model with closed-form weights (EASE, Steck 2019): B = I - P / diag(P), P = (XᵀX + λI)⁻¹.
+
+Spark computes the co-occurrence (Gram) matrix XᵀX of the `max_items` most popular items over all
+of each user's items; the driver inverts it (Cholesky, float32). The inverse is dense, so the
+model covers the head of the catalog only: `model.item_knn_max_items` bounds its memory
+(max_items² floats) and time (max_items³). Other items get no score from it; the neighbours model
+(nightrec.modeling.candidates.neighbours) covers a whole 100k+ catalog.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import scipy.sparse as sp
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+from scipy.linalg import lapack
+
+from nightrec.modeling.cooccurrence import recent_histories, user_item_matrix
+from nightrec.modeling.scoring import UserBlock
+
+
+@dataclass
+class ItemKnnComponent:
+    positions: np.ndarray   # catalog positions of the items the model covers
+    weights: np.ndarray     # (covered, covered) float32, zero diagonal
+
+    def score(self, block: UserBlock) -> np.ndarray:
+        scores = np.zeros(block.history.shape, dtype=np.float32)
+        consumed = block.history[:, self.positions]
+        consumed.data[:] = 1.0
+        scores[:, self.positions] = consumed @ self.weights
+        return scores
+
+
+@dataclass
+class Gram:
+    positions: np.ndarray   # catalog positions of the covered items
+    matrix: np.ndarray      # float32 co-occurrence counts between those items
+
+
+def gram(feedback: DataFrame, catalog: np.ndarray, max_items: int) -> Gram:
+    """Co-occurrence counts of the max_items most popular items over all of each user's items (EASE
+    learns from every pair; the cost is bounded by the covered items); each Spark task sends one
+    sparse partial sum (at most max_items² entries)."""
+    counts = (feedback.groupBy("item_id").agg(F.count("*").alias("n"))
+              .orderBy(F.col("n").desc(), "item_id").limit(max_items).toArrow())
+    covered = np.sort(counts.column("item_id").to_numpy().astype(np.int64))
+    shared = feedback.sparkSession.sparkContext.broadcast(covered)
+
+    def partial(batches):
+        ids, total = shared.value, None
+        for batch in batches:
+            x = user_item_matrix(batch, ids)
+            together = (x.T @ x).tocsr()
+            total = together if total is None else total + together
+        if total is not None and total.nnz:
+            part = total.tocoo()
+            yield pa.RecordBatch.from_pydict({"rows": pa.array([part.row.astype(np.int32)]),
+                                              "cols": pa.array([part.col.astype(np.int32)]),
+                                              "counts": pa.array([part.data.astype(np.float32)])})
+
+    schema = "rows array<int>, cols array<int>, counts array<float>"
+    # one partial per core, not per shuffle partition: each can hold max_items² counts
+    histories = recent_histories(feedback, None).coalesce(feedback.sparkSession.sparkContext.defaultParallelism)
+    parts = histories.mapInArrow(partial, schema).toArrow()
+    rows, cols, values = (parts.column(c).combine_chunks().flatten().to_numpy() for c in ("rows", "cols", "counts"))
+    matrix = sp.coo_matrix((values, (rows, cols)), shape=(len(covered), len(covered))).toarray()  # partials summed
+    return Gram(np.searchsorted(catalog, covered), matrix)
+
+
+def fit(g: Gram, l2: float) -> ItemKnnComponent:
+    p = g.matrix.copy()
+    p[np.diag_indices_from(p)] += l2
+    # Cholesky inverse (the matrix is symmetric positive definite): about 3x faster than LU in float64
+    factor, info = lapack.spotrf(p, lower=0, clean=0, overwrite_a=1)
+    if info == 0:
+        p, info = lapack.spotri(factor, lower=0, overwrite_c=1)
+    if info != 0:
+        raise ValueError(f"item-item Gram matrix + {l2}·I is not positive definite (LAPACK info {info})")
+    p = np.triu(p) + np.triu(p, 1).T
+    weights = p / -np.diag(p)
+    np.fill_diagonal(weights, 0.0)
+    return ItemKnnComponent(g.positions, weights.astype(np.float32))

@@ -1,0 +1,70 @@
+"""How a stage runs as an Airflow task (the DAG names each stage's `main`), how the CLI runs one by
+name, and the environment the airflow CLI gets. Imports nothing heavy: the DAG files import it."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from nightrec.constants import STAGES, TUNE
+from nightrec.errors import PermanentError
+from nightrec.settings import Settings
+
+DAG_ID = "nightrec_nightly"
+WINDOWED = ("ingest", "validate")  # stages that may (re)process several landing days (DAG param `lookback_days`)
+
+
+def stage_argv(ds: str, lookback_days: int | None = None) -> list[str]:
+    return ["--ds", ds] + ([] if lookback_days is None else ["--lookback-days", str(int(lookback_days))])
+
+
+def airflow_task(main: Callable[[list[str]], dict], ds: str, lookback_days: int | None = None) -> dict:
+    """Run a stage's main() as an Airflow task; returns its JSON summary (the task's XCom). Bad data
+    or settings fail the task without pointless retries."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    if getattr(sys, "tracebacklimit", None) == 0:  # set by an earlier task of this process (below)
+        del sys.tracebacklimit
+    try:
+        return main(stage_argv(ds, lookback_days))
+    except PermanentError as error:
+        # Bad data or settings: the message names the problem and what to do, and a stack trace would
+        # only bury it at the end of the task log. Airflow logs the exception with Python's traceback
+        # formatting, which prints no frames under this limit.
+        sys.tracebacklimit = 0
+        raise AirflowFailException(f"{type(error).__name__}: {error}") from None
+
+
+def run_stage(stage: str, ds: str, lookback_days: int = 1) -> dict:
+    """Run a stage by name, like `python jobs/<stage>.py --ds ...` would (`nightrec stage NAME`)."""
+    if stage not in (*STAGES, TUNE):
+        raise ValueError(f"unknown stage {stage!r}; stages are {(*STAGES, TUNE)}")
+    module = importlib.import_module(f"nightrec.pipeline.{stage}")
+    return module.main(stage_argv(ds, lookback_days if stage in WINDOWED else None))
+
+
+def airflow_environment(settings: Settings) -> dict[str, str]:
+    """Environment for the airflow CLI on this project: its own home, this checkout's dags/.
+
+    Values already set in the environment win, so a real deployment keeps its own.
+    """
+    defaults = {
+        "AIRFLOW_HOME": settings.path("airflow_home"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(Path(settings.home) / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__PARALLELISM": "4",
+        "NIGHTREC_HOME": str(settings.home),
+        "NIGHTREC_ENV": settings.env,
+        # Two warnings the airflow CLI prints on every run, about its own optional extras (graph
+        # rendering, and the in-process API that `dags test` drives through Starlette's test client):
+        # nothing a user of nightrec can or needs to act on.
+        "PYTHONWARNINGS": ",".join(f"ignore:{message}" for message in (
+            "Could not import graphviz", "Using `httpx` with `starlette.testclient` is deprecated")),
+    }
+    env = {**os.environ, **{k: v for k, v in defaults.items() if k not in os.environ}}
+    # `airflow standalone` starts its components as `airflow ...` found on PATH: use this environment's.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return env

@@ -1,0 +1,1 @@
+"""Serving wing: the Redis layout and codecs, the loader, the lookup, the HTTP API. Imports no Spark, MLflow or Airflow."""

@@ -1,0 +1,143 @@
+"""The lookup service's HTTP API: recommendations, similar items and event capture, straight from the
+live Redis version (nightrec.serving.lookup), with OpenAPI docs, Prometheus metrics and a health check.
+
+GET /v1/users/{id}/recommendations is the hot path: a plainly valid request is answered by a small
+ASGI layer in front of FastAPI (nightrec.serving.fastpath); anything else goes through FastAPI.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from typing import Annotated, Literal
+
+import orjson
+from fastapi import FastAPI, Path, Query, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel, Field, ValidationError
+from redis.exceptions import RedisError
+
+from nightrec.constants import MAX_ID
+from nightrec.serving.fastpath import FastRecommendations
+from nightrec.serving.lookup import MAX_CATEGORY_CHARS, MAX_EXCLUDE_CHARS, MAX_K, Event, Lookup, LookupFailed
+from nightrec.serving.metrics import Metrics, Observe
+from nightrec.settings import Settings, load_settings
+
+log = logging.getLogger("nightrec.serving")
+
+Source = Literal["personalized", "segment", "trending"]
+UserId = Annotated[int, Path(ge=1, le=MAX_ID, description="positive 32-bit user id")]
+ItemId = Annotated[int, Path(ge=1, le=MAX_ID, description="positive 32-bit item id")]
+K = Annotated[int, Query(ge=1, le=MAX_K, description="how many items, 1..100")]
+CategoryFilter = Annotated[str | None, Query(max_length=MAX_CATEGORY_CHARS, description="only items of this category")]
+ExcludeFilter = Annotated[str | None, Query(max_length=MAX_EXCLUDE_CHARS,
+                                            description="comma-separated item ids to leave out")]
+
+
+class Item(BaseModel):
+    item_id: int
+    rank: int
+    score: float
+
+
+class Recommendations(BaseModel):
+    user_id: int
+    source: Source = Field(description="personalized; segment: the user's segment list; trending: unknown user")
+    segment: str | None
+    version: str
+    model_version: str
+    items: list[Item]
+
+
+class SimilarItems(BaseModel):
+    item_id: int
+    version: str
+    items: list[Item]
+
+
+class Accepted(BaseModel):
+    id: str
+
+
+def json_response(body: dict, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+
+
+def create_app(settings: Settings | None = None) -> FastRecommendations:
+    """The ASGI app: the FastAPI service behind its fast path (see FastRecommendations)."""
+    settings = settings or load_settings()
+    metrics = Metrics()
+    max_body = settings.service.max_body_bytes
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        app.state.lookup = Lookup(settings)
+        yield
+        await app.state.lookup.aclose()
+
+    app = FastAPI(title="nightrec lookup", version="1", lifespan=lifespan,
+                  description="Precomputed recommendations from the live Redis version. Layout: docs/redis-layout.md")
+    app.add_middleware(Observe, metrics=metrics, max_body_bytes=max_body)
+
+    @app.exception_handler(LookupFailed)
+    async def lookup_failed(request: Request, exc: LookupFailed):
+        return JSONResponse(status_code=exc.status, content={"detail": exc.detail})
+
+    @app.exception_handler(RedisError)
+    async def redis_unavailable(request: Request, exc: RedisError):
+        log.warning("redis error on %s: %r", request.url.path, exc)  # details stay in the log, not the answer
+        return JSONResponse(status_code=503, content={"detail": "recommendation store unavailable"})
+
+    @app.get("/v1/users/{user_id}/recommendations", response_model=Recommendations,
+             responses={422: {"description": "invalid user id, k, category or exclude"},
+                        503: {"description": "Redis unreachable or nothing published"}})
+    async def recommendations(request: Request, user_id: UserId, k: K = 10, category: CategoryFilter = None,
+                              exclude: ExcludeFilter = None):
+        """The user's top k, best first, without excluded, unavailable and recently consumed items.
+        Users without a personal list get their segment's list or the global trending one."""
+        body = await request.app.state.lookup.recommendations(user_id, k, category, exclude)
+        metrics.sources.labels(body["source"]).inc()
+        return json_response(body)
+
+    @app.get("/v1/items/{item_id}/similar", response_model=SimilarItems,
+             responses={404: {"description": "the item has no neighbours in the live version"},
+                        422: {"description": "invalid item id, k, category or exclude"}})
+    async def similar(request: Request, item_id: ItemId, k: K = 10, category: CategoryFilter = None,
+                      exclude: ExcludeFilter = None):
+        """Items most often taken by the same users as this one (precomputed nightly)."""
+        return json_response(await request.app.state.lookup.similar(item_id, k, category, exclude))
+
+    @app.post("/v1/events", status_code=202, response_model=Accepted,
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "application/json": {"schema": Event.model_json_schema()}}}},
+              responses={413: {"description": "body too large"}, 422: {"description": "invalid event"}})
+    async def post_event(request: Request):
+        """Record an interaction: appended to the event stream (the nightly run drains it into the
+        landing zone) and the item is left out of the user's recommendations from now on."""
+        body = bytearray()
+        async for chunk in request.stream():  # bodies without a content-length are capped as they arrive
+            body += chunk
+            if len(body) > max_body:
+                raise LookupFailed(413, f"request body over {max_body} bytes")
+        try:
+            event = Event.model_validate_json(body)
+        except ValidationError as error:
+            details = [{"loc": ["body", *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in error.errors()]
+            raise LookupFailed(422, details) from None
+        return json_response({"id": await request.app.state.lookup.record(event)}, status=202)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus():
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/healthz")
+    async def healthz(request: Request):
+        lookup = request.app.state.lookup
+        await lookup.redis.ping()
+        version = await lookup.redis.get(lookup.keys.live)
+        return {"status": "ok", "live_version": version.decode() if version else None}
+
+    return FastRecommendations(app, metrics)

@@ -1,0 +1,267 @@
+"""The lookup: a user's recommendations, an item's neighbours and event capture, read from the live
+Redis version. Both the HTTP API (its FastAPI routes and its fast path) and `nightrec recs` answer
+through it, so they cannot disagree.
+
+A version is immutable once live, so what every request of it shares (meta, fallback lists,
+category members, unavailable items) is read once per process and kept; a lookup then costs one
+Redis command (MGET of the user's list and the items the user consumed lately). The live version
+id itself is re-read at most every `service.live_cache_seconds`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+
+import redis.asyncio as aioredis
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from redis.asyncio.cluster import RedisCluster
+
+from nightrec.constants import GLOBAL_SEGMENT, MAX_ID
+from nightrec.serving.layout import (
+    MAX_CONSUMED,
+    Keys,
+    check_version,
+    decode,
+    decode_consumed,
+    decode_id_set,
+    decode_user,
+    encode_consumed,
+)
+from nightrec.serving.resp import MultiplexedRedis
+from nightrec.settings import Settings
+
+MAX_K = 100
+MAX_EXCLUDE = 100
+MAX_EXCLUDE_CHARS = 1200
+MAX_CATEGORY_CHARS = 100
+FUTURE_SLACK = dt.timedelta(minutes=5)  # clocks differ: events a little ahead of ours are accepted
+MAX_EVENT_AGE = dt.timedelta(days=30)    # older events belong in landing files (a backfill), not the stream
+REDIS_TIMEOUT = 1.0  # seconds; a slower Redis is reported as unavailable (503)
+# Append an item to a user's consumed list, keep the newest MAX_CONSUMED, restart the expiry.
+CONSUMED_SCRIPT = """
+redis.call('APPEND', KEYS[1], ARGV[1])
+local size = redis.call('STRLEN', KEYS[1])
+local limit = tonumber(ARGV[2])
+if size > limit then redis.call('SET', KEYS[1], redis.call('GETRANGE', KEYS[1], size - limit, -1)) end
+return redis.call('EXPIRE', KEYS[1], ARGV[3])
+"""
+log = logging.getLogger("nightrec.serving")
+
+
+class LookupFailed(Exception):
+    """An answer other than 200: the HTTP status and a detail (a message, or FastAPI-shaped errors)."""
+
+    def __init__(self, status: int, detail):
+        super().__init__(detail)
+        self.status, self.detail = status, detail
+
+
+class Event(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: int = Field(ge=1, le=MAX_ID)
+    item_id: int = Field(ge=1, le=MAX_ID)
+    event_type: str = Field(min_length=1, max_length=32)
+    value: float | None = Field(None, ge=0, le=1e9)
+    ts: dt.datetime | None = Field(None, description="when it happened (ISO-8601 with zone); default: now")
+
+    @field_validator("ts")
+    @classmethod
+    def _recent_with_zone(cls, ts: dt.datetime | None) -> dt.datetime | None:
+        if ts is None:
+            return None
+        if ts.tzinfo is None:
+            raise ValueError("ts needs a time zone, e.g. 2024-05-20T10:00:00Z")
+        now = dt.datetime.now(dt.timezone.utc)
+        try:
+            ts = ts.astimezone(dt.timezone.utc)
+        except OverflowError:
+            raise ValueError("ts is out of range") from None
+        if ts > now + FUTURE_SLACK:
+            raise ValueError("ts lies in the future")
+        if ts < now - MAX_EVENT_AGE:
+            raise ValueError(f"ts is more than {MAX_EVENT_AGE.days} days old: load such history as landing files")
+        return ts
+
+
+@dataclass
+class VersionData:
+    """What all requests of one (immutable) version share."""
+
+    model_version: str
+    categories: frozenset[str]
+    unavailable: frozenset[int]
+    fallbacks: dict[str, tuple[list[int], list[float]]] = field(default_factory=dict)
+    members: dict[str, frozenset[int]] = field(default_factory=dict)
+
+
+def invalid(field_name: str, message: str, where: str = "query") -> LookupFailed:
+    """A 422 shaped like FastAPI's own validation errors."""
+    return LookupFailed(422, [{"loc": [where, field_name], "msg": message, "type": "value_error"}])
+
+
+def parse_exclude(raw: str | None) -> set[int]:
+    if not raw:
+        return set()
+    parts = raw.split(",")
+    if len(parts) > MAX_EXCLUDE:
+        raise invalid("exclude", f"at most {MAX_EXCLUDE} item ids")
+    if len(raw) > MAX_EXCLUDE_CHARS or not all(p.isascii() and p.isdigit() for p in parts):
+        raise invalid("exclude", f"comma-separated positive integer item ids, e.g. 12,345 "
+                                 f"(at most {MAX_EXCLUDE_CHARS} characters)")
+    ids = {int(p) for p in parts}
+    if any(i < 1 or i > MAX_ID for i in ids):
+        raise invalid("exclude", "item ids must be in 1..2^31-1")
+    return ids
+
+
+def ranked(ids: list[int], scores: list[float], k: int, drops: tuple[set[int] | frozenset[int], ...],
+           keep_only: frozenset[int] | None = None) -> list[dict]:
+    """The first k items in none of the drop sets (and in keep_only, when given), ranked from 1."""
+    drops = tuple(d for d in drops if d)  # usually none: then no set is probed at all
+    items = []
+    for item, score in zip(ids, scores):
+        if (drops and any(item in d for d in drops)) or (keep_only is not None and item not in keep_only):
+            continue
+        items.append({"item_id": item, "rank": len(items) + 1, "score": round(score, 4)})
+        if len(items) == k:
+            break
+    return items
+
+
+def unreadable(what: str, version: str, error: ValueError) -> LookupFailed:
+    log.error("unreadable value for %s in version %s: %s", what, version, error)
+    return LookupFailed(503, f"stored recommendations of version {version} are unreadable")
+
+
+class Lookup:
+    """Everything a request needs: Redis clients, the live version, per-version caches."""
+
+    def __init__(self, settings: Settings):
+        self.keys = Keys(settings.redis.prefix)
+        self.options = settings.service
+        self.event_types = sorted(settings.events.weights)
+        if settings.redis.cluster:
+            self.redis = RedisCluster.from_url(settings.redis.url, socket_timeout=REDIS_TIMEOUT)
+            self.hot = self.redis  # user and consumed keys share a hash tag: MGET works on a cluster
+        else:
+            self.redis = aioredis.Redis.from_url(settings.redis.url, socket_timeout=REDIS_TIMEOUT)
+            self.hot = MultiplexedRedis(settings.redis.url, REDIS_TIMEOUT)
+        self.live: tuple[str | None, float] = (None, 0.0)
+        self.versions: dict[str, VersionData] = {}
+
+    async def aclose(self) -> None:
+        await self.redis.aclose()
+        if self.hot is not self.redis:
+            await self.hot.aclose()
+
+    async def live_version(self) -> str:
+        version, read_at = self.live
+        if version is None or time.monotonic() - read_at >= self.options.live_cache_seconds:
+            value = await self.redis.get(self.keys.live)
+            if value is None:
+                raise LookupFailed(503, "no recommendations have been published yet")
+            try:
+                version = check_version(value.decode())
+            except (UnicodeDecodeError, ValueError):
+                raise LookupFailed(503, "the live version pointer holds no valid version id") from None
+            self.live = (version, time.monotonic())
+        return version
+
+    async def version_data(self, version: str) -> VersionData:
+        if version not in self.versions:
+            meta = {k.decode(): v.decode() for k, v in (await self.redis.hgetall(self.keys.meta(version))).items()}
+            if not meta:
+                raise LookupFailed(503, f"live version {version} has no meta key")
+            unavailable = await self.redis.get(self.keys.unavailable(version))
+            try:
+                data = VersionData(meta.get("model_version", ""), frozenset(json.loads(meta.get("categories", "[]"))),
+                                   decode_id_set(unavailable) if unavailable else frozenset())
+            except ValueError as error:  # JSONDecodeError too
+                raise unreadable("meta or unavailable items", version, error) from None
+            for old in list(self.versions)[:-1]:  # with the one added below: the live one and the one before
+                del self.versions[old]
+            self.versions[version] = data
+        return self.versions[version]
+
+    async def fallback(self, version: str, data: VersionData, segment: str) -> tuple[list[int], list[float]]:
+        if segment not in data.fallbacks:
+            value = await self.redis.get(self.keys.fallback(version, segment))
+            if value is None:
+                raise LookupFailed(503, f"live version {version} has no {segment!r} list")
+            try:
+                data.fallbacks[segment] = decode(value)
+            except ValueError as error:
+                raise unreadable(f"segment {segment!r}", version, error) from None
+        return data.fallbacks[segment]
+
+    async def category_members(self, version: str, data: VersionData, category: str | None) -> frozenset[int] | None:
+        if category is None:
+            return None
+        name = category.strip().lower()
+        if name not in data.categories:
+            shown = ", ".join(sorted(data.categories)[:30]) or "none published"
+            raise invalid("category", f"unknown category {category!r}; known: {shown}")
+        if name not in data.members:
+            value = await self.redis.get(self.keys.category(version, name))
+            try:
+                data.members[name] = decode_id_set(value) if value is not None else frozenset()
+            except ValueError as error:
+                raise unreadable(f"category {name!r}", version, error) from None
+        return data.members[name]
+
+    async def recommendations(self, user_id: int, k: int, category: str | None, exclude: str | None) -> dict:
+        drop = parse_exclude(exclude)
+        version = await self.live_version()
+        data = await self.version_data(version)
+        keep_only = await self.category_members(version, data, category)
+        value, consumed = await self.hot.mget(self.keys.user(version, user_id), self.keys.consumed(user_id))
+        drops = (drop, data.unavailable, decode_consumed(consumed))
+        # Without a category filter the first k + (items that may be dropped) entries are enough.
+        needed = k + sum(map(len, drops)) if keep_only is None else None
+        try:
+            stored = decode_user(value, needed) if value is not None else GLOBAL_SEGMENT
+        except ValueError as error:
+            raise unreadable(f"user {user_id}", version, error) from None
+        if isinstance(stored, str):
+            segment = stored
+            source = "trending" if segment == GLOBAL_SEGMENT else "segment"
+            ids, scores = await self.fallback(version, data, segment)
+        else:
+            source, segment = "personalized", None
+            ids, scores = stored
+        return {"user_id": user_id, "source": source, "segment": segment, "version": version,
+                "model_version": data.model_version, "items": ranked(ids, scores, k, drops, keep_only)}
+
+    async def similar(self, item_id: int, k: int, category: str | None, exclude: str | None) -> dict:
+        drop = parse_exclude(exclude)
+        version = await self.live_version()
+        data = await self.version_data(version)
+        keep_only = await self.category_members(version, data, category)
+        value = await self.redis.get(self.keys.similar(version, item_id))
+        if value is None:
+            raise LookupFailed(404, f"item {item_id} has no neighbours in version {version}")
+        try:
+            ids, scores = decode(value)
+        except ValueError as error:
+            raise unreadable(f"item {item_id}", version, error) from None
+        return {"item_id": item_id, "version": version, "items": ranked(ids, scores, k, (drop, data.unavailable), keep_only)}
+
+    async def record(self, event: Event) -> str:
+        """Append to the stream; the item leaves the user's lists at once. Returns the stream id."""
+        ts = event.ts or dt.datetime.now(dt.timezone.utc)
+        if event.event_type.lower() not in self.event_types:
+            raise invalid("event_type", f"unknown event type {event.event_type!r}; use one of {self.event_types}",
+                          "body")
+        fields = {"user_id": event.user_id, "item_id": event.item_id, "event_type": event.event_type.lower(),
+                  "value": "" if event.value is None else repr(event.value), "ts": ts.isoformat()}
+        # Filter first: repeating it is harmless, while a 503 after the XADD would invite a duplicate event.
+        await self.redis.eval(CONSUMED_SCRIPT, 1, self.keys.consumed(event.user_id), encode_consumed(event.item_id),
+                              4 * MAX_CONSUMED, int(self.options.consumed_ttl_days * 86400))
+        stream_id = await self.redis.xadd(self.keys.events, fields, maxlen=self.options.events_max_len,
+                                          approximate=True)
+        return stream_id.decode()
