@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 DEMO_DS := 1998-04-22
 DEMO_LOOKBACK := 215
 
-.PHONY: demo test setup system redis serve mlflow-ui airflow-ui clean
+.PHONY: demo test test-fast lint setup system redis serve mlflow-ui airflow-ui clean
 
 demo: setup redis
 	$(BIN)/nightrec demo-data
@@ -14,8 +14,15 @@ demo: setup redis
 	$(BIN)/nightrec status --count
 	$(BIN)/nightrec recs 1 --k 10
 
-test: setup
+test: lint
 	$(BIN)/python -m pytest
+
+# The tests that need no Spark, Airflow or MLflow run (unit tests, the lookup service on a real Redis): < 1 minute.
+test-fast: setup redis
+	$(BIN)/python -m pytest -m fast
+
+lint: setup
+	$(BIN)/ruff check src tests bench dags jobs
 
 setup: system $(VENV)/.installed
 
@@ -26,7 +33,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "nightrec needs Python 3.11, found " + sys.version.split()[0]'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[pipeline,dev]"
 	touch $@
 
 redis:

@@ -114,7 +114,8 @@ def main(argv: list[str]) -> None:
     for area in per_night:
         print(f"| {area} | {per_night[area] / MB:.1f} MB | "
               + " | ".join(f"{rows[n][area] / MB / 1024:.2f} GB" for n in args.nights) + " |")
-    print("| **total** | | " + " | ".join(f"**{sum(rows[n].values()) / MB / 1024:.2f} GB**" for n in args.nights) + " |")
+    print("| **total** | | "
+          + " | ".join(f"**{sum(rows[n].values()) / MB / 1024:.2f} GB**" for n in args.nights) + " |")
 
 
 if __name__ == "__main__":

@@ -35,7 +35,8 @@ def main(argv: list[str]) -> None:
     from nightrec.data.feedback import implicit_feedback
     from nightrec.data.spark import get_spark
     from nightrec.data.tables import attributes, training_events
-    from nightrec.modeling import training as modeling
+    from nightrec.modeling import dataset
+    from nightrec.modeling.recipe import load_search_space
     from nightrec.pipeline import benchmark
     from nightrec.settings import load_settings, resolve
 
@@ -45,17 +46,19 @@ def main(argv: list[str]) -> None:
     benchmark.movielens_lake(spark, settings, HOME / "var" / "cache")
     feedback = implicit_feedback(training_events(spark, settings, day), settings.events.weights).cache()
     items = attributes(spark, settings, "items", day)
-    space = modeling.load_search_space(resolve(settings.home, settings.model.search_space))
-    opts = modeling.ModelSettingsView.of(settings.model, spark.sparkContext.defaultParallelism)
+    space = load_search_space(resolve(settings.home, settings.model.search_space))
+    opts = dataset.ModelSettingsView.of(settings.model, spark.sparkContext.defaultParallelism)
     print(f"{feedback.count()} (user, item) pairs, {feedback.select('user_id').distinct().count()} users", flush=True)
 
     results = []
     for seed in args.seeds:
         started = time.monotonic()
-        result = benchmark.run(feedback, items, space, opts, seed, settings.model.cold_user_max_items, log=lambda _: None)
+        result = benchmark.run(feedback, items, space, opts, seed, settings.model.cold_user_max_items,
+                               log=lambda _: None)
         results.append(result)
         print(f"seed {seed}: champion {result.champion} weights {result.selection.weights} "
-              f"NDCG@10 {result.metrics[result.champion]['ndcg_at_10']:.4f} ({time.monotonic() - started:.0f} s)", flush=True)
+              f"NDCG@10 {result.metrics[result.champion]['ndcg_at_10']:.4f} ({time.monotonic() - started:.0f} s)",
+              flush=True)
     print_table(results, args.seeds)
 
 

@@ -65,7 +65,8 @@ def main(argv: list[str]) -> None:
         shutil.rmtree(home, ignore_errors=True)
         train_pairs, test = stratified_split(feedback, 0.75, seed)
         kept = events.join(train_pairs.select("user_id", "item_id"), ["user_id", "item_id"])
-        (kept.select("user_id", "item_id", "event_type", "value", F.date_format("ts", "yyyy-MM-dd'T'HH:mm:ss'Z'").alias("ts"),
+        (kept.select("user_id", "item_id", "event_type", "value",
+                     F.date_format("ts", "yyyy-MM-dd'T'HH:mm:ss'Z'").alias("ts"),
                      F.col("dt").cast("string").alias("dt"))
          .write.partitionBy("dt").option("header", True).csv(str(home / "landing" / "interactions")))
         for name in ("items.csv", "users.csv"):
@@ -92,7 +93,8 @@ def main(argv: list[str]) -> None:
         print(f"| {seed} | {best} | {m['map_at_10']:.4f} | {m['ndcg_at_10']:.4f} | {m['precision_at_10']:.4f} | "
               f"{m['recall_at_10']:.4f} | {train_seconds:.0f} |")
     if len(rows) > 1:
-        mean = {k: statistics.mean(r[2][k] for r in rows) for k in ("map_at_10", "ndcg_at_10", "precision_at_10", "recall_at_10")}
+        mean = {k: statistics.mean(r[2][k] for r in rows)
+                for k in ("map_at_10", "ndcg_at_10", "precision_at_10", "recall_at_10")}
         print(f"| mean | | {mean['map_at_10']:.4f} | {mean['ndcg_at_10']:.4f} | {mean['precision_at_10']:.4f} | "
               f"{mean['recall_at_10']:.4f} | {statistics.mean(r[3] for r in rows):.0f} |")
 

@@ -4,7 +4,8 @@
 
 Prints a table (and this command). Both sides run in the same Spark session, one after the other,
 after an exactness check on 200 users that warms both up. Ours also excludes each user's seen
-items (the interactions the factors come from), which recommendForAllUsers does not. The FLOP bound is 2*users*items*rank divided by
+items (the interactions the factors come from), which recommendForAllUsers does not. The FLOP bound is
+2*users*items*rank divided by
 this machine's best float32 matmul rate (big blocks, all cores): no exact method can beat it.
 """
 
@@ -37,7 +38,7 @@ def matmul_rate(rank: int) -> float:
         a, b = rng.normal(size=(rows, rank)).astype(np.float32), rng.normal(size=(rank, cols)).astype(np.float32)
         out = np.empty((rows, cols), dtype=np.float32)
         for _ in range(5):
-            seconds, _ = timed(lambda: np.matmul(a, b, out=out))
+            seconds, _ = timed(lambda: np.matmul(a, b, out=out))  # noqa: B023 (timed calls it within this iteration)
             best = max(best, 2 * rows * rank * cols / seconds)
     return best
 
@@ -79,15 +80,18 @@ def main(argv: list[str]) -> None:
     same_unseen = sum(brute[u] == unseen[u] for u in unseen)
 
     spark_seconds, _ = timed(lambda: model.recommendForAllUsers(args.k).write.format("noop").mode("overwrite").save())
-    ours_seconds, _ = timed(lambda: top_k_unseen(users, items, seen, args.k).write.format("noop").mode("overwrite").save())
+    ours_seconds, _ = timed(lambda: top_k_unseen(users, items, seen, args.k)
+                            .write.format("noop").mode("overwrite").save())
 
     flop_bound = 2 * n_users * n_items * args.rank / matmul_rate(args.rank)
-    print(f"\n$ .venv/bin/python bench/topk.py --users {args.users} --items {args.items} --rank {args.rank} --k {args.k}")
+    print(f"\n$ .venv/bin/python bench/topk.py --users {args.users} --items {args.items} --rank {args.rank} "
+          f"--k {args.k}")
     print(f"{n_users} users x {n_items} items, rank {args.rank}, top {args.k}, {cores} cores\n")
     print("| method                                    | seconds | vs recommendForAllUsers |")
     print("|-------------------------------------------|--------:|------------------------:|")
     print(f"| ALSModel.recommendForAllUsers             | {spark_seconds:7.2f} | 1.0x |")
-    print(f"| nightrec.modeling.topk.top_k_unseen (seen dropped) | {ours_seconds:7.2f} | {spark_seconds / ours_seconds:.1f}x |")
+    print(f"| nightrec.modeling.topk.top_k_unseen (seen dropped) | {ours_seconds:7.2f} | "
+          f"{spark_seconds / ours_seconds:.1f}x |")
     print(f"| FLOP bound (best matmul rate)             | {flop_bound:7.2f} | {spark_seconds / flop_bound:.1f}x |")
     print(f"\nexactness on {len(mine)} users, nothing excluded, vs recommendForAllUsers: identical lists {same}, "
           f"identical sets {same_sets} (order differs only on float ties)")
@@ -96,8 +100,10 @@ def main(argv: list[str]) -> None:
 
 def brute_force_unseen(users, items, seen, k: int) -> dict[int, list[int]]:
     """Every score of these users, seen items set to -inf, full sort by (score desc, item id)."""
-    user_ids, user_matrix = factor_matrix(users.column("id").combine_chunks(), users.column("features").combine_chunks())
-    item_ids, item_matrix = factor_matrix(items.column("id").combine_chunks(), items.column("features").combine_chunks())
+    user_ids, user_matrix = factor_matrix(users.column("id").combine_chunks(),
+                                          users.column("features").combine_chunks())
+    item_ids, item_matrix = factor_matrix(items.column("id").combine_chunks(),
+                                          items.column("features").combine_chunks())
     scores = user_matrix @ item_matrix.T
     rows = np.searchsorted(user_ids, seen.column("user_id").to_numpy())
     scores[rows, np.searchsorted(item_ids, seen.column("item_id").to_numpy())] = -np.inf

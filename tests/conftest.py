@@ -77,3 +77,12 @@ def spark():
     session = get_spark(load_settings("local", {}), "nightrec-tests")
     yield session
     session.stop()
+
+
+FAST_FOLDERS = ("unit", "serving")  # `make test-fast`: no Spark, no Airflow
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.path.parent.name in FAST_FOLDERS and "spark" not in item.fixturenames:
+            item.add_marker(pytest.mark.fast)

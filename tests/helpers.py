@@ -51,18 +51,85 @@ def days_ending(last: dt.date, n: int) -> list[dt.date]:
     return [last - dt.timedelta(days=k) for k in range(n - 1, -1, -1)]
 
 
-def publish_sample(spark, redis_url: str, prefix: str = "test", cluster: bool = False):
+class Rows:
+    """In-memory (id, value) rows as the loader's ValueSource: what a Spark DataFrame is to the
+    publish stage, without Spark (the lookup's tests need only Redis)."""
+
+    def __init__(self, rows: list[tuple[int, bytes]]):
+        self.rows = rows
+
+    def count(self) -> int:
+        return len(self.rows)
+
+    def write(self, write_batches) -> int:
+        import pyarrow as pa
+
+        ids, values = zip(*self.rows) if self.rows else ((), ())
+        batch = pa.RecordBatch.from_pydict({"id": pa.array(ids, pa.int32()), "value": pa.array(values, pa.binary())})
+        return sum(write_batches(iter([batch])))
+
+    def sample(self, n: int) -> list[tuple[int, bytes]]:
+        return self.rows[:n]
+
+
+def publish_sample(redis_url: str, prefix: str = "test", cluster: bool = False):
     """A small version through the real loader: users 1-3 personal (items u..u+99), user 4 on segment
     gender=F, item 10's neighbours, categories comedy (even items) and drama, item 5 unavailable."""
-    from nightrec.pipeline.publish import publish_frames
-    from nightrec.serving import loader as publisher
+    from nightrec.serving import loader
     from nightrec.serving.layout import encode, encode_segment_ref
 
     rows = [(u, encode(range(u, u + 100), [1.0 - i / 100 for i in range(100)])) for u in (1, 2, 3)]
     rows.append((4, encode_segment_ref("gender=F")))
-    recs = spark.createDataFrame(rows, "user_id int, value binary")
-    similar = spark.createDataFrame([(10, encode([11, 12, 13, 14], [0.9, 0.8, 0.7, 0.6]))], "item_id int, value binary")
-    extras = publisher.Extras({"global": ([50, 40, 30], [0.9, 0.5, 0.1]), "gender=F": ([60, 61, 62], [3.0, 2.0, 1.0])},
-                              {"comedy": list(range(2, 201, 2)), "drama": [3, 7, 11]}, [5])
-    return publish_frames(recs, extras, url=redis_url, prefix=prefix, ds=dt.date(2024, 1, 1),
-                             model_version="nightrec/7", similar=similar, cluster=cluster)
+    similar = [(10, encode([11, 12, 13, 14], [0.9, 0.8, 0.7, 0.6]))]
+    extras = loader.Extras({"global": ([50, 40, 30], [0.9, 0.5, 0.1]), "gender=F": ([60, 61, 62], [3.0, 2.0, 1.0])},
+                           {"comedy": list(range(2, 201, 2)), "drama": [3, 7, 11]}, [5])
+    return loader.publish(Rows(rows), extras, url=redis_url, prefix=prefix, ds=dt.date(2024, 1, 1),
+                          model_version="nightrec/7", similar=Rows(similar), cluster=cluster)
+
+
+def tiny_bundle(items: int, value: float = 1.0):
+    """A fitted model of `items` items (popularity alone): what registry tests log and load."""
+    import numpy as np
+
+    from nightrec.modeling.candidates.popularity import PopularityComponent
+    from nightrec.modeling.scoring import Bundle
+
+    return Bundle(np.arange(1, items + 1), {"popularity": PopularityComponent(np.full(items, value, np.float32))},
+                  {"popularity": 1.0}, params={"candidate": "popularity"})
+
+
+PACKAGE = Path(__file__).parents[1] / "src" / "nightrec"
+
+
+def imports(path: Path) -> set[str]:
+    """Every module a file imports, at the top or inside functions (absolute names)."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found |= {f"{node.module}.{alias.name}" for alias in node.names}
+    return found
+
+
+def package_modules() -> dict[str, Path]:
+    """nightrec's modules by dotted name."""
+    def name(path: Path) -> str:
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+    return {name(p): p for p in PACKAGE.rglob("*.py")}
+
+
+def reached_from(starts: list[str]) -> set[str]:
+    """The nightrec modules that importing `starts` can load, following every import."""
+    modules = package_modules()
+    todo, reached = list(starts), set()
+    while todo:
+        module = todo.pop()
+        if module not in reached:
+            reached.add(module)
+            todo.extend(m for m in imports(modules[module]) if m in modules)
+    return reached

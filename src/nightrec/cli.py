@@ -142,7 +142,9 @@ def _follow(command: list[str], env: dict, log_path: Path) -> int:
 
 
 @app.command()
-def stage(name: Annotated[str, typer.Argument(help="drain_events|ingest|validate|train|score|publish|smoke|housekeeping, or tune")], ds: DsOption,
+def stage(name: Annotated[str, typer.Argument(help="drain_events|ingest|validate|train|score|publish|smoke|"
+                                                   "housekeeping, or tune")],
+          ds: DsOption,
           lookback_days: Annotated[int, typer.Option(min=1)] = 1):
     """Run one stage directly (no Airflow), e.g. to debug or re-run a single step."""
     from nightrec.pipeline.orchestration import run_stage
@@ -190,12 +192,17 @@ def recs(user_id: int, k: Annotated[int, typer.Option(min=1, max=100)] = 10,
     for column in ("rank", "item_id", "score", "title"):
         table.add_column(column)
     for item in answer["items"]:
-        table.add_row(str(item["rank"]), str(item["item_id"]), f"{item['score']:.4f}", titles.get(str(item["item_id"]), ""))
+        table.add_row(str(item["rank"]), str(item["item_id"]), f"{item['score']:.4f}",
+                      titles.get(str(item["item_id"]), ""))
     console.print(table)
 
 
 def _item_titles(settings) -> dict[str, str]:
-    from deltalake import DeltaTable
+    """Titles from the lake's latest item file; none where the pipeline is not installed (serve only)."""
+    try:
+        from deltalake import DeltaTable
+    except ImportError:
+        return {}
 
     from nightrec.data.lake import table_exists
 
@@ -220,7 +227,8 @@ def status(count: Annotated[bool, typer.Option(help="also count users and list l
     live = client.get(keys.live)
     for label, key in (("live", keys.live), ("previous", keys.previous)):
         version = client.get(key)
-        meta = {k.decode(): v.decode() for k, v in client.hgetall(keys.meta(version.decode())).items()} if version else {}
+        meta = {k.decode(): v.decode()
+                for k, v in client.hgetall(keys.meta(version.decode())).items()} if version else {}
         console.print(f"redis {label:>8}: {version.decode() if version else '-'} {meta or ''}", highlight=False)
     if count and live:
         lengths: dict[int, int] = {}
@@ -249,14 +257,17 @@ def _champion_summary(settings) -> str:
             lines.append(f"mlflow: no {alias!r} alias on {settings.mlflow.registered_model} yet")
             continue
         metrics = {k: round(v, 4) for k, v in client.get_run(version.run_id).data.metrics.items()
-                   if k in ("holdout_ndcg_at_10", "holdout_recall_at_10", "holdout_precision_at_10", "holdout_map_at_10")}
+                   if k in ("holdout_ndcg_at_10", "holdout_recall_at_10", "holdout_precision_at_10",
+                            "holdout_map_at_10")}
         lines.append(f"mlflow: {settings.mlflow.registered_model}@{alias} = version {version.version} "
                      f"({version.tags.get('candidate')}, {version.tags.get('ds')}) {metrics}")
     return "\n".join(lines)
 
 
 @app.command()
-def rollback(ds: DsOption, to: Annotated[Optional[str], typer.Option(help="model version (default: the one the champion replaced)")] = None):
+def rollback(ds: DsOption,
+             to: Annotated[Optional[str],
+                           typer.Option(help="model version (default: the one the champion replaced)")] = None):
     """Move `champion` back to an earlier version and republish its recommendations for DS."""
     from nightrec.modeling import registry, tracking
     from nightrec.pipeline.orchestration import run_stage

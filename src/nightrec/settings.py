@@ -34,11 +34,15 @@ class SparkSettings(_Section):
     master: str = "local[2]"    # local[N], spark://host:7077, yarn, k8s://https://host:443 (docs/deploy.md)
     driver_memory: str = "4g"
     driver_host: str = ""       # address executors reach the driver at (spark.driver.host); empty: Spark's choice
-    executor_memory: str = Field("", pattern=r"^$|^[0-9]+([kmgtpKMGTP][bB]?)?$")  # spark.executor.memory, e.g. 8g; empty: 1g
-    executor_cores: int | None = Field(None, ge=1)  # spark.executor.cores; unset: Spark's (standalone: all of a worker's)
-    python: str = ""            # interpreter executors start (a path on the workers); empty: $PYSPARK_PYTHON, else the driver's
+    executor_memory: str = Field("", pattern=r"^$|^[0-9]+([kmgtpKMGTP][bB]?)?$")  # spark.executor.memory, e.g. 8g;
+                                                                                  # empty: 1g
+    executor_cores: int | None = Field(None, ge=1)  # spark.executor.cores; unset: Spark's (standalone: all of a
+                                                    # worker's)
+    python: str = ""            # interpreter executors start (a path on the workers); empty: $PYSPARK_PYTHON,
+                                # else the driver's
     shuffle_partitions: int = Field(4, ge=1)
-    ui_port: int = Field(4040, ge=0, le=65535)  # Spark UI; when taken Spark uses the next free port (logged by each stage)
+    ui_port: int = Field(4040, ge=0, le=65535)  # Spark UI; when taken Spark uses the next free port
+                                                # (logged by each stage)
     checkpoint_dir: str = ""    # ALS checkpoints, on storage every executor shares; empty: <lake>/_checkpoints
     conf: dict[str, str | int | float | bool] = {}  # any other Spark property, e.g. {"spark.cores.max": 8}; wins
 

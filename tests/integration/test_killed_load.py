@@ -30,14 +30,15 @@ LOADER = textwrap.dedent("""
 
     spark = get_spark(load_settings("local", {}), "killed-loader")
     value = F.lit(encode(range(1000, 1100), [0.5] * 100))
-    users = spark.range(1, 2_000_001, numPartitions=8).select(F.col("id").cast("int").alias("user_id"), value.alias("value"))
+    users = spark.range(1, 2_000_001, numPartitions=8).select(F.col("id").cast("int").alias("user_id"),
+                                                              value.alias("value"))
     publish_frames(users, publisher.Extras({"global": ([1], [1.0])}), url=sys.argv[1], prefix="test",
                       ds=dt.date(2024, 1, 2), model_version="big/1")
 """)
 
 
 def test_killing_the_loader_mid_load_leaves_the_previous_version_live(spark, redis_url, make_settings):
-    old = publish_sample(spark, redis_url)
+    old = publish_sample(redis_url)
     client = redis.Redis.from_url(redis_url)
     keys = Keys("test")
     loader = subprocess.Popen([sys.executable, "-c", LOADER, redis_url], start_new_session=True,
@@ -78,9 +79,9 @@ def test_killing_the_loader_mid_load_leaves_the_previous_version_live(spark, red
     assert all({"source": a["source"], "version": a["version"], "items": [i["item_id"] for i in a["items"]]}
                == expected for a in answers)
     # what the killed load left behind goes with the first publish after LOAD_GRACE
-    assert partial not in publish_sample(spark, redis_url).deleted_versions  # it might still have been running
+    assert partial not in publish_sample(redis_url).deleted_versions  # it might still have been running
     client.zadd(keys.versions, {partial: time.time() - publisher.LOAD_GRACE - 60})
-    after = publish_sample(spark, redis_url)
+    after = publish_sample(redis_url)
     assert partial in after.deleted_versions and not client.exists(keys.user(partial, 1))
 
 
@@ -91,7 +92,8 @@ def test_the_loader_retries_when_redis_drops_its_connections(spark, redis_url):
 
     client = redis.Redis.from_url(redis_url)
     # value: codec 1 holding the one item = the user id ("01 0100" + int32 id + float16 1.0)
-    value = F.concat(F.unhex(F.lit("010100")), F.unhex(F.lpad(F.hex(F.reverse(F.unhex(F.lpad(F.hex("id"), 8, "0")))), 8, "0")),
+    value = F.concat(F.unhex(F.lit("010100")),
+                     F.unhex(F.lpad(F.hex(F.reverse(F.unhex(F.lpad(F.hex("id"), 8, "0")))), 8, "0")),
                      F.unhex(F.lit("003c")))
     users = spark.range(1, 300_001, numPartitions=4).select(F.col("id").cast("int").alias("user_id"),
                                                             value.alias("value")).cache()

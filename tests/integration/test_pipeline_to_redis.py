@@ -45,7 +45,8 @@ def test_tuning_compares_every_candidate_and_the_night_fits_its_choice(pipeline)
     tracking.configure(settings)
     client = MlflowClient()
     name = settings.mlflow.registered_model
-    assert set(tuned.holdout_ndcg) == set(tuned.validation_ndcg) == {"als", "itemknn", "neighbours", "content", "popularity", "hybrid"}
+    assert set(tuned.holdout_ndcg) == set(tuned.validation_ndcg) == {"als", "itemknn", "neighbours", "content",
+                                                                     "popularity", "hybrid"}
     # the recipe is the validation winner (the holdout only reports), and it beats popularity widely
     assert tuned.validation_ndcg[tuned.recipe["candidate"]] == max(tuned.validation_ndcg.values())
     assert tuned.holdout_ndcg[tuned.recipe["candidate"]] > 1.5 * tuned.holdout_ndcg["popularity"]
@@ -77,7 +78,8 @@ def test_recommendations_follow_the_taste_groups_and_skip_seen_items(spark, pipe
     settings, _, trained, scored, _ = pipeline
     assert scored.users == USERS + NEW_USERS and scored.new_users == NEW_USERS
     assert scored.min_items_per_user == settings.model.top_k
-    gold = {r.user_id: r.item_ids for r in lake.read_table(spark, settings.table("gold/recommendations"), [DAY]).collect()}
+    gold = {r.user_id: r.item_ids
+            for r in lake.read_table(spark, settings.table("gold/recommendations"), [DAY]).collect()}
     seen = {(r.user_id, r.item_id) for r in lake.read_table(spark, settings.table("silver/interactions")).collect()}
     assert not [(u, i) for u, items in gold.items() for i in items if (u, i) in seen]
     # Within a group tastes are uniform: a good model keeps almost every top-10 item inside the group.

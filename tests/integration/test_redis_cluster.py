@@ -36,7 +36,7 @@ def node_keys(url: str) -> list[set[bytes]]:
 
 def test_publish_serve_and_drain_on_a_cluster(spark, cluster_settings):
     url = cluster_settings.redis.url
-    first = publish_sample(spark, url, cluster=True)
+    first = publish_sample(url, cluster=True)
     keys = Keys("test")
     per_node = node_keys(url)
     assert len(per_node) == 3 and all(per_node)  # data keys spread over every node
@@ -52,8 +52,8 @@ def test_publish_serve_and_drain_on_a_cluster(spark, cluster_settings):
         assert api.post("/v1/events", json={"user_id": 2, "item_id": 2, "event_type": "click"}).status_code == 202
         assert api.get("/v1/users/2/recommendations", params={"k": 1}).json()["items"][0]["item_id"] == 3
 
-        second = publish_sample(spark, url, cluster=True)
-        third = publish_sample(spark, url, cluster=True)
+        second = publish_sample(url, cluster=True)
+        third = publish_sample(url, cluster=True)
         assert (second.previous, third.previous, third.deleted_versions) == (first.version, second.version,
                                                                              [first.version])
         assert not any(k.startswith(f"test:v:{first.version}:".encode()) for node in node_keys(url) for k in node)

@@ -11,7 +11,7 @@ from pyspark.sql import functions as F
 
 from nightrec.constants import GLOBAL_SEGMENT as GLOBAL
 from nightrec.data.feedback import latest_split, stratified_split
-from nightrec.modeling import training as modeling
+from nightrec.modeling import dataset, recipe, search, training
 from nightrec.modeling.candidates import itemknn
 from nightrec.modeling.candidates.popularity import ranked_lists, segment_lists
 from nightrec.modeling.fallbacks import new_user_recs
@@ -95,11 +95,11 @@ def test_als_folds_users_in_exactly_as_spark_fits_them(spark):
     feedback = feedback_frame(spark, pairs)
     catalog = np.arange(1, 49)
     params = dict(rank=6, regParam=0.1, alpha=2.0, maxIter=6, seed=5, numUserBlocks=2, numItemBlocks=2)
-    component = als.fit(feedback, catalog, rank=6, reg_param=0.1, alpha=2.0, max_iter=6, seed=5, blocks=2)
+    component = als.fit_factors(feedback, catalog, rank=6, reg_param=0.1, alpha=2.0, max_iter=6, seed=5, blocks=2)
     model = ALS(userCol="user_id", itemCol="item_id", ratingCol="strength", implicitPrefs=True, **params).fit(feedback)
     users = model.userFactors.toArrow()
     user_ids, expected = factor_matrix(users.column("id").combine_chunks(), users.column("features").combine_chunks())
-    batch = modeling.training_set(feedback, None, AS_OF, modeling.ModelSettingsView()).user_rows() \
+    batch = dataset.training_set(feedback, None, AS_OF, dataset.ModelSettingsView()).user_rows() \
         .orderBy("user_id").toArrow().combine_chunks().to_batches()[0]
     block = user_block(batch, catalog)
     assert block.user_ids.tolist() == user_ids.tolist()
@@ -123,15 +123,16 @@ def test_item_gram_equals_numpy_and_covers_the_most_popular_items(spark):
 
 def test_spark_scoring_equals_the_driver_for_a_blend(spark):
     pairs = grouped_pairs(per_user=6)  # 6 of the 12 items of their group left to find
-    opts = modeling.ModelSettingsView(blocks=2)
-    data = modeling.training_set(feedback_frame(spark, pairs), None, AS_OF, opts)
-    selection = modeling.Selection(
+    opts = dataset.ModelSettingsView(blocks=2)
+    data = dataset.training_set(feedback_frame(spark, pairs), None, AS_OF, opts)
+    selection = search.Selection(
         {"als": {"rank": 4, "reg_param": 0.1, "alpha": 2.0, "max_iter": 4}, "itemknn": {"l2": 5.0},
          "popularity": {"half_life_days": 7.0}}, {"als": 0.5, "itemknn": 0.3, "popularity": 0.2}, {})
-    bundles, _ = modeling.fit_bundles(data, selection, opts)
-    hybrid = bundles[modeling.HYBRID]
+    bundles, _ = search.fit_bundles(data, selection, opts)
+    hybrid = bundles[recipe.HYBRID]
     rows = data.user_rows()
-    in_spark = {r.user_id: (r.item_ids, r.scores) for r in recommend(hybrid, rows, 5, scores_per_block=48 * 5).collect()}
+    in_spark = {r.user_id: (r.item_ids, r.scores)
+                for r in recommend(hybrid, rows, 5, scores_per_block=48 * 5).collect()}
     batch = rows.orderBy("user_id").toArrow().combine_chunks().to_batches()[0]
     on_driver = hybrid.ranked(user_block(batch, data.catalog), 5).to_pylist()
     assert len(in_spark) == 40
@@ -149,10 +150,11 @@ def test_content_model_recommends_an_item_nobody_has_touched(spark):
     genres = ["Comedy", "Drama", "Horror", "Western"]
     items = [(i, {"title": f"Film {i}", "genres": genres[i % 4], "year": str(1990 + i % 3)}) for i in range(1, 49)]
     items.append((500, {"title": "Brand new", "genres": "Horror", "year": "2024"}))  # in the file, no interactions
-    opts = modeling.ModelSettingsView(blocks=2)
-    data = modeling.training_set(feedback_frame(spark, pairs), items_frame(spark, items), AS_OF, opts)
+    opts = dataset.ModelSettingsView(blocks=2)
+    data = dataset.training_set(feedback_frame(spark, pairs), items_frame(spark, items), AS_OF, opts)
     assert 500 in data.catalog
-    bundles, _ = modeling.fit_bundles(data, modeling.Selection({"content": {"min_items_per_term": 1}}, {"content": 1.0}, {}), opts)
+    bundles, _ = search.fit_bundles(data, search.Selection({"content": {"min_items_per_term": 1}},
+                                                           {"content": 1.0}, {}), opts)
     lists = {r.user_id: r.item_ids for r in recommend(bundles["content"], data.user_rows(), 15).collect()}
     horror_fans = [u for u in lists if u % 4 == 2]   # items with i % 4 == 2 are the horror films
     others = [u for u in lists if u % 4 != 2]
@@ -188,9 +190,9 @@ def test_new_users_get_their_segment_list_or_else_the_global_one(spark):
 
 def test_neighbours_model_covers_the_catalog_and_finds_the_taste_groups(spark):
     pairs = grouped_pairs(per_user=6)
-    opts = modeling.ModelSettingsView(blocks=2)
-    data = modeling.training_set(feedback_frame(spark, pairs), None, AS_OF, opts)
-    bundle, _ = modeling.fit_recipe(data, modeling.Recipe("neighbours", {"neighbours": {"k": 10, "shrink": 1.0}},
+    opts = dataset.ModelSettingsView(blocks=2)
+    data = dataset.training_set(feedback_frame(spark, pairs), None, AS_OF, opts)
+    bundle, _ = training.fit_recipe(data, recipe.Recipe("neighbours", {"neighbours": {"k": 10, "shrink": 1.0}},
                                                           {"neighbours": 1.0}), opts, log=lambda _: None)
     assert bundle.components["neighbours"].similarity.getnnz(axis=1).max() <= 10
     lists = {r.user_id: r.item_ids for r in recommend(bundle, data.user_rows(), 5).collect()}

@@ -38,7 +38,8 @@ def reference(pairs, k, shrink, cap, blocked=()):
 @pytest.mark.parametrize("partial_nonzeros, block_nonzeros", [(10**9, 10**9), (50, 200)])
 def test_neighbours_equal_a_dense_reference_however_the_work_is_cut(spark, partial_nonzeros, block_nonzeros):
     rng = random.Random(4)
-    pairs = sorted({(u, rng.choice(range(u % 5, 60, 5)) if rng.random() < 0.8 else rng.randrange(1, 60), rng.randrange(0, 90))
+    pairs = sorted({(u, rng.choice(range(u % 5, 60, 5)) if rng.random() < 0.8 else rng.randrange(1, 60),
+                     rng.randrange(0, 90))
                     for u in range(1, 120) for _ in range(rng.randrange(1, 25))})
     pairs = list({(u, i): (u, i, d) for u, i, d in pairs}.values())  # one row per (user, item)
     feedback = spark.createDataFrame(

@@ -22,6 +22,7 @@ from nightrec.pipeline import ingest, validate
 DAY = dt.date(2024, 3, 10)
 GOOD = synthetic_rows(DAY, users=20, items=8, per_user=2)   # 40 rows in good.csv
 MORE = synthetic_rows(DAY, users=30, items=12, per_user=1, seed=9)[20:]  # 10 other good rows
+INT64 = pa.int64()
 
 
 def key(row) -> tuple:
@@ -33,7 +34,7 @@ def jsonl(rows, columns=HEADER) -> str:
     return "\n".join(json.dumps(dict(zip(columns, r))) for r in rows) + "\n"
 
 
-def parquet_table(rows, user_type=pa.int64()) -> pa.Table:
+def parquet_table(rows, user_type=INT64) -> pa.Table:
     return pa.table({"user_id": pa.array([r[0] for r in rows]).cast(user_type), "item_id": [r[1] for r in rows],
                      "event_type": [r[2] for r in rows],
                      "ts": [dt.datetime.fromisoformat(r[4].replace("Z", "+00:00")) for r in rows]})
@@ -93,25 +94,33 @@ def two_parquet_schemas(folder: Path) -> None:
 
 CASES = {
     # the four kinds of file that used to stop the day
-    "csv with another header": Case(write_text("renamed.csv", csv_text(MORE, ("uid", "item_id", "event_type", "value", "ts"))),
-                                    "quarantined", "no column(s) user_id; its columns are: uid, item_id, event_type, value, ts"),
+    "csv with another header": Case(write_text("renamed.csv",
+                                               csv_text(MORE, ("uid", "item_id", "event_type", "value", "ts"))),
+                                    "quarantined",
+                                    "no column(s) user_id; its columns are: uid, item_id, event_type, value, ts"),
     "csv missing a required column": Case(write_text("short.csv", csv_text([r[:4] for r in MORE], HEADER[:4])),
                                           "quarantined", "no column(s) ts"),
-    "corrupt parquet": Case(write_bytes("junk.parquet", os.urandom(5000)), "quarantined", "not a readable Parquet file"),
+    "corrupt parquet": Case(write_bytes("junk.parquet", os.urandom(5000)), "quarantined",
+                            "not a readable Parquet file"),
     "truncated parquet (partial upload)": Case(truncated_parquet, "quarantined", "not a readable Parquet file"),
     "0-byte csv": Case(write_bytes("empty.csv", b""), "empty", "0 bytes"),
     "header-only csv": Case(write_text("header.csv", csv_text([])), "empty", "a header and no rows"),
-    "jsonl with one very long line": Case(write_text("long.jsonl", json.dumps({"user_id": 1, "blob": "x" * 1_200_000}) + "\n"),
+    "jsonl with one very long line": Case(write_text("long.jsonl",
+                                                     json.dumps({"user_id": 1, "blob": "x" * 1_200_000}) + "\n"),
                                           "quarantined", "a line of over 1,000,000 bytes"),
-    "re-delivered file under another name": Case(lambda f: write_csv(f / "good-retry.csv", GOOD), "ok", duplicates=len(GOOD)),
+    "re-delivered file under another name": Case(lambda f: write_csv(f / "good-retry.csv", GOOD), "ok",
+                                                 duplicates=len(GOOD)),
     # schema drift
     "csv with reordered and extra columns": Case(
-        write_text("wide.csv", csv_text([(r[4], r[2], r[1], r[0], "web") for r in MORE], ("ts", "event_type", "item_id", "user_id", "channel"))),
+        write_text("wide.csv", csv_text([(r[4], r[2], r[1], r[0], "web") for r in MORE],
+                                        ("ts", "event_type", "item_id", "user_id", "channel"))),
         "ok", extra_good=MORE),
-    "csv without the optional value column": Case(write_text("novalue.csv", csv_text([(r[0], r[1], r[2], r[4]) for r in MORE],
-                                                                                    ("user_id", "item_id", "event_type", "ts"))),
+    "csv without the optional value column": Case(write_text("novalue.csv",
+                                                             csv_text([(r[0], r[1], r[2], r[4]) for r in MORE],
+                                                                      ("user_id", "item_id", "event_type", "ts"))),
                                                   "ok", extra_good=MORE),
-    "csv header in other case with blanks": Case(write_text("caps.csv", csv_text(MORE, (" User_ID", "Item_Id ", "EVENT_TYPE", "value", "Ts"))),
+    "csv header in other case with blanks": Case(write_text("caps.csv", csv_text(MORE, (" User_ID", "Item_Id ",
+                                                                                        "EVENT_TYPE", "value", "Ts"))),
                                                  "ok", extra_good=MORE),
     "parquet files of two schemas": Case(two_parquet_schemas, "ok", extra_good=MORE),
     "parquet without ts": Case(lambda f: pq.write_table(parquet_table(MORE).drop(["ts"]), f / "nots.parquet"),
@@ -122,16 +131,20 @@ CASES = {
     "blank-lines-only jsonl": Case(write_text("blank.jsonl", "\n\n  \n"), "empty", "no records"),
     "good jsonl": Case(write_text("more.jsonl", jsonl(MORE)), "ok", extra_good=MORE),
     # encodings and line endings
-    "utf-8 csv with a byte-order mark": Case(write_bytes("bom.csv", codecs.BOM_UTF8 + csv_text(MORE).encode()), "ok", extra_good=MORE),
+    "utf-8 csv with a byte-order mark": Case(write_bytes("bom.csv", codecs.BOM_UTF8 + csv_text(MORE).encode()), "ok",
+                                             extra_good=MORE),
     "utf-16 csv": Case(write_text("wide-chars.csv", csv_text(MORE), encoding="utf-16"), "quarantined", "UTF-16"),
-    "csv with windows line endings": Case(write_text("crlf.csv", csv_text(MORE, line_end="\r\n")), "ok", extra_good=MORE),
+    "csv with windows line endings": Case(write_text("crlf.csv", csv_text(MORE, line_end="\r\n")), "ok",
+                                          extra_good=MORE),
     "csv with quoted newlines in a field": Case(quoted_newlines, "ok", extra_good=MORE),
-    "binary junk named .csv": Case(write_bytes("junk.csv", b"\x89PNG\r\n\x1a\n" + os.urandom(3000)), "quarantined", "the header line is not UTF-8 text"),
+    "binary junk named .csv": Case(write_bytes("junk.csv", b"\x89PNG\r\n\x1a\n" + os.urandom(3000)), "quarantined",
+                                   "the header line is not UTF-8 text"),
     # what lands in folders
     "unknown file type": Case(write_text("notes.txt", "see ticket 42"), "quarantined", "unsupported file type '.txt'"),
     "file still being written": Case(write_text("events.csv.tmp", csv_text(MORE)), "skipped", "still being written"),
     "symlink to a good file": Case(symlink_to(MORE), "ok", extra_good=MORE),
-    "dangling symlink": Case(lambda f: (f / "gone.csv").symlink_to(f / "nowhere.csv"), "quarantined", "cannot be opened"),
+    "dangling symlink": Case(lambda f: (f / "gone.csv").symlink_to(f / "nowhere.csv"), "quarantined",
+                             "cannot be opened"),
     "nested folder": Case(nested_folder, "skipped", "a folder inside a day folder"),
 }
 
@@ -165,7 +178,8 @@ def test_a_hostile_file_beside_a_good_one_does_not_stop_the_day(spark, make_sett
         assert case.reason in ingested.skipped[0]["reason"]
 
     silver = lake.read_table(spark, settings.table("silver/interactions")).collect()
-    assert sorted((r.user_id, r.item_id, r.event_type, r.ts) for r in silver) == sorted(key(r) for r in GOOD + case.extra_good)
+    assert (sorted((r.user_id, r.item_id, r.event_type, r.ts) for r in silver)
+            == sorted(key(r) for r in GOOD + case.extra_good))
     assert (checked.quarantined_rows, checked.duplicates_dropped) == (0, case.duplicates)
 
 
@@ -188,7 +202,8 @@ def test_a_day_of_nothing_but_unreadable_files_fails_naming_them_and_keeps_bronz
     assert f"interaction files of {DAY} cannot be read (2 unreadable" in message
     assert "a.parquet: not a readable Parquet file" in message and "b.csv: no column(s) user_id" in message
     assert f"nightrec run --ds {DAY} --lookback-days 1" in message
-    assert {Path(r.path).name for r in lake.read_table(spark, settings.table("quarantine/files")).collect()} == {"a.parquet", "b.csv"}
+    assert {Path(r.path).name
+            for r in lake.read_table(spark, settings.table("quarantine/files")).collect()} == {"a.parquet", "b.csv"}
     assert lake.read_table(spark, settings.table("bronze/interactions")).count() == len(GOOD)  # nothing lost
 
 

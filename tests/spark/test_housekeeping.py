@@ -11,6 +11,7 @@ import mlflow
 from pyspark.sql import functions as F
 
 from conftest import settings_environ
+from helpers import tiny_bundle
 from nightrec.data import lake
 from nightrec.modeling import registry, tracking
 from nightrec.pipeline import housekeeping
@@ -41,7 +42,7 @@ def test_housekeeping_vacuums_every_table_and_prunes_model_versions(spark, tmp_p
     name = settings.mlflow.registered_model
     for night in range(3):
         with mlflow.start_run(experiment_id=experiment):
-            registry.log_candidate_model([night] * 1000, name, {registry.RECIPE_TAG: '{"candidate": "als"}'})
+            registry.log_candidate_model(tiny_bundle(1000, night), name, {registry.RECIPE_TAG: '{"candidate": "als"}'})
     registry.set_aliases(name, "3", None)
 
     backfill = nights[0]  # a backfill night: its own gold partition stays, besides the newest two
@@ -57,7 +58,8 @@ def test_housekeeping_vacuums_every_table_and_prunes_model_versions(spark, tmp_p
     assert gold["partitions_dropped"] == summary["tables"]["bronze/items"]["partitions_dropped"] == [str(nights[1])]
     assert bronze["partitions_dropped"] == []
     assert gold["files_deleted"] == 0  # the dropped night's files stay for time travel until the retention
-    kept = {r["dt"] for r in lake.read_table(spark, settings.table("gold/recommendations")).select("dt").distinct().collect()}
+    kept = {r["dt"]
+            for r in lake.read_table(spark, settings.table("gold/recommendations")).select("dt").distinct().collect()}
     assert kept == {nights[0], nights[2], nights[3]}
     assert not leftover.exists() and committed.exists()
     assert summary["model_versions_deleted"] == ["1"] and summary["model_versions_kept"] == ["2", "3"]

@@ -97,8 +97,10 @@ def test_missing_landing_data_and_missing_columns_are_named(spark, make_settings
     settings = make_settings()
     with pytest.raises(LandingError, match="no interaction files for 2024-03-10..2024-03-10"):
         ingest.run(spark, settings, DAY)
-    write_csv(Path(settings.path("landing")) / "interactions" / f"dt={DAY}" / "x.csv", [(1, 2)], header=("user_id", "item"))
-    with pytest.raises(LandingError, match=r"x.csv: no column\(s\) item_id, event_type, ts; its columns are: user_id, item"):
+    write_csv(Path(settings.path("landing")) / "interactions" / f"dt={DAY}" / "x.csv", [(1, 2)],
+              header=("user_id", "item"))
+    with pytest.raises(LandingError,
+                       match=r"x.csv: no column\(s\) item_id, event_type, ts; its columns are: user_id, item"):
         ingest.run(spark, settings, DAY)
 
 

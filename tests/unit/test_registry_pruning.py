@@ -9,6 +9,7 @@ import pytest
 from mlflow import MlflowClient
 
 from conftest import settings_environ
+from helpers import tiny_bundle
 from nightrec.modeling import registry, tracking
 from nightrec.settings import load_settings
 
@@ -39,7 +40,7 @@ def registered(experiment, request):
     runs = {}
     for night in range(1, 8):
         with mlflow.start_run(experiment_id=experiment, run_name=f"night-{night}") as run:
-            version = registry.log_candidate_model(list(range(2000 * night)), name, {
+            version = registry.log_candidate_model(tiny_bundle(2000 * night), name, {
                 registry.RECIPE_TAG: json.dumps({"candidate": "als", "params": {"rank": night}})})
         runs[version] = run.info.run_id
     registry.set_aliases(name, "2", None)
@@ -70,7 +71,7 @@ def test_pruning_keeps_aliased_versions_and_the_rollback_target(registered):
     assert client.get_run(runs["3"]).info.lifecycle_stage == "active"  # runs, metrics and reports stay
 
     assert registry.rollback(name) == ("6", "2")  # the rollback target survived, files included
-    assert registry.load_version(name, "2") == list(range(4000))
+    assert len(registry.load_version(name, "2").item_ids) == 4000
     assert registry.prune_versions(name, keep=1).deleted == ["5"]  # 6 lost its alias: now the newest unaliased
 
 

@@ -52,7 +52,8 @@ def test_category_cap_through_the_bundle_fills_the_list_with_other_categories():
     n_items = 60
     scores = rng.random((3, n_items))
     categories = rng.integers(0, 4, n_items).astype(np.int32)
-    bundle = Bundle(np.arange(n_items), {"m": Fixed(scores)}, {"m": 1.0}, Rules(categories=categories, max_per_category=3))
+    bundle = Bundle(np.arange(n_items), {"m": Fixed(scores)}, {"m": 1.0},
+                    Rules(categories=categories, max_per_category=3))
     for row, items in enumerate(lists(bundle.ranked(block_of([[], [], []], n_items), k=10))):
         assert len(items) == 10
         assert max(np.bincount(categories[items])) <= 3
@@ -99,7 +100,7 @@ def test_ties_go_to_the_smaller_item_id(k):
 
 
 def test_blend_weights_take_a_real_gain_and_leave_out_a_negligible_one():
-    from nightrec.modeling.training import Shortlist, learn_weights
+    from nightrec.modeling.search import Shortlist, learn_weights
 
     rng = np.random.default_rng(0)
     n_users, n_items = 300, 40
@@ -131,7 +132,7 @@ class ByUser:
 
 
 def test_validation_sample_scores_in_user_blocks_exactly_as_in_one_piece():
-    from nightrec.modeling.training import Shortlist, ValidationSample
+    from nightrec.modeling.search import Shortlist, ValidationSample
 
     rng = np.random.default_rng(3)
     n_users, n_items = 50, 30
@@ -141,7 +142,8 @@ def test_validation_sample_scores_in_user_blocks_exactly_as_in_one_piece():
 
     def sample(rows_per_block, unavailable):
         s = ValidationSample.__new__(ValidationSample)
-        s.block, s.truth, s.k, s.unavailable, s.rows_per_block = block_of(histories, n_items), truth, 5, unavailable, rows_per_block
+        s.block, s.truth, s.k, s.unavailable, s.rows_per_block = (block_of(histories, n_items), truth, 5, unavailable,
+                                                                  rows_per_block)
         return s
 
     def dense_ndcg(scores, unavailable):
@@ -159,4 +161,5 @@ def test_validation_sample_scores_in_user_blocks_exactly_as_in_one_piece():
         # the shortlist reaches the whole catalog here (30 items < its depth): blends are exact
         shortlist = s.shortlist({"a": a, "b": b})
         blend = 0.3 * standardize(a.scores) + 0.7 * standardize(b.scores)
-        assert shortlist.ndcg(0.3 * shortlist.z["a"] + 0.7 * shortlist.z["b"]) == pytest.approx(dense_ndcg(blend, unavailable))
+        assert (shortlist.ndcg(0.3 * shortlist.z["a"] + 0.7 * shortlist.z["b"])
+                == pytest.approx(dense_ndcg(blend, unavailable)))

@@ -44,10 +44,6 @@ def table_exists(root: str) -> bool:
     return True
 
 
-def table_version(root: str) -> int:
-    return DeltaTable(root).version()
-
-
 def read_table(spark: SparkSession, root: str, dates: Iterable[dt.date] | None = None) -> DataFrame:
     """The current version of a Delta table (optionally only some `dt` partitions) as a DataFrame."""
     try:
@@ -94,7 +90,8 @@ def replace_partitions(df: DataFrame, root: str, dates: Iterable[dt.date]) -> in
     wanted = {d.isoformat() for d in dates}
     stray = {a.partition_values[PARTITION] for a in adds} - wanted
     if stray:
-        raise LakeError(f"{root}: rows dated {sorted(stray)} fall outside the partitions being replaced {sorted(wanted)}")
+        raise LakeError(f"{root}: rows dated {sorted(stray)} fall outside the partitions being replaced "
+                        f"{sorted(wanted)}")
     if exists:
         DeltaTable(root).create_write_transaction(
             adds, mode="overwrite", schema=arrow_schema, partition_by=[PARTITION],

@@ -1,1 +1,2 @@
-"""Modeling wing: candidates behind one protocol, search, scoring, top-k, evaluation, the model artifact format, the MLflow registry."""
+"""Modeling wing: candidates behind one protocol, search, scoring, top-k, evaluation, the model artifact format,
+the MLflow registry."""

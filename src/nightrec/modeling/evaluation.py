@@ -15,7 +15,6 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 METRICS = ("precision", "recall", "ndcg", "map")
-CATALOG_METRICS = ("coverage", "novelty")
 
 
 def _ideal_dcg(n_relevant: Column, k: int) -> Column:

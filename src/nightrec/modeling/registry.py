@@ -10,7 +10,6 @@ both on the same holdout.
 from __future__ import annotations
 
 import json
-import pickle
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +22,9 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from nightrec.errors import PermanentError
+from nightrec.modeling.artifact import MANIFEST, UnsupportedArtifact, load_bundle, read_manifest, save_bundle
+from nightrec.modeling.recipe import Recipe
 from nightrec.modeling.scoring import Bundle, user_block
-from nightrec.modeling.training import Recipe
 from nightrec.settings import Settings, resolve
 
 CHAMPION = "champion"
@@ -40,9 +40,11 @@ class RecommenderModel(mlflow.pyfunc.PythonModel):
     """pyfunc: DataFrame(user_id, items, strengths, recency) -> DataFrame(user_id, item_ids, scores).
 
     Loadable with mlflow.pyfunc.load_model(...) wherever nightrec is installed; params={"k": 10}.
-    `bundle` is what is served (fit on the whole window); `holdout_free` is the same recipe fit on
-    its night's data without the holdout: what later nights' gates compare with, never having seen
-    the items they hold out.
+    Logged as code (nightrec/modeling/pyfunc_model.py), not pickled. Its artifacts are two model
+    folders in the arrays + manifest format (nightrec.modeling.artifact): `bundle` is what is served
+    (fit on the whole window); `holdout_free` is the same recipe fit on its night's data without the
+    holdout: what later nights' gates compare with, never having seen the items they hold out.
+    nightrec itself reads those folders directly, without this class.
     """
 
     def load_context(self, context):
@@ -50,20 +52,10 @@ class RecommenderModel(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         k = int((params or {}).get("k", 100))
-        batch = pa.RecordBatch.from_pandas(model_input[["user_id", "items", "strengths", "recency"]], preserve_index=False)
+        batch = pa.RecordBatch.from_pandas(model_input[["user_id", "items", "strengths", "recency"]],
+                                           preserve_index=False)
         ranked = self.bundle.ranked(user_block(batch, self.bundle.item_ids), k)
         return ranked.to_pandas()
-
-
-def save_bundle(bundle: Bundle, path: Path) -> Path:
-    with open(path, "wb") as handle:
-        pickle.dump(bundle, handle, protocol=pickle.HIGHEST_PROTOCOL)
-    return path
-
-
-def load_bundle(path: str | Path) -> Bundle:
-    with open(path, "rb") as handle:
-        return pickle.load(handle)
 
 
 def log_candidate_model(bundle: Bundle, registered_model: str, tags: dict[str, str],
@@ -71,11 +63,12 @@ def log_candidate_model(bundle: Bundle, registered_model: str, tags: dict[str, s
     """Log the bundle (and the holdout-free fit of the same recipe) as this run's `model` and
     register it; returns the new version."""
     with tempfile.TemporaryDirectory() as folder:
-        artifacts = {"bundle": str(save_bundle(bundle, Path(folder) / "bundle.pkl"))}
+        artifacts = {"bundle": str(save_bundle(bundle, Path(folder) / "bundle"))}
         if holdout_free is not None:
-            artifacts["holdout_free"] = str(save_bundle(holdout_free, Path(folder) / "holdout_free.pkl"))
+            artifacts["holdout_free"] = str(save_bundle(holdout_free, Path(folder) / "holdout_free"))
         info = mlflow.pyfunc.log_model(
-            name="model", python_model=RecommenderModel(), artifacts=artifacts,
+            name="model", python_model=str(Path(__file__).with_name("pyfunc_model.py")), artifacts=artifacts,
+            signature=_signature(),
             registered_model_name=registered_model,
             pip_requirements=[f"numpy=={np.__version__}", f"scipy=={_version('scipy')}",
                               f"pandas=={pd.__version__}", f"pyarrow=={pa.__version__}"])
@@ -84,6 +77,19 @@ def log_candidate_model(bundle: Bundle, registered_model: str, tags: dict[str, s
     for key, value in tags.items():
         client.set_model_version_tag(registered_model, version, key, value)
     return version
+
+
+def _signature():
+    """What the pyfunc takes and answers; params={"k": ...} reaches predict only when the signature names it."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
+
+    return ModelSignature(
+        inputs=Schema([ColSpec("long", "user_id"), ColSpec(Array("long"), "items"),
+                       ColSpec(Array("double"), "strengths"), ColSpec(Array("double"), "recency")]),
+        outputs=Schema([ColSpec("integer", "user_id"), ColSpec(Array("integer"), "item_ids"),
+                        ColSpec(Array("float"), "scores")]),
+        params=ParamSchema([ParamSpec("k", "long", 100)]))
 
 
 def _version(package: str) -> str:
@@ -116,24 +122,47 @@ def current_champion(registered_model: str) -> Champion | None:
     return Champion(str(found.version), recipe, found.tags.get("ds")) if recipe else None
 
 
-def load_version(registered_model: str, version: str) -> Bundle:
+def load_version(registered_model: str, version: str, which: str = "bundle") -> Bundle:
+    """A version's served bundle (or its holdout-free fit), read from its model folder."""
+    from mlflow.store.artifact.models_artifact_repo import ModelsArtifactRepository
+
+    repository = ModelsArtifactRepository(f"models:/{registered_model}/{version}")
+    if which not in {Path(f.path).name for f in repository.list_artifacts("artifacts")}:
+        raise UnsupportedArtifact(_pickled_or_missing(repository, registered_model, version, which))
+    with tempfile.TemporaryDirectory() as folder:
+        return load_bundle(Path(repository.download_artifacts(f"artifacts/{which}", folder)))
+
+
+def artifact_problem(registered_model: str, version: str) -> str | None:
+    """Why this nightrec cannot load the version's served model (an older format, say), or None."""
+    from mlflow.store.artifact.models_artifact_repo import ModelsArtifactRepository
+
+    repository = ModelsArtifactRepository(f"models:/{registered_model}/{version}")
     try:
-        model = mlflow.pyfunc.load_model(f"models:/{registered_model}/{version}")
-    except ValueError as error:  # a model this code cannot score (see AlsComponent.__setstate__)
-        raise PermanentError(f"{registered_model}/{version}: {error}") from None
-    return model.unwrap_python_model().bundle
+        with tempfile.TemporaryDirectory() as folder:
+            read_manifest(Path(repository.download_artifacts(f"artifacts/bundle/{MANIFEST}", folder)).parent)
+    except UnsupportedArtifact as error:
+        return str(error)
+    except (MlflowException, OSError):
+        return _pickled_or_missing(repository, registered_model, version, "bundle")
+    return None
+
+
+def _pickled_or_missing(repository, registered_model: str, version: str, which: str) -> str:
+    names = {Path(f.path).name for f in repository.list_artifacts("artifacts")}
+    if f"{which}.pkl" in names:
+        return (f"{registered_model}/{version} holds a pickled model (format version 0, from nightrec before the "
+                f"arrays + manifest format), which this nightrec does not load: retrain, or roll back to a version "
+                f"registered since")
+    return f"{registered_model}/{version} has no {which} model folder"
 
 
 def load_holdout_free(registered_model: str, version: str) -> Bundle | None:
     """The version's recipe as fit on its night without the holdout (what promotion gates compare);
-    None for versions registered without one."""
-    folder = Path(mlflow.artifacts.download_artifacts(f"models:/{registered_model}/{version}"))
-    found = list(folder.glob("artifacts/holdout_free.pkl"))
-    if not found:
-        return None
+    None for versions registered without one, or in a format this nightrec does not read."""
     try:
-        return load_bundle(found[0])
-    except ValueError:  # saved by an earlier nightrec: judged like a version without one
+        return load_version(registered_model, version, "holdout_free")
+    except UnsupportedArtifact:
         return None
 
 

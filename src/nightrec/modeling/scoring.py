@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -39,8 +39,35 @@ class UserBlock:
 
 
 class Component(Protocol):
+    """A fitted candidate (nightrec.modeling.candidates): scores users, and describes itself for the
+    model artifact (nightrec.modeling.artifact) as JSON parameters and named arrays."""
+
+    kind: ClassVar[str]
+
     def score(self, block: UserBlock) -> np.ndarray:
         """(users, catalog items) float32 scores; higher is better."""
+
+    def describe(self) -> dict:
+        """JSON-able parameters: what restore needs besides the arrays, and what a reader wants to know."""
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The fitted state, by name."""
+
+    @classmethod
+    def restore(cls, description: dict, arrays: dict[str, np.ndarray]) -> Component:
+        """The component again, from describe() and arrays()."""
+
+
+def sparse_arrays(name: str, matrix: sp.csr_matrix) -> dict[str, np.ndarray]:
+    """A CSR matrix as plain arrays (name.data, name.indices, name.indptr, name.shape)."""
+    matrix = matrix.tocsr()
+    return {f"{name}.data": matrix.data, f"{name}.indices": matrix.indices, f"{name}.indptr": matrix.indptr,
+            f"{name}.shape": np.asarray(matrix.shape, dtype=np.int64)}
+
+
+def restore_sparse(name: str, arrays: dict[str, np.ndarray]) -> sp.csr_matrix:
+    return sp.csr_matrix((arrays[f"{name}.data"], arrays[f"{name}.indices"], arrays[f"{name}.indptr"]),
+                         shape=tuple(int(n) for n in arrays[f"{name}.shape"]))
 
 
 @dataclass
@@ -85,7 +112,7 @@ class Bundle:
         return dataclasses.replace(self, rules=rules)
 
 
-def standardize(scores: np.ndarray, weight: np.float32 = np.float32(1.0)) -> np.ndarray:
+def standardize(scores: np.ndarray, weight: float = 1.0) -> np.ndarray:
     """Per-row z-score times weight, in place on a float32 array (a component's fresh scores: at a
     100k catalog the temporaries of the textbook formula cost as much as the ALS matmul); a
     constant row becomes zeros."""
@@ -93,7 +120,7 @@ def standardize(scores: np.ndarray, weight: np.float32 = np.float32(1.0)) -> np.
     scores -= scores.mean(axis=1, keepdims=True)
     # after centring, the variance is the mean square (einsum: no squared temporary)
     std = np.sqrt(np.einsum("ij,ij->i", scores, scores) / np.float32(scores.shape[1]))[:, None]
-    scores *= weight / np.where(std > 0, std, np.float32(1.0))
+    scores *= np.float32(weight) / np.where(std > 0, std, np.float32(1.0))
     return scores
 
 

@@ -43,7 +43,8 @@ def top_k_unseen(user_factors: DataFrame, item_factors: DataFrame, seen: DataFra
     """
     spark = user_factors.sparkSession
     items = item_factors.select("id", "features").toArrow()
-    item_ids, item_matrix = factor_matrix(items.column("id").combine_chunks(), items.column("features").combine_chunks())
+    item_ids, item_matrix = factor_matrix(items.column("id").combine_chunks(),
+                                          items.column("features").combine_chunks())
     shared = spark.sparkContext.broadcast((item_ids, item_matrix))
     seen_lists = seen.groupBy("user_id").agg(F.collect_list("item_id").alias("seen"))
     users = user_factors.select(F.col("id").alias("user_id"), "features").join(seen_lists, "user_id", "left")

@@ -18,7 +18,7 @@ from pyspark.sql import DataFrame, SparkSession
 
 from nightrec.data import lake, movielens
 from nightrec.data.feedback import stratified_split
-from nightrec.modeling import training as modeling
+from nightrec.modeling import dataset, search, training
 from nightrec.pipeline import ingest, validate
 from nightrec.settings import Settings
 
@@ -43,13 +43,13 @@ def movielens_lake(spark: SparkSession, settings: Settings, cache_dir: Path) -> 
 class BenchmarkResult:
     seed: int
     champion: str
-    selection: modeling.Selection
+    selection: search.Selection
     metrics: dict[str, dict[str, float]]      # candidate -> metrics on the test split
     fit_seconds: dict[str, float]             # candidate -> fit time on the full training split
     select_seconds: float
 
 
-def run(feedback: DataFrame, items: DataFrame | None, space: dict, opts: modeling.ModelSettingsView,
+def run(feedback: DataFrame, items: DataFrame | None, space: dict, opts: dataset.ModelSettingsView,
         seed: int, cold_max_items: int, ks: tuple[int, ...] = (10, 100), folds: int = 2, log=print) -> BenchmarkResult:
     """feedback: (user_id, item_id, strength, last_ts) of the whole data set."""
     as_of = feedback.agg({"last_ts": "max"}).first()[0] or dt.datetime.now(dt.timezone.utc)
@@ -59,15 +59,15 @@ def run(feedback: DataFrame, items: DataFrame | None, space: dict, opts: modelin
     inner_folds = []
     for fold in range(folds):
         inner_train, inner_truth = stratified_split(train, TRAIN_SHARE, seed + 1000 * (fold + 1))
-        inner_folds.append((modeling.training_set(inner_train.cache(), items, as_of, opts), inner_truth.cache()))
-    selection = modeling.select(inner_folds, space, opts, log=log)
+        inner_folds.append((dataset.training_set(inner_train.cache(), items, as_of, opts), inner_truth.cache()))
+    selection = search.select(inner_folds, space, opts, log=log)
     select_seconds = time.monotonic() - started
     champion = max(selection.validation_ndcg, key=selection.validation_ndcg.get)
-    data = modeling.training_set(train, items, as_of, opts)
-    bundles, fit_seconds = modeling.fit_bundles(data, selection, opts)
+    data = dataset.training_set(train, items, as_of, opts)
+    bundles, fit_seconds = search.fit_bundles(data, selection, opts)
     metrics = {}
     for name, bundle in bundles.items():
-        evaluation = modeling.evaluate(bundle, data, test, ks, cold_max_items)
+        evaluation = training.evaluate(bundle, data, test, ks, cold_max_items)
         metrics[name] = evaluation.metrics
         evaluation.lists.unpersist()
         log(f"  test {name}: NDCG@10 {metrics[name]['ndcg_at_10']:.4f}")

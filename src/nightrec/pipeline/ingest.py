@@ -109,7 +109,8 @@ def record_quarantined(spark: SparkSession, settings: Settings, files: list[Land
     found_at = dt.datetime.now(dt.timezone.utc)
     rows = [(f.path, f.size, sha256(f.path), f.fmt or None, f.reason, found_at, f.day)
             for f in files if f.status == QUARANTINED]
-    lake.replace_partitions(spark.createDataFrame(rows, QUARANTINE_FILES_SCHEMA), settings.table("quarantine/files"), days)
+    lake.replace_partitions(spark.createDataFrame(rows, QUARANTINE_FILES_SCHEMA),
+                            settings.table("quarantine/files"), days)
 
 
 def sha256(path: str) -> str | None:

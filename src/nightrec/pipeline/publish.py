@@ -16,8 +16,8 @@ from nightrec.constants import GLOBAL_SEGMENT
 from nightrec.data import lake
 from nightrec.data.tables import attributes
 from nightrec.errors import PermanentError
+from nightrec.modeling.dataset import ItemFacts
 from nightrec.modeling.fallbacks import is_personal
-from nightrec.modeling.training import ItemFacts
 from nightrec.pipeline.runtime import stage_main
 from nightrec.serving import loader
 from nightrec.serving.layout import check_name

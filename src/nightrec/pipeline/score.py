@@ -15,10 +15,10 @@ from nightrec.data import lake
 from nightrec.data.feedback import implicit_feedback
 from nightrec.data.tables import attributes, start_of, training_events
 from nightrec.modeling import registry, tracking
+from nightrec.modeling.dataset import ItemFacts
 from nightrec.modeling.fallbacks import fallback_lists, new_user_recs
 from nightrec.modeling.scoring import recommend, user_rows
 from nightrec.modeling.similar import similar_items
-from nightrec.modeling.training import ItemFacts
 from nightrec.pipeline.progress import Progress
 from nightrec.pipeline.runtime import stage_main
 from nightrec.settings import Settings

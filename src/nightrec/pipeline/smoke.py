@@ -33,7 +33,8 @@ def run(settings: Settings, ds: dt.date) -> SmokeResult:
         columns=["user_id", "model_version"], partitions=[("dt", "=", ds.isoformat())])
     if gold.num_rows == 0:
         raise SmokeFailed(f"gold/recommendations has no users for {ds}")
-    fallback = pc.or_(pc.starts_with(gold["model_version"], SEGMENT_PREFIX), pc.equal(gold["model_version"], GLOBAL_SOURCE))
+    fallback = pc.or_(pc.starts_with(gold["model_version"], SEGMENT_PREFIX),
+                      pc.equal(gold["model_version"], GLOBAL_SOURCE))
     personal = gold.filter(pc.invert(fallback))["user_id"]
     if len(personal) == 0:
         raise SmokeFailed(f"gold/recommendations has no personal lists for {ds}")

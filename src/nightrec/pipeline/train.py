@@ -29,14 +29,15 @@ from pyspark.sql import functions as F
 from nightrec.data.feedback import implicit_feedback, latest_split, sample_users
 from nightrec.data.tables import attributes, start_of, training_events
 from nightrec.errors import PermanentError
-from nightrec.modeling import registry, reports, tracking
-from nightrec.modeling import training as modeling
+from nightrec.modeling import dataset, registry, reports, tracking, training
+from nightrec.modeling.recipe import Recipe
 from nightrec.modeling.scoring import Bundle
 from nightrec.pipeline.progress import Progress
 from nightrec.pipeline.runtime import stage_main
 from nightrec.settings import Settings
 
 SAMPLE_USERS = 5
+UNREADABLE = "the champion's model cannot be loaded by this nightrec"
 
 
 @dataclass
@@ -60,7 +61,7 @@ def run(spark: SparkSession, settings: Settings, ds: dt.date) -> TrainResult:
     m, weights = settings.model, settings.events.weights
     progress = Progress("train", spark)
     experiment_id = tracking.configure(settings)  # before any registry call: the champion lives there
-    opts = modeling.ModelSettingsView.of(settings.model, spark.sparkContext.defaultParallelism)
+    opts = dataset.ModelSettingsView.of(settings.model, spark.sparkContext.defaultParallelism)
     recipe, recipe_source = registry.nightly_recipe(settings)
     progress(f"recipe {recipe.to_json()} from {recipe_source}")
     ks = tuple(sorted(set(reports.CURVE_KS) | {m.eval_k, m.top_k}))
@@ -80,7 +81,7 @@ def run(spark: SparkSession, settings: Settings, ds: dt.date) -> TrainResult:
                                  f"(model.holdout_share); load more days or raise the share")
         sampled = sample_users(truth, m.evaluation_users, m.seed).cache()
         evaluated_users = min(holdout_users, m.evaluation_users)
-        fit_data = modeling.training_set(implicit_feedback(fit_events, weights).cache(), items, as_of, opts)
+        fit_data = dataset.training_set(implicit_feedback(fit_events, weights).cache(), items, as_of, opts)
         progress(f"{holdout_users:,} users with held-out items, {evaluated_users:,} of them evaluated; "
                  f"catalog {len(fit_data.catalog):,} items")
     seconds["split"] = time.monotonic() - started
@@ -88,20 +89,22 @@ def run(spark: SparkSession, settings: Settings, ds: dt.date) -> TrainResult:
     started = time.monotonic()
     with progress.step("fit on the fit part", 1, 2):
         try:
-            candidate, _ = modeling.fit_recipe(fit_data, recipe, opts, log=progress)
+            candidate, _ = training.fit_recipe(fit_data, recipe, opts, log=progress)
         except ValueError as error:
             raise PermanentError(f"{recipe_source}: {error}") from None
     with progress.step("evaluate on the holdout", users=evaluated_users):
-        evaluation = modeling.evaluate(candidate, fit_data, sampled, ks, m.cold_user_max_items)
+        evaluation = training.evaluate(candidate, fit_data, sampled, ks, m.cold_user_max_items)
     champion, champion_note = _champion(settings, fit_data, items, ds, opts, progress)
     champion_ndcg = None
     if champion is not None:
         with progress.step(f"evaluate champion version {champion_note}", users=evaluated_users):
-            champion_evaluation = modeling.evaluate(champion, fit_data, sampled, ks, m.cold_user_max_items)
+            champion_evaluation = training.evaluate(champion, fit_data, sampled, ks, m.cold_user_max_items)
             champion_evaluation.lists.unpersist()
             champion_ndcg = champion_evaluation.metrics[metric]
         decision = registry.gate(recipe.candidate, evaluation.metrics[metric], champion_ndcg,
                                  m.promotion_tolerance, metric)
+    elif champion_note.startswith(UNREADABLE):  # written by an older nightrec: tonight's model replaces it
+        decision = registry.Decision(True, f"{recipe.candidate}: {champion_note}: promoted")
     elif champion_note:  # a backfill: a newer champion stays, whatever tonight's model scores
         decision = registry.Decision(False, f"{recipe.candidate}: {champion_note}, which a backfill does not "
                                             f"replace: champion kept")
@@ -112,8 +115,8 @@ def run(spark: SparkSession, settings: Settings, ds: dt.date) -> TrainResult:
 
     started = time.monotonic()
     with progress.step("fit on the whole window", 2, 2):
-        full_data = modeling.training_set(implicit_feedback(events, weights).cache(), items, as_of, opts)
-        final, fit_seconds = modeling.fit_recipe(full_data, recipe, opts, log=progress)
+        full_data = dataset.training_set(implicit_feedback(events, weights).cache(), items, as_of, opts)
+        final, fit_seconds = training.fit_recipe(full_data, recipe, opts, log=progress)
     seconds["final_fit"] = time.monotonic() - started
 
     started = time.monotonic()
@@ -135,8 +138,8 @@ def run(spark: SparkSession, settings: Settings, ds: dt.date) -> TrainResult:
                        holdout_users, evaluated_users, {k: round(v, 1) for k, v in seconds.items()})
 
 
-def _champion(settings: Settings, data: modeling.TrainingSet, items, ds: dt.date,
-              opts: modeling.ModelSettingsView, log) -> tuple[Bundle | None, str]:
+def _champion(settings: Settings, data: dataset.TrainingSet, items, ds: dt.date,
+              opts: dataset.ModelSettingsView, log) -> tuple[Bundle | None, str]:
     """What tonight's model is judged against: the champion's holdout-free fit from its night, with
     tonight's rules; or None and why there is nothing to judge against.
 
@@ -150,17 +153,20 @@ def _champion(settings: Settings, data: modeling.TrainingSet, items, ds: dt.date
         return None, ""
     if current.ds is not None and current.ds > ds.isoformat():
         return None, f"champion version {current.version} is from the later night {current.ds}"
+    problem = registry.artifact_problem(name, current.version)
+    if problem:
+        return None, f"{UNREADABLE} ({problem})"
     bundle = registry.load_holdout_free(name, current.version)
     if bundle is None:
         try:
-            recipe = modeling.Recipe.from_dict(current.recipe)
+            champion_recipe = Recipe.from_dict(current.recipe)
             log(f"champion version {current.version} has no holdout-free fit: refitting its recipe tonight")
-            bundle, _ = modeling.fit_recipe(data, recipe, opts, log=log)
+            bundle, _ = training.fit_recipe(data, champion_recipe, opts, log=log)
         except ValueError as error:
             raise PermanentError(f"champion version {current.version} cannot be judged: {error}; "
                                  f"roll it back or pin model.recipe") from None
         return bundle, current.version
-    rules = modeling.ItemFacts.read(items).rules_for(bundle.item_ids, settings.model.max_per_category)
+    rules = dataset.ItemFacts.read(items).rules_for(bundle.item_ids, settings.model.max_per_category)
     return bundle.with_rules(rules), current.version
 
 
@@ -191,7 +197,7 @@ def _record(settings, experiment_id, ds, recipe, recipe_source, decision, evalua
     return run.info.run_id, version
 
 
-def _log_reports(name: str, evaluation: modeling.Evaluation, data: modeling.TrainingSet, items, ks) -> None:
+def _log_reports(name: str, evaluation: training.Evaluation, data: dataset.TrainingSet, items, ks) -> None:
     import mlflow
 
     lists = evaluation.lists
@@ -209,14 +215,16 @@ def _log_reports(name: str, evaluation: modeling.Evaluation, data: modeling.Trai
                   .select("item_id", F.col("attributes")["title"].alias("title")).collect()}
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder)
-        reports.metric_vs_k(evaluation.metrics, reports.CURVE_KS, f"{name}: holdout metrics vs k", out / "metrics_vs_k.png")
+        reports.metric_vs_k(evaluation.metrics, reports.CURVE_KS, f"{name}: holdout metrics vs k",
+                            out / "metrics_vs_k.png")
         reports.score_distribution(np.concatenate([np.asarray(s, dtype=float) for s in top["scores"]] or [np.zeros(0)]),
                                    f"{name}: scores of top-10 items", out / "score_distribution.png")
         reports.popularity_vs_catalog(recommended, catalog, f"{name}: popularity of top-10 items vs catalog",
                                       out / "popularity_vs_catalog.png")
         reports.sample_json([{"user_id": int(row.user_id), "items": [
             {"item_id": int(i), "title": titles.get(int(i)), "score": round(float(s), 4)}
-            for i, s in zip(row.item_ids, row.scores)]} for row in sample.itertuples()], out / "sample_recommendations.json")
+            for i, s in zip(row.item_ids, row.scores)]} for row in sample.itertuples()],
+                            out / "sample_recommendations.json")
         mlflow.log_artifacts(folder, "reports")
 
 

@@ -29,8 +29,8 @@ from pyspark.sql import functions as F
 from nightrec.data.feedback import implicit_feedback, latest_split, sample_users, stratified_split
 from nightrec.data.tables import attributes, start_of, training_events
 from nightrec.errors import PermanentError
-from nightrec.modeling import registry, reports, tracking
-from nightrec.modeling import training as modeling
+from nightrec.modeling import dataset, registry, reports, search, tracking, training
+from nightrec.modeling.recipe import load_search_space
 from nightrec.pipeline.progress import Progress
 from nightrec.pipeline.runtime import stage_main
 from nightrec.settings import Settings, resolve
@@ -54,8 +54,8 @@ def run(spark: SparkSession, settings: Settings, ds: dt.date) -> TuneResult:
     m, t, weights = settings.model, settings.tuning, settings.events.weights
     progress = Progress("tune", spark)
     experiment_id = tracking.configure(settings)
-    opts = modeling.ModelSettingsView.of(settings.model, spark.sparkContext.defaultParallelism)
-    space = modeling.load_search_space(resolve(settings.home, m.search_space))
+    opts = dataset.ModelSettingsView.of(settings.model, spark.sparkContext.defaultParallelism)
+    space = load_search_space(resolve(settings.home, m.search_space))
     ks = tuple(sorted(set(reports.CURVE_KS) | {m.eval_k, m.top_k}))
     metric = f"ndcg_at_{m.eval_k}"
     items = attributes(spark, settings, "items", ds)
@@ -79,19 +79,19 @@ def run(spark: SparkSession, settings: Settings, ds: dt.date) -> TuneResult:
                 raise PermanentError(f"no {name}: no user has enough items for a share of {m.holdout_share} "
                                      f"(model.holdout_share); load more days or raise the share")
         fit_feedback = implicit_feedback(fit_events, weights).cache()
-        folds = [(modeling.training_set(implicit_feedback(inner_events, weights).cache(), items, as_of, opts),
+        folds = [(dataset.training_set(implicit_feedback(inner_events, weights).cache(), items, as_of, opts),
                   inner_truth)]
         if m.random_validation_share > 0:
             # A second fold, a random share of each user's items: choices that only suit the order in
             # which users took their items would not survive it.
             rest, held = stratified_split(fit_feedback, 1 - m.random_validation_share, m.seed)
-            folds.append((modeling.training_set(rest.cache(), items, as_of, opts), held.cache()))
+            folds.append((dataset.training_set(rest.cache(), items, as_of, opts), held.cache()))
         progress(f"{sampled:,} users sampled, {len(folds)} folds")
     seconds["split"] = time.monotonic() - started
 
     started = time.monotonic()
     with progress.step("search"):
-        selection = modeling.select(folds, space, opts, log=progress, deadline=deadline)
+        selection = search.select(folds, space, opts, log=progress, deadline=deadline)
     for fold_data, fold_truth in folds:
         fold_data.feedback.unpersist()
         fold_truth.unpersist()
@@ -99,18 +99,18 @@ def run(spark: SparkSession, settings: Settings, ds: dt.date) -> TuneResult:
 
     started = time.monotonic()
     with progress.step("fit every candidate on the fit part"):
-        fit_data = modeling.training_set(fit_feedback, items, as_of, opts)
-        bundles, fit_seconds = modeling.fit_bundles(fit_data, selection, opts)
+        fit_data = dataset.training_set(fit_feedback, items, as_of, opts)
+        bundles, fit_seconds = search.fit_bundles(fit_data, selection, opts)
     evaluations = {}
     for n, (name, bundle) in enumerate(bundles.items(), 1):
         with progress.step(f"evaluate {name} on the holdout", n, len(bundles)):
-            evaluations[name] = modeling.evaluate(bundle, fit_data, truth, ks, m.cold_user_max_items)
+            evaluations[name] = training.evaluate(bundle, fit_data, truth, ks, m.cold_user_max_items)
             evaluations[name].lists.unpersist()
     seconds["holdout"] = time.monotonic() - started
 
     ranking = sorted(evaluations, key=lambda n: -selection.validation_ndcg.get(n, -1.0))
     # what nights fit: tuned on the sample, scaled to every user of the window
-    best = modeling.recipe_of(ranking[0], selection).scaled_to_users(total_users / max(sampled, 1))
+    best = search.recipe_of(ranking[0], selection).scaled_to_users(total_users / max(sampled, 1))
     skipped = sum(1 for trial in selection.trials if trial.get("skipped"))
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"tune-{ds.isoformat()}") as parent:
         mlflow.set_tags({"ds": ds.isoformat(), "kind": "tuning", "best_candidate": best.candidate})
@@ -124,7 +124,7 @@ def run(spark: SparkSession, settings: Settings, ds: dt.date) -> TuneResult:
                         "search.json")
         mlflow.log_dict(json.loads(best.to_json()), "recipe.json")
         for name in ranking:
-            recipe = modeling.recipe_of(name, selection)
+            recipe = search.recipe_of(name, selection)
             with mlflow.start_run(experiment_id=experiment_id, run_name=f"tune-{name}-{ds.isoformat()}", nested=True):
                 mlflow.set_tags({"ds": ds.isoformat(), "kind": "tuning", "candidate": name,
                                  "role": "chosen" if name == best.candidate else "candidate"})

@@ -96,7 +96,8 @@ def unreadable_files(spark: SparkSession, settings: Settings, days: list[dt.date
 
 
 def _failure_message(failing_days, threshold, rule_list, by_rule, suite, worst_files) -> str:
-    days = ", ".join(f"{day} ({bad} of {rows} rows, {bad / rows:.2%})" for day, (rows, bad) in sorted(failing_days.items()))
+    days = ", ".join(f"{day} ({bad} of {rows} rows, {bad / rows:.2%})"
+                     for day, (rows, bad) in sorted(failing_days.items()))
     lines = [f"interactions failed validation: more than {threshold:.2%} of rows are bad on {days}; "
              f"silver left unchanged, bad rows are in quarantine/interactions"]
     for rule in rule_list:

@@ -1,1 +1,2 @@
-"""Serving wing: the Redis layout and codecs, the loader, the lookup, the HTTP API. Imports no Spark, MLflow or Airflow."""
+"""Serving wing: the Redis layout and codecs, the loader, the lookup, the HTTP API.
+Imports no Spark, MLflow or Airflow."""

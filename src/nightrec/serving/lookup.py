@@ -249,7 +249,8 @@ class Lookup:
             ids, scores = decode(value)
         except ValueError as error:
             raise unreadable(f"item {item_id}", version, error) from None
-        return {"item_id": item_id, "version": version, "items": ranked(ids, scores, k, (drop, data.unavailable), keep_only)}
+        return {"item_id": item_id, "version": version,
+                "items": ranked(ids, scores, k, (drop, data.unavailable), keep_only)}
 
     async def record(self, event: Event) -> str:
         """Append to the stream; the item leaves the user's lists at once. Returns the stream id."""

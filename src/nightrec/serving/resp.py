@@ -1,6 +1,7 @@
 """A small async Redis client for the lookup hot path: one connection per worker process, on which
 the commands of all concurrent requests are pipelined (Redis answers in order; the commands of one
-event-loop turn go out in one write), replies parsed by hiredis. The per-command cost of redis-py's asyncio client (a pool checkout, a lock, a reader task)
+event-loop turn go out in one write), replies parsed by hiredis. The per-command cost of redis-py's asyncio
+client (a pool checkout, a lock, a reader task)
 is most of a lookup; on this machine one raw ASGI worker served ~4.8k lookups/s through redis-py's
 pipeline, ~9.4k with valkey-glide and ~18k with this client (docs/serving-benchmarks.md).
 

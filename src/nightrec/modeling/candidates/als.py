@@ -10,14 +10,19 @@ stored in a model artifact.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import scipy.sparse as sp
 from pyspark.ml.recommendation import ALS
 from pyspark.sql import DataFrame
 
+from nightrec.modeling.dataset import ModelSettingsView, TrainingSet
 from nightrec.modeling.scoring import UserBlock
 from nightrec.modeling.topk import factor_matrix
+
+NAME = "als"
+REQUIRED_PARAMS = ("rank", "reg_param", "alpha", "max_iter")
 
 OUTER_PRODUCTS_PER_CHUNK = 1 << 21  # floats of per-interaction outer products held at once (16 MB)
 FOLD_IN_FLOATS = 1 << 23             # floats of the users' (rank x rank) systems solved at once (64 MB)
@@ -25,17 +30,22 @@ FOLD_IN_FLOATS = 1 << 23             # floats of the users' (rank x rank) system
 
 @dataclass
 class AlsComponent:
+    kind: ClassVar[str] = "als"
     item_factors: np.ndarray          # (catalog items, rank); zero rows for items ALS never saw
     alpha: float                      # confidence per unit of strength, as fit
     reg_param: float                  # Spark's regParam (scaled by each user's number of items)
     _gram: np.ndarray | None = field(default=None, repr=False, compare=False)
     _known: np.ndarray | None = field(default=None, repr=False, compare=False)
 
-    def __setstate__(self, state: dict) -> None:
-        if "alpha" not in state:  # pickled before users were folded in: it kept user factors instead
-            raise ValueError("an ALS model saved by an earlier nightrec (with per-user factors) cannot be "
-                             "scored by this one: use a version registered since, or retrain")
-        self.__dict__.update({"_gram": None, "_known": None, **state})
+    def describe(self) -> dict:
+        return {"rank": int(self.item_factors.shape[1]), "alpha": self.alpha, "reg_param": self.reg_param}
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"item_factors": self.item_factors}
+
+    @classmethod
+    def restore(cls, description: dict, arrays: dict[str, np.ndarray]) -> AlsComponent:
+        return cls(arrays["item_factors"], float(description["alpha"]), float(description["reg_param"]))
 
     def score(self, block: UserBlock) -> np.ndarray:
         return self.fold_in(block.history) @ self.item_factors.T
@@ -118,8 +128,14 @@ def _add_weighted_outer_products(a: np.ndarray, indptr: np.ndarray, rows: np.nda
         user = stop
 
 
-def fit(feedback: DataFrame, catalog: np.ndarray, *, rank: int, reg_param: float, alpha: float,
-        max_iter: int, seed: int, blocks: int) -> AlsComponent:
+def fit(data: TrainingSet, params: dict, opts: ModelSettingsView) -> AlsComponent:
+    return fit_factors(data.feedback, data.catalog, rank=int(params["rank"]), reg_param=float(params["reg_param"]),
+                       alpha=float(params["alpha"]), max_iter=int(params["max_iter"]), seed=opts.seed,
+                       blocks=opts.blocks)
+
+
+def fit_factors(feedback: DataFrame, catalog: np.ndarray, *, rank: int, reg_param: float, alpha: float,
+                max_iter: int, seed: int, blocks: int) -> AlsComponent:
     """feedback: (user_id, item_id, strength). Spark scales reg_param by each user's/item's count,
     so values tuned for other ALS libraries don't transfer."""
     model = ALS(userCol="user_id", itemCol="item_id", ratingCol="strength", implicitPrefs=True,
@@ -128,7 +144,8 @@ def fit(feedback: DataFrame, catalog: np.ndarray, *, rank: int, reg_param: float
                 # Spark's default of 10 blocks is ~4x slower on a 2-core box; one block per core instead.
                 numUserBlocks=blocks, numItemBlocks=blocks).fit(feedback.select("user_id", "item_id", "strength"))
     items = model.itemFactors.toArrow()
-    item_ids, item_matrix = factor_matrix(items.column("id").combine_chunks(), items.column("features").combine_chunks())
+    item_ids, item_matrix = factor_matrix(items.column("id").combine_chunks(),
+                                          items.column("features").combine_chunks())
     aligned = np.zeros((len(catalog), rank), dtype=np.float32)
     positions = np.searchsorted(catalog, item_ids)
     aligned[positions] = item_matrix  # every fitted item is in the catalog: it comes from the same feedback

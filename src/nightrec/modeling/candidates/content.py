@@ -5,6 +5,7 @@ touched yet score like any other, so new items can be recommended from day one."
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import scipy.sparse as sp
@@ -13,7 +14,11 @@ from pyspark.ml.feature import IDF, CountVectorizer, Normalizer, RegexTokenizer,
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from nightrec.modeling.scoring import UserBlock
+from nightrec.modeling.dataset import ModelSettingsView, TrainingSet
+from nightrec.modeling.scoring import UserBlock, restore_sparse, sparse_arrays
+
+NAME = "content"
+REQUIRED_PARAMS = ()
 
 # Free-text attributes used as they are; list-like ones become one token per value.
 TEXT_ATTRIBUTES = ("title", "description")
@@ -22,6 +27,7 @@ TOKEN_ATTRIBUTES = ("genres", "category", "tags")
 
 @dataclass
 class ContentComponent:
+    kind: ClassVar[str] = "content"
     item_vectors: sp.csr_matrix   # (catalog items, vocabulary), rows L2-normalised; empty rows allowed
 
     def score(self, block: UserBlock) -> np.ndarray:
@@ -29,6 +35,16 @@ class ContentComponent:
         norms = np.sqrt(np.asarray(profile.multiply(profile).sum(axis=1))).astype(np.float32)
         scores = (profile @ self.item_vectors.T).toarray().astype(np.float32)
         return scores / np.where(norms > 0, norms, 1.0)
+
+    def describe(self) -> dict:
+        return {"vocabulary": int(self.item_vectors.shape[1])}
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return sparse_arrays("item_vectors", self.item_vectors)
+
+    @classmethod
+    def restore(cls, description: dict, arrays: dict[str, np.ndarray]) -> ContentComponent:
+        return cls(restore_sparse("item_vectors", arrays))
 
 
 def item_text(items: DataFrame) -> DataFrame:
@@ -38,14 +54,21 @@ def item_text(items: DataFrame) -> DataFrame:
     for name in TOKEN_ATTRIBUTES:
         values = F.split(F.coalesce(attrs[name], F.lit("")), r"[|,;]")
         parts.append(F.array_join(F.transform(values, lambda v: F.when(
-            F.trim(v) != "", F.concat(F.lit(f"{name}_"), F.regexp_replace(F.lower(F.trim(v)), r"\W+", "_")))), " "))
+            F.trim(v) != "", F.concat(F.lit(f"{name}_"), F.regexp_replace(F.lower(F.trim(v)), r"\W+", "_")))), " "))  # noqa: B023 (F.transform calls it at once)
     year = F.expr("try_cast(trim(attributes['year']) AS INT)")
     parts.append(F.when(year.isNotNull(), F.concat(F.lit("year_"), year, F.lit(" decade_"),
                                                    (F.floor(year / 10) * 10).cast("int"), F.lit("s"))))
     return items.select("item_id", F.concat_ws(" ", *parts).alias("text"))
 
 
-def fit(items: DataFrame, catalog: np.ndarray, min_items_per_term: int = 2) -> ContentComponent:
+def fit(data: TrainingSet, params: dict, opts: ModelSettingsView) -> ContentComponent | None:
+    """None without an item file: there is nothing to describe items by."""
+    if data.items is None:
+        return None
+    return fit_vectors(data.items, data.catalog, int(params.get("min_items_per_term", 2)))
+
+
+def fit_vectors(items: DataFrame, catalog: np.ndarray, min_items_per_term: int = 2) -> ContentComponent:
     """items: (item_id, attributes map). Terms used by fewer than min_items_per_term items are dropped."""
     pipeline = Pipeline(stages=[
         RegexTokenizer(inputCol="text", outputCol="tokens", pattern=r"[^\w]+", toLowercase=True),

@@ -10,6 +10,7 @@ model covers the head of the catalog only: `model.item_knn_max_items` bounds its
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -19,11 +20,16 @@ from pyspark.sql import functions as F
 from scipy.linalg import lapack
 
 from nightrec.modeling.cooccurrence import recent_histories, user_item_matrix
+from nightrec.modeling.dataset import ModelSettingsView, TrainingSet
 from nightrec.modeling.scoring import UserBlock
+
+NAME = "itemknn"
+REQUIRED_PARAMS = ("l2",)
 
 
 @dataclass
 class ItemKnnComponent:
+    kind: ClassVar[str] = "itemknn"
     positions: np.ndarray   # catalog positions of the items the model covers
     weights: np.ndarray     # (covered, covered) float32, zero diagonal
 
@@ -33,6 +39,16 @@ class ItemKnnComponent:
         consumed.data[:] = 1.0
         scores[:, self.positions] = consumed @ self.weights
         return scores
+
+    def describe(self) -> dict:
+        return {"covered_items": int(len(self.positions))}
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"positions": self.positions, "weights": self.weights}
+
+    @classmethod
+    def restore(cls, description: dict, arrays: dict[str, np.ndarray]) -> ItemKnnComponent:
+        return cls(arrays["positions"], arrays["weights"])
 
 
 @dataclass
@@ -71,7 +87,16 @@ def gram(feedback: DataFrame, catalog: np.ndarray, max_items: int) -> Gram:
     return Gram(np.searchsorted(catalog, covered), matrix)
 
 
-def fit(g: Gram, l2: float) -> ItemKnnComponent:
+def fit(data: TrainingSet, params: dict, opts: ModelSettingsView) -> ItemKnnComponent:
+    """The Gram matrix depends on the data alone: computed once per training set, however many l2
+    values a search tries on it."""
+    key = (NAME, "gram", opts.item_knn_max_items)
+    if key not in data.memo:
+        data.memo[key] = gram(data.feedback, data.catalog, opts.item_knn_max_items)
+    return solve(data.memo[key], float(params["l2"]))
+
+
+def solve(g: Gram, l2: float) -> ItemKnnComponent:
     p = g.matrix.copy()
     p[np.diag_indices_from(p)] += l2
     # Cholesky inverse (the matrix is symmetric positive definite): about 3x faster than LU in float64

@@ -9,17 +9,23 @@ item of a 100k+ catalog: what it keeps grows with catalog x k, never catalog x c
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import scipy.sparse as sp
 from pyspark.sql import DataFrame
 
 from nightrec.modeling import cooccurrence
-from nightrec.modeling.scoring import UserBlock
+from nightrec.modeling.dataset import ModelSettingsView, TrainingSet
+from nightrec.modeling.scoring import UserBlock, restore_sparse, sparse_arrays
+
+NAME = "neighbours"
+REQUIRED_PARAMS = ("k", "shrink")
 
 
 @dataclass
 class NeighboursComponent:
+    kind: ClassVar[str] = "neighbours"
     similarity: sp.csr_matrix   # (catalog, catalog), at most k entries per row
 
     def score(self, block: UserBlock) -> np.ndarray:
@@ -27,9 +33,23 @@ class NeighboursComponent:
         taken.data[:] = 1.0
         return (taken @ self.similarity).toarray().astype(np.float32, copy=False)
 
+    def describe(self) -> dict:
+        return {"neighbours": int(self.similarity.nnz)}
 
-def fit(feedback: DataFrame, catalog: np.ndarray, *, k: int, shrink: float,
-        max_user_items: int = cooccurrence.MAX_USER_ITEMS) -> NeighboursComponent:
+    def arrays(self) -> dict[str, np.ndarray]:
+        return sparse_arrays("similarity", self.similarity)
+
+    @classmethod
+    def restore(cls, description: dict, arrays: dict[str, np.ndarray]) -> NeighboursComponent:
+        return cls(restore_sparse("similarity", arrays))
+
+
+def fit(data: TrainingSet, params: dict, opts: ModelSettingsView) -> NeighboursComponent:
+    return fit_similarity(data.feedback, data.catalog, k=int(params["k"]), shrink=float(params["shrink"]))
+
+
+def fit_similarity(feedback: DataFrame, catalog: np.ndarray, *, k: int, shrink: float,
+                   max_user_items: int = cooccurrence.MAX_USER_ITEMS) -> NeighboursComponent:
     """feedback: (user_id, item_id, last_ts, ...)."""
     found = cooccurrence.neighbours(feedback, k, shrink=shrink, max_user_items=max_user_items).toArrow()
     items = found.column("item_id").to_numpy()

@@ -4,22 +4,38 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
+from nightrec.modeling.dataset import ModelSettingsView, TrainingSet
 from nightrec.modeling.scoring import UserBlock
+
+NAME = "popularity"
+REQUIRED_PARAMS = ("half_life_days",)
 
 AGE_BANDS = ((0, 18), (18, 25), (25, 35), (35, 45), (45, 56), (56, None))  # [low, high) years
 
 
 @dataclass
 class PopularityComponent:
+    kind: ClassVar[str] = "popularity"
     item_scores: np.ndarray   # per catalog item
 
     def score(self, block: UserBlock) -> np.ndarray:
         return np.tile(self.item_scores, (len(block.user_ids), 1))
+
+    def describe(self) -> dict:
+        return {}
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"item_scores": self.item_scores}
+
+    @classmethod
+    def restore(cls, description: dict, arrays: dict[str, np.ndarray]) -> PopularityComponent:
+        return cls(arrays["item_scores"])
 
 
 def decayed_users(as_of: dt.datetime, half_life_days: float):
@@ -35,7 +51,12 @@ def item_scores(feedback: DataFrame, as_of: dt.datetime, half_life_days: float) 
     return feedback.groupBy("item_id").agg(F.sum(decayed_users(as_of, half_life_days)).alias("score"))
 
 
-def fit(feedback: DataFrame, catalog: np.ndarray, as_of: dt.datetime, half_life_days: float) -> PopularityComponent:
+def fit(data: TrainingSet, params: dict, opts: ModelSettingsView) -> PopularityComponent:
+    return fit_scores(data.feedback, data.catalog, data.as_of, float(params["half_life_days"]))
+
+
+def fit_scores(feedback: DataFrame, catalog: np.ndarray, as_of: dt.datetime,
+               half_life_days: float) -> PopularityComponent:
     scores = item_scores(feedback, as_of, half_life_days).toPandas()
     aligned = np.zeros(len(catalog), dtype=np.float32)
     aligned[np.searchsorted(catalog, scores["item_id"].to_numpy())] = scores["score"].to_numpy(dtype=np.float32)

@@ -20,7 +20,8 @@ def tls_redis_url(tmp_path_factory):
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
                     "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
     port = free_port()
-    proc = subprocess.Popen([shutil.which("redis-server"), "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+    proc = subprocess.Popen([shutil.which("redis-server"), "--port", "0", "--tls-port", str(port),
+                             "--bind", "127.0.0.1",
                              "--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-ca-cert-file", str(cert),
                              "--tls-auth-clients", "no", "--requirepass", "s3cret", "--save", "", "--appendonly", "no",
                              "--dir", str(folder)], stdout=subprocess.DEVNULL)
@@ -31,10 +32,10 @@ def tls_redis_url(tmp_path_factory):
     proc.wait(10)
 
 
-def test_password_and_tls_come_from_the_url(spark, tls_redis_url, make_settings):
+def test_password_and_tls_come_from_the_url(tls_redis_url, make_settings):
     with pytest.raises(redis.AuthenticationError):
         redis.Redis.from_url(tls_redis_url.replace("s3cret", "wrong")).ping()
-    published = publish_sample(spark, tls_redis_url)
+    published = publish_sample(tls_redis_url)
     with TestClient(create_app(make_settings(tls_redis_url))) as api:
         fast = api.get("/v1/users/2/recommendations?k=2").json()
         assert fast["version"] == published.version and [i["item_id"] for i in fast["items"]] == [2, 3]

@@ -19,8 +19,8 @@ def settings(redis_url, make_settings):
 
 
 @pytest.fixture
-def api(spark, redis_url, settings):
-    publish_sample(spark, redis_url)
+def api(redis_url, settings):
+    publish_sample(redis_url)
     with TestClient(create_app(settings)) as client:
         yield client
 

@@ -42,7 +42,8 @@ def random_body(rng: random.Random) -> bytes:
     if pick == 2:
         return json.dumps([1, 2, {"a": None}]).encode()
     if pick == 3:
-        return b'{"user_id": 1, "item_id": 2, "event_type": "click", "ts": "' + junk(rng).encode("utf-8", "replace") + b'"}'
+        return (b'{"user_id": 1, "item_id": 2, "event_type": "click", "ts": "' + junk(rng).encode("utf-8", "replace")
+                + b'"}')
     fields = {"user_id": junk(rng), "item_id": junk(rng), "event_type": junk(rng), "value": junk(rng), "ts": junk(rng)}
     for name in list(fields):
         if rng.random() < 0.3:
@@ -53,14 +54,14 @@ def random_body(rng: random.Random) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def api(spark, redis_server, tmp_path_factory):
+def api(redis_server, tmp_path_factory):
     import redis
 
     from conftest import settings_environ
     from nightrec.settings import load_settings
 
     redis.Redis.from_url(redis_server).flushall()
-    publish_sample(spark, redis_server)
+    publish_sample(redis_server)
     settings = load_settings("local", settings_environ(tmp_path_factory.mktemp("fuzz"), redis_server))
     with TestClient(create_app(settings)) as client:
         yield client
@@ -79,12 +80,14 @@ def test_random_malformed_requests_never_get_a_5xx(api, chunk):
             params = {name: junk(rng) for name in ("k", "category", "exclude") if rng.random() < 0.6}
             response = api.get(f"/v1/items/{quote(junk(rng), safe='')}/similar", params=params)
         elif kind == 2:
-            headers = {"content-type": rng.choice(["application/json", "text/plain", "application/x-www-form-urlencoded"])}
+            headers = {"content-type": rng.choice(["application/json", "text/plain",
+                                                   "application/x-www-form-urlencoded"])}
             response = api.post("/v1/events", content=random_body(rng), headers=headers)
         else:
             method = rng.choice(["GET", "POST", "PUT", "DELETE", "PATCH"])
             path = rng.choice(["/v1/users/1/recommendations", "/v1/events", "/v1/items/1/similar", "/v1/x", "/"])
-            response = api.request(method, path + rng.choice(["", "?k=" + quote(junk(rng)), "/" + quote(junk(rng), safe="")]))
+            response = api.request(method, path + rng.choice(["", "?k=" + quote(junk(rng)),
+                                                              "/" + quote(junk(rng), safe="")]))
         statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
         assert response.status_code < 500, (response.request.method, str(response.request.url), response.text[:300])
     assert len(statuses) >= 4  # the generator reaches answers of several kinds, not one error over and over

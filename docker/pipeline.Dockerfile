@@ -1,11 +1,15 @@
-# nightrec image: the package, its pinned dependencies and Java for Spark.
+# The pipeline image: nightrec[pipeline] (Spark, Delta, MLflow, Airflow, great_expectations) and Java
+# for Spark; runs the nightly DAG, single stages, spark-submit jobs and MLflow's UI.
+#   docker build -f docker/pipeline.Dockerfile -t nightrec-pipeline .
 FROM python:3.11-slim-bookworm
 RUN apt-get update && apt-get install -y --no-install-recommends openjdk-17-jre-headless procps libopenblas0-pthread \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /opt/nightrec
 COPY pyproject.toml constraints.txt README.md ./
 COPY src ./src
-RUN pip install --no-cache-dir -c constraints.txt .
+RUN pip install --no-cache-dir -c constraints.txt ".[pipeline]"
+# What the code reads at run time (tests/unit/test_docker.py keeps this list complete):
+# settings, the DAG files, spark-submit entry points, the default recipe and search space.
 COPY conf ./conf
 COPY dags ./dags
 COPY jobs ./jobs
