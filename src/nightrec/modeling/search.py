@@ -185,6 +185,8 @@ def select(folds: list[tuple[TrainingSet, DataFrame]], space: dict[str, dict[str
                 best = (ndcg, candidate, components)
         if best is not None:
             validation[family], params[family], best_components[family] = best
+        for inner, _ in folds:
+            inner.memo.clear()  # what this family's grid shared (EASE's Gram matrix: max_items² floats)
     shortlists = [sample.shortlist({f: comps[fold] for f, comps in best_components.items()})
                   for fold, sample in enumerate(samples)]
     weights, validation[HYBRID] = learn_weights(shortlists)
@@ -230,6 +232,7 @@ def fit_bundles(data: TrainingSet, selection: Selection,
         component = fit_family(family, data, params, opts)
         if component is not None:
             components[family], seconds[family] = component, time.monotonic() - started
+    data.memo.clear()
     bundles = {name: bundle_of(recipe_of(name, selection), components, data) for name in [*components, HYBRID]}
     seconds[HYBRID] = sum(seconds[n] for n in bundles[HYBRID].weights)
     return bundles, seconds

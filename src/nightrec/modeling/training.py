@@ -38,6 +38,7 @@ def fit_recipe(data: TrainingSet, recipe: Recipe, opts: ModelSettingsView,
                              f"(content needs an item file)")
         components[family], seconds[family] = component, time.monotonic() - started
         log(f"fit {family} done in {seconds[family]:.1f} s")
+    data.memo.clear()  # each family is fit once here: nothing to share with a later fit
     return bundle_of(recipe, components, data), seconds
 
 
