@@ -170,6 +170,9 @@ def recs(user_id: int, k: Annotated[int, typer.Option(min=1, max=100)] = 10,
     when the lake has them."""
     import asyncio
 
+    from redis.exceptions import RedisError
+    from rich.markup import escape
+
     from nightrec.serving.lookup import Lookup, LookupFailed
 
     settings = _settings()
@@ -183,8 +186,11 @@ def recs(user_id: int, k: Annotated[int, typer.Option(min=1, max=100)] = 10,
 
     try:
         answer = asyncio.run(ask())
-    except LookupFailed as error:
-        console.print(f"[red]{error.detail}[/]", highlight=False)
+    except (LookupFailed, RedisError) as error:
+        detail = error.detail if isinstance(error, LookupFailed) else f"Redis unreachable: {error}"
+        if isinstance(detail, list):  # FastAPI-shaped validation errors
+            detail = "; ".join(f"{item['loc'][-1]}: {item['msg']}" for item in detail)
+        console.print(escape(str(detail)), style="red", highlight=False)
         raise typer.Exit(1) from None
     source = answer["source"] + (f" {answer['segment']}" if answer["source"] == "segment" else "")
     titles = _item_titles(settings)

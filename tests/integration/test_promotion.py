@@ -3,6 +3,7 @@
 import datetime as dt
 from pathlib import Path
 
+import mlflow
 import pytest
 import redis
 from mlflow import MlflowClient
@@ -92,3 +93,28 @@ def test_the_gate_judges_the_champion_by_a_fit_that_never_saw_the_holdout(spark,
     assert again.promoted and again.champion_holdout_ndcg is not None
     assert again.champion_holdout_ndcg == pytest.approx(again.holdout["ndcg_at_10"], abs=0.01)
     assert first.holdout["ndcg_at_10"] == pytest.approx(again.holdout["ndcg_at_10"], abs=0.01)
+
+
+class PickledModel(mlflow.pyfunc.PythonModel):  # what nightrec registered before its arrays + manifest format
+    def predict(self, context, model_input, params=None):
+        return model_input
+
+
+def test_a_champion_in_the_old_pickled_format_is_replaced_by_tonights_model(spark, nights, tmp_path):
+    settings, _ = nights
+    base = settings()
+    experiment = tracking.configure(base)
+    name, client = base.mlflow.registered_model, MlflowClient()
+    (tmp_path / "bundle.pkl").write_bytes(b"\x80\x05N.")
+    with mlflow.start_run(experiment_id=experiment):
+        info = mlflow.pyfunc.log_model(name="model", python_model=PickledModel(), registered_model_name=name,
+                                       artifacts={"bundle": str(tmp_path / "bundle.pkl")})
+    old = str(info.registered_model_version)
+    client.set_model_version_tag(name, old, registry.RECIPE_TAG, '{"candidate": "popularity", "params": '
+                                 '{"popularity": {"half_life_days": 0}}, "weights": {"popularity": 1.0}}')
+    client.set_model_version_tag(name, old, "ds", DAY.isoformat())
+    client.set_registered_model_alias(name, "champion", old)
+
+    tonight = train.run(spark, settings(MODEL__RECIPE=WORSE_RECIPE), DAY)  # even a worse recipe: it can be served
+    assert tonight.promoted and "cannot be loaded by this nightrec" in tonight.reason and "pickled" in tonight.reason
+    assert score.run(spark, base, DAY).model_version == f"{name}/{tonight.version}"

@@ -12,6 +12,7 @@ from mlflow import MlflowClient
 
 from conftest import settings_environ
 from helpers import tiny_bundle
+from nightrec.errors import PermanentError
 from nightrec.modeling import registry, tracking
 from nightrec.modeling.artifact import UnsupportedArtifact
 from nightrec.settings import load_settings
@@ -43,7 +44,7 @@ def test_a_version_reads_back_as_logged(version):
     np.testing.assert_array_equal(loaded.item_ids, served().item_ids)
     np.testing.assert_array_equal(loaded.components["popularity"].item_scores, np.arange(8, 0, -1))
     holdout_free = registry.load_holdout_free(NAME, version)
-    assert len(holdout_free.item_ids) == 5 and registry.artifact_problem(NAME, version) is None
+    assert len(holdout_free.item_ids) == 5 and not registry.is_pickled(NAME, version)
 
 
 def test_mlflow_pyfunc_serves_the_version_without_pickles(version):
@@ -64,14 +65,22 @@ class Legacy(mlflow.pyfunc.PythonModel):
         return model_input
 
 
-def test_a_pickled_version_is_refused_naming_the_format(experiment, tmp_path):
+def test_a_pickled_version_is_refused_naming_the_format(experiment, version, tmp_path):
     pickled = tmp_path / "bundle.pkl"
     pickled.write_bytes(b"\x80\x05N.")
     with mlflow.start_run(experiment_id=experiment):
         info = mlflow.pyfunc.log_model(name="model", python_model=Legacy(), artifacts={"bundle": str(pickled)},
                                        registered_model_name=NAME)
     old = str(info.registered_model_version)
-    assert "pickled model (format version 0" in registry.artifact_problem(NAME, old)
+    client = MlflowClient()
+    client.set_model_version_tag(NAME, old, registry.RECIPE_TAG, '{"candidate": "popularity"}')
+    assert registry.is_pickled(NAME, old)
     with pytest.raises(UnsupportedArtifact, match="format version 0"):
         registry.load_version(NAME, old)
-    assert registry.load_holdout_free(NAME, old) is None  # the gate refits its recipe instead
+    assert registry.load_holdout_free(NAME, old) is None
+
+    registry.set_aliases(NAME, version, None)  # a champion of this format ...
+    client.set_model_version_tag(NAME, version, registry.REPLACED_TAG, old)  # ... that replaced a pickled one
+    with pytest.raises(PermanentError, match="pickled model"):
+        registry.rollback(NAME)
+    assert registry.current_champion(NAME).version == version

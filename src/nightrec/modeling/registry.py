@@ -22,7 +22,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from nightrec.errors import PermanentError
-from nightrec.modeling.artifact import MANIFEST, UnsupportedArtifact, load_bundle, read_manifest, save_bundle
+from nightrec.modeling.artifact import UnsupportedArtifact, load_bundle, save_bundle
 from nightrec.modeling.recipe import Recipe
 from nightrec.modeling.scoring import Bundle, user_block
 from nightrec.settings import Settings, resolve
@@ -127,34 +127,31 @@ def load_version(registered_model: str, version: str, which: str = "bundle") -> 
     from mlflow.store.artifact.models_artifact_repo import ModelsArtifactRepository
 
     repository = ModelsArtifactRepository(f"models:/{registered_model}/{version}")
-    if which not in {Path(f.path).name for f in repository.list_artifacts("artifacts")}:
-        raise UnsupportedArtifact(_pickled_or_missing(repository, registered_model, version, which))
+    names = _artifact_names(repository)
+    if which not in names:
+        if f"{which}.pkl" in names:
+            raise UnsupportedArtifact(pickled_message(registered_model, version))
+        raise UnsupportedArtifact(f"{registered_model}/{version} has no {which} model folder")
     with tempfile.TemporaryDirectory() as folder:
         return load_bundle(Path(repository.download_artifacts(f"artifacts/{which}", folder)))
 
 
-def artifact_problem(registered_model: str, version: str) -> str | None:
-    """Why this nightrec cannot load the version's served model (an older format, say), or None."""
+def is_pickled(registered_model: str, version: str) -> bool:
+    """True for a version saved by nightrec before the arrays + manifest format (format version 0),
+    which this nightrec cannot load."""
     from mlflow.store.artifact.models_artifact_repo import ModelsArtifactRepository
 
-    repository = ModelsArtifactRepository(f"models:/{registered_model}/{version}")
-    try:
-        with tempfile.TemporaryDirectory() as folder:
-            read_manifest(Path(repository.download_artifacts(f"artifacts/bundle/{MANIFEST}", folder)).parent)
-    except UnsupportedArtifact as error:
-        return str(error)
-    except (MlflowException, OSError):
-        return _pickled_or_missing(repository, registered_model, version, "bundle")
-    return None
+    names = _artifact_names(ModelsArtifactRepository(f"models:/{registered_model}/{version}"))
+    return "bundle.pkl" in names and "bundle" not in names
 
 
-def _pickled_or_missing(repository, registered_model: str, version: str, which: str) -> str:
-    names = {Path(f.path).name for f in repository.list_artifacts("artifacts")}
-    if f"{which}.pkl" in names:
-        return (f"{registered_model}/{version} holds a pickled model (format version 0, from nightrec before the "
-                f"arrays + manifest format), which this nightrec does not load: retrain, or roll back to a version "
-                f"registered since")
-    return f"{registered_model}/{version} has no {which} model folder"
+def pickled_message(registered_model: str, version: str) -> str:
+    return (f"{registered_model}/{version} holds a pickled model (format version 0, from nightrec before the arrays "
+            f"+ manifest format), which this nightrec does not load")
+
+
+def _artifact_names(repository) -> set[str]:
+    return {Path(f.path).name for f in repository.list_artifacts("artifacts")}
 
 
 def load_holdout_free(registered_model: str, version: str) -> Bundle | None:
@@ -280,6 +277,9 @@ def rollback(registered_model: str, to_version: str | None = None) -> tuple[str,
         raise PermanentError(f"{registered_model} has no version {target}") from error
     if RECIPE_TAG not in found.tags:
         raise PermanentError(f"{registered_model}/{target} is not a nightrec candidate (no {RECIPE_TAG} tag)")
+    if is_pickled(registered_model, target):
+        raise PermanentError(f"{pickled_message(registered_model, target)}: not rolling back to it; name a version "
+                             f"registered since (--to)")
     client.set_registered_model_alias(registered_model, CHAMPION, target)
     client.set_model_version_tag(registered_model, target, "rolled_back_from", current.version)
     return current.version, target

@@ -230,9 +230,9 @@ def fit_bundles(data: TrainingSet, selection: Selection,
     for family, params in selection.params.items():
         started = time.monotonic()
         component = fit_family(family, data, params, opts)
+        data.memo.clear()
         if component is not None:
             components[family], seconds[family] = component, time.monotonic() - started
-    data.memo.clear()
     bundles = {name: bundle_of(recipe_of(name, selection), components, data) for name in [*components, HYBRID]}
     seconds[HYBRID] = sum(seconds[n] for n in bundles[HYBRID].weights)
     return bundles, seconds

@@ -37,8 +37,8 @@ def fit_recipe(data: TrainingSet, recipe: Recipe, opts: ModelSettingsView,
             raise ValueError(f"recipe {recipe.candidate} needs {family}, which this data cannot fit "
                              f"(content needs an item file)")
         components[family], seconds[family] = component, time.monotonic() - started
+        data.memo.clear()  # each family is fit once here: nothing to share with the next one
         log(f"fit {family} done in {seconds[family]:.1f} s")
-    data.memo.clear()  # each family is fit once here: nothing to share with a later fit
     return bundle_of(recipe, components, data), seconds
 
 

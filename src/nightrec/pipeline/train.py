@@ -153,9 +153,8 @@ def _champion(settings: Settings, data: dataset.TrainingSet, items, ds: dt.date,
         return None, ""
     if current.ds is not None and current.ds > ds.isoformat():
         return None, f"champion version {current.version} is from the later night {current.ds}"
-    problem = registry.artifact_problem(name, current.version)
-    if problem:
-        return None, f"{UNREADABLE} ({problem})"
+    if registry.is_pickled(name, current.version):
+        return None, f"{UNREADABLE} ({registry.pickled_message(name, current.version)})"
     bundle = registry.load_holdout_free(name, current.version)
     if bundle is None:
         try:
