@@ -18,7 +18,7 @@ test: lint
 	$(BIN)/python -m pytest
 
 # The tests that need no Spark, Airflow or MLflow run (unit tests, the lookup service on a real Redis): < 1 minute.
-test-fast: setup redis
+test-fast: setup
 	$(BIN)/python -m pytest -m fast
 
 lint: setup
