@@ -124,12 +124,10 @@ def current_champion(registered_model: str) -> Champion | None:
 
 def load_version(registered_model: str, version: str, which: str = "bundle") -> Bundle:
     """A version's served bundle (or its holdout-free fit), read from its model folder."""
-    from mlflow.store.artifact.models_artifact_repo import ModelsArtifactRepository
-
-    repository = ModelsArtifactRepository(f"models:/{registered_model}/{version}")
+    repository = _repository(registered_model, version)
     names = _artifact_names(repository)
     if which not in names:
-        if f"{which}.pkl" in names:
+        if _pickled(names, which):
             raise UnsupportedArtifact(pickled_message(registered_model, version))
         raise UnsupportedArtifact(f"{registered_model}/{version} has no {which} model folder")
     with tempfile.TemporaryDirectory() as folder:
@@ -139,10 +137,7 @@ def load_version(registered_model: str, version: str, which: str = "bundle") -> 
 def is_pickled(registered_model: str, version: str) -> bool:
     """True for a version saved by nightrec before the arrays + manifest format (format version 0),
     which this nightrec cannot load."""
-    from mlflow.store.artifact.models_artifact_repo import ModelsArtifactRepository
-
-    names = _artifact_names(ModelsArtifactRepository(f"models:/{registered_model}/{version}"))
-    return "bundle.pkl" in names and "bundle" not in names
+    return _pickled(_artifact_names(_repository(registered_model, version)), "bundle")
 
 
 def pickled_message(registered_model: str, version: str) -> str:
@@ -150,8 +145,18 @@ def pickled_message(registered_model: str, version: str) -> str:
             f"+ manifest format), which this nightrec does not load")
 
 
+def _repository(registered_model: str, version: str):
+    from mlflow.store.artifact.models_artifact_repo import ModelsArtifactRepository
+
+    return ModelsArtifactRepository(f"models:/{registered_model}/{version}")
+
+
 def _artifact_names(repository) -> set[str]:
     return {Path(f.path).name for f in repository.list_artifacts("artifacts")}
+
+
+def _pickled(names: set[str], which: str) -> bool:
+    return f"{which}.pkl" in names and which not in names
 
 
 def load_holdout_free(registered_model: str, version: str) -> Bundle | None:

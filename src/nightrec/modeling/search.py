@@ -173,7 +173,7 @@ def select(folds: list[tuple[TrainingSet, DataFrame]], space: dict[str, dict[str
                 log(f"{family} {candidate} ({n} of {len(points)}): skipped, time budget spent")
                 continue
             started = time.monotonic()
-            components = [fit_family(family, inner, candidate, opts) for inner, _ in folds]
+            components = [fit_family(family, inner, candidate, opts, share=True) for inner, _ in folds]
             if any(c is None for c in components):
                 break
             ndcg = float(np.mean([sample.ndcg(c) for sample, c in zip(samples, components)]))
@@ -186,7 +186,7 @@ def select(folds: list[tuple[TrainingSet, DataFrame]], space: dict[str, dict[str
         if best is not None:
             validation[family], params[family], best_components[family] = best
         for inner, _ in folds:
-            inner.memo.clear()  # what this family's grid shared (EASE's Gram matrix: max_items² floats)
+            inner.memo.clear()  # what this family's grid shared
     shortlists = [sample.shortlist({f: comps[fold] for f, comps in best_components.items()})
                   for fold, sample in enumerate(samples)]
     weights, validation[HYBRID] = learn_weights(shortlists)
@@ -230,7 +230,6 @@ def fit_bundles(data: TrainingSet, selection: Selection,
     for family, params in selection.params.items():
         started = time.monotonic()
         component = fit_family(family, data, params, opts)
-        data.memo.clear()
         if component is not None:
             components[family], seconds[family] = component, time.monotonic() - started
     bundles = {name: bundle_of(recipe_of(name, selection), components, data) for name in [*components, HYBRID]}

@@ -16,11 +16,16 @@ from nightrec.modeling.recipe import Recipe
 from nightrec.modeling.scoring import Bundle
 
 
-def fit_family(family: str, data: TrainingSet, params: dict, opts: ModelSettingsView):
-    """The family's fitted component, or None when this data cannot fit it."""
+def fit_family(family: str, data: TrainingSet, params: dict, opts: ModelSettingsView, share: bool = False):
+    """The family's fitted component, or None when this data cannot fit it. With share, what the fit
+    derived from the data alone (data.memo: EASE's Gram matrix, max_items² floats) stays for the next
+    fit of the same family on the same data, as a search's grid does; the caller then clears it."""
     if family not in FAMILIES:
         raise ValueError(f"unknown candidate family {family!r}; known: {sorted(FAMILIES)}")
-    return FAMILIES[family].fit(data, params, opts)
+    component = FAMILIES[family].fit(data, params, opts)
+    if not share:
+        data.memo.clear()
+    return component
 
 
 def fit_recipe(data: TrainingSet, recipe: Recipe, opts: ModelSettingsView,
@@ -37,7 +42,6 @@ def fit_recipe(data: TrainingSet, recipe: Recipe, opts: ModelSettingsView,
             raise ValueError(f"recipe {recipe.candidate} needs {family}, which this data cannot fit "
                              f"(content needs an item file)")
         components[family], seconds[family] = component, time.monotonic() - started
-        data.memo.clear()  # each family is fit once here: nothing to share with the next one
         log(f"fit {family} done in {seconds[family]:.1f} s")
     return bundle_of(recipe, components, data), seconds
 
