@@ -287,6 +287,85 @@ def rollback(ds: DsOption,
         run_stage(stage_name, day.isoformat())
 
 
+experiment_app = typer.Typer(help="Online A/B experiments: variants served from Redis, analysed nightly "
+                                    "(docs/experiments.md).", no_args_is_help=True)
+app.add_typer(experiment_app, name="experiment")
+
+
+@experiment_app.command("start")
+def experiment_start(
+        name: Annotated[str, typer.Argument(help="1-32 of a-z 0-9 _ -")],
+        variant: Annotated[list[str], typer.Option(help="NAME=MODEL:WEIGHT[:max_per_category=N]; MODEL is champion "
+                                                        "(followed nightly), challenger (pinned now) or a version")],
+        until: Annotated[Optional[str], typer.Option(help="last day it runs, YYYY-MM-DD")] = None):
+    """Start an experiment; it serves from the next published version (the score stage writes its lists)."""
+    from nightrec.modeling import experiment_store
+    from nightrec.serving.experiments import ExperimentError, parse_variant
+
+    settings = _settings()
+    try:
+        stored = experiment_store.start(settings, name, [parse_variant(v) for v in variant],
+                                        _date(until) if until else None)
+    except ExperimentError as error:
+        console.print(f"[red]{error}[/]", highlight=False)
+        raise typer.Exit(1) from None
+    _print_experiment(stored)
+    console.print("serves from the next published version; in MLflow: experiment "
+                  f"{settings.experiments.mlflow_experiment!r}, run {stored.run_id}", highlight=False)
+
+
+@experiment_app.command("stop")
+def experiment_stop(reason: Annotated[str, typer.Option(help="why, for the record")] = "stopped by hand"):
+    """Stop the running experiment: every user gets the champion's lists again within seconds."""
+    from nightrec.modeling import experiment_store
+    from nightrec.serving.experiments import ExperimentError
+
+    try:
+        stored = experiment_store.end(_settings(), reason)
+    except ExperimentError as error:
+        console.print(f"[red]{error}[/]", highlight=False)
+        raise typer.Exit(1) from None
+    _print_experiment(stored)
+
+
+@experiment_app.command("status")
+def experiment_status():
+    """The running experiment (else the latest one), its variants and state."""
+    from nightrec.modeling import experiment_store
+
+    settings = _settings()
+    stored = experiment_store.running(settings) or next(iter(experiment_store.all_experiments(settings)), None)
+    if stored is None:
+        console.print("no experiment has been started")
+        return
+    _print_experiment(stored)
+
+
+@experiment_app.command("list")
+def experiment_list():
+    """Every experiment started, newest first."""
+    from nightrec.modeling import experiment_store
+
+    table = Table("name", "status", "started", "until", "ended", "variants", "reason")
+    for stored in experiment_store.all_experiments(_settings()):
+        e = stored.experiment
+        table.add_row(e.name, stored.status, e.started_at, e.until or "", stored.ended_at,
+                      "; ".join(f"{v.name}: {experiment_store.describe(v)}" for v in e.variants), stored.reason)
+    console.print(table)
+
+
+def _print_experiment(stored) -> None:
+    from nightrec.modeling import experiment_store
+
+    e = stored.experiment
+    line = f"experiment {e.name}: {stored.status}, started {e.started_at}" + (f", until {e.until}" if e.until else "")
+    line += (f", ended {stored.ended_at}" if stored.ended_at else "") + (f" ({stored.reason})" if stored.reason else "")
+    console.print(line, highlight=False)
+    total = sum(v.weight for v in e.variants)
+    for v in e.variants:
+        console.print(f"  {v.name:<16} {v.weight / total:6.1%}  {experiment_store.describe(v)}", highlight=False)
+
+
 @app.command()
 def serve(host: str = "127.0.0.1", port: int = 8000,
           workers: Annotated[int, typer.Option(min=1, help="worker processes (default: one per core)")] = 0,

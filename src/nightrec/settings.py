@@ -117,6 +117,20 @@ class ServiceSettings(_Section):
     consumed_ttl_days: float = Field(3.0, gt=0)    # posted events filter items out this long after the user's last one
     events_max_len: int = Field(10_000_000, ge=1000)  # stream cap (approximate) if the nightly drain stops
     max_body_bytes: int = Field(65536, ge=1024)
+    impression_sample_rate: float = Field(1.0, ge=0, le=1)  # share of users whose answers are recorded; 0: none
+    impressions_max_len: int = Field(10_000_000, ge=1000)  # impression stream cap (approximate)
+
+
+class ExperimentSettings(_Section):
+    mlflow_experiment: str = "nightrec_online"  # MLflow experiment holding one run per online experiment
+    k: int = Field(10, ge=1, le=100)            # CTR@k: a click counts when the item was shown at rank <= k
+    click_events: list[str] = ["click", "add_to_cart", "purchase"]  # event types that count as a click
+    conversion_event: str = "purchase"
+    min_users: int = Field(20_000, ge=10)       # users per variant before the experiment's decisive look
+    alpha: float = Field(0.05, gt=0, lt=0.5)    # two-sided significance of that look
+    harm_z: float = Field(3.0, gt=0)            # before it: stop early when the treatment is worse beyond this z
+    rollback_drop: float = Field(0.05, gt=0, lt=1)  # roll the champion back when its CTR falls this much (relative)
+    baseline_nights: int = Field(7, ge=1)       # ... below its CTR over this many previous nights, significantly
 
 
 class Settings(_Section):
@@ -132,6 +146,7 @@ class Settings(_Section):
     redis: RedisSettings
     service: ServiceSettings = ServiceSettings()
     lake: LakeSettings = LakeSettings()
+    experiments: ExperimentSettings = ExperimentSettings()
 
     def path(self, name: str) -> str:
         """A `paths` entry as an absolute path (URIs such as s3a://... are kept as they are)."""

@@ -36,6 +36,12 @@ def test_keys_are_exactly_as_documented():
     assert keys.category("19980422.7", "children's") == "nightrec:v:19980422.7:cat:children's"
     assert keys.unavailable("19980422.7") == "nightrec:v:19980422.7:unavailable"
     assert keys.version_pattern("v1") == "nightrec:v:v1:*"
+    assert keys.experiment == "{nightrec}:experiment"
+    assert keys.impressions == "{nightrec}:impressions"
+    assert keys.impressions_drained == "{nightrec}:impressions:drained"
+    assert keys.variant_user("19980422.7", "treatment", 42) == "nightrec:v:19980422.7:x:treatment:u:{42}"
+    assert keys.variant_users("19980422.7", "b", [42, 7]) == [keys.variant_user("19980422.7", "b", 42),
+                                                              keys.variant_user("19980422.7", "b", 7)]
 
 
 def test_version_ids_names_and_prefixes_cannot_smuggle_key_syntax():
@@ -47,6 +53,9 @@ def test_version_ids_names_and_prefixes_cannot_smuggle_key_syntax():
             Keys().fallback("v1", bad)
     with pytest.raises(ValueError, match="invalid key prefix"):
         Keys("{x}")
+    for bad in ("", "Treatment", "a:b", "{x}", "x" * 33, "-a"):
+        with pytest.raises(ValueError, match="invalid name"):
+            Keys().variant_user("v1", bad, 1)
 
 
 def test_encoding_is_byte_exact():

@@ -56,7 +56,10 @@ def test_the_fast_path_and_fastapi_answer_alike(api, user):
                            ("k=7&category=Western", "k=7&category=%57estern"), ("", "k=%310")):
         fast = api.get(f"/v1/users/{user}/recommendations?{plain}")
         slow = api.get(f"/v1/users/{user}/recommendations?{escaped}")
-        assert (fast.status_code, fast.json()) == (slow.status_code, slow.json())
+        fast_body, slow_body = fast.json(), slow.json()
+        if "request_id" in fast_body:  # each answer has its own
+            assert fast_body.pop("request_id") != slow_body.pop("request_id")
+        assert (fast.status_code, fast_body) == (slow.status_code, slow_body)
 
 
 def test_users_without_a_personal_list_get_a_fallback_that_says_which(api):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 import pyarrow as pa
@@ -20,6 +20,7 @@ from nightrec.modeling.dataset import ItemFacts
 from nightrec.modeling.fallbacks import is_personal
 from nightrec.pipeline.runtime import stage_main
 from nightrec.serving import loader
+from nightrec.serving.experiments import Experiment
 from nightrec.serving.layout import check_name
 from nightrec.settings import Settings
 
@@ -34,6 +35,8 @@ class PublishStageResult:
     categories: int
     model_version: str
     deleted_versions: list[str]
+    experiment: str | None = None
+    variant_users: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -64,11 +67,26 @@ def load_values(frame: DataFrame, *, url: str, cluster: bool, prefix: str, versi
 
 
 def publish_frames(recs: DataFrame, extras: loader.Extras, *, url: str, prefix: str, ds: dt.date, model_version: str,
-                   similar: DataFrame | None = None, cluster: bool = False) -> loader.PublishResult:
-    """loader.publish of recs (user_id, value, ...) and similar (item_id, value, ...) from Spark."""
+                   similar: DataFrame | None = None, cluster: bool = False,
+                   variants: DataFrame | None = None) -> loader.PublishResult:
+    """loader.publish of recs (user_id, value, ...), similar (item_id, value, ...) and an experiment's
+    variant lists (user_id, value, variant, model_version, experiment) from Spark."""
     return loader.publish(SparkValues(recs.select("user_id", "value")), extras, url=url, prefix=prefix, ds=ds,
                           model_version=model_version, cluster=cluster,
-                          similar=None if similar is None else SparkValues(similar.select("item_id", "value")))
+                          similar=None if similar is None else SparkValues(similar.select("item_id", "value")),
+                          variants=variant_lists(variants))
+
+
+def variant_lists(variants: DataFrame | None) -> loader.VariantLists | None:
+    """The score stage's variant lists as the loader takes them (None: no experiment tonight)."""
+    first = variants.select("experiment").first() if variants is not None else None
+    if first is None:
+        return None
+    pairs = variants.select("variant", "model_version").distinct().collect()
+    models = {row.variant: row.model_version for row in pairs}
+    return loader.VariantLists(Experiment.from_json(first.experiment).id, {
+        name: (SparkValues(variants.where(F.col("variant") == name).select("user_id", "value")), model)
+        for name, model in sorted(models.items())})
 
 
 def item_categories(items: DataFrame | None) -> dict[str, list[int]]:
@@ -101,12 +119,19 @@ def run(spark: SparkSession, settings: Settings, ds: dt.date) -> PublishStageRes
     similar = None
     if lake.table_exists(settings.table("gold/similar_items")):
         similar = lake.read_table(spark, settings.table("gold/similar_items"), [ds])
+    variants = None
+    if lake.table_exists(settings.table("gold/variant_recommendations")):
+        variants = lake.read_table(spark, settings.table("gold/variant_recommendations"), [ds])
     items = attributes(spark, settings, "items", ds)
     extras = loader.Extras(fallbacks, item_categories(items), sorted(ItemFacts.read(items).unavailable_ids()))
     result = publish_frames(recs, extras, url=settings.redis.url, prefix=settings.redis.prefix, ds=ds,
-                            model_version=first.model_version, similar=similar, cluster=settings.redis.cluster)
+                            model_version=first.model_version, similar=similar, cluster=settings.redis.cluster,
+                            variants=variants)
+    experiment = variants.select("experiment").first() if variants is not None else None
     return PublishStageResult(result.version, result.previous, result.users, result.similar_items, len(fallbacks),
-                              len(extras.categories), first.model_version, result.deleted_versions)
+                              len(extras.categories), first.model_version, result.deleted_versions,
+                              Experiment.from_json(experiment.experiment).name if experiment else None,
+                              result.variant_users)
 
 
 def main(argv=None) -> dict:

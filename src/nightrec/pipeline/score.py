@@ -1,26 +1,32 @@
 """Score: the champion's top-k per user -> gold/recommendations; trending lists (global and per
 segment) -> gold/fallbacks; each item's nearest neighbours -> gold/similar_items. Users known only
-from the user file (no interactions yet) get their segment's list, or the global one."""
+from the user file (no interactions yet) get their segment's list, or the global one.
+
+While an experiment runs, each variant that serves something other than the champion scores its
+own users (and only them) with its model and rules -> gold/variant_recommendations."""
 
 from __future__ import annotations
 
 import datetime as dt
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from pyspark.sql import SparkSession
+import numpy as np
+import pandas as pd
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from nightrec.data import lake
 from nightrec.data.feedback import implicit_feedback
 from nightrec.data.tables import attributes, start_of, training_events
-from nightrec.modeling import registry, tracking
+from nightrec.modeling import experiment_store, registry, tracking
 from nightrec.modeling.dataset import ItemFacts
 from nightrec.modeling.fallbacks import fallback_lists, new_user_recs
 from nightrec.modeling.scoring import recommend, user_rows
 from nightrec.modeling.similar import similar_items
 from nightrec.pipeline.progress import Progress
 from nightrec.pipeline.runtime import stage_main
+from nightrec.serving.experiments import Experiment
 from nightrec.settings import Settings
 
 
@@ -32,6 +38,8 @@ class ScoreResult:
     min_items_per_user: int
     fallback_lists: int
     similar_items: int
+    experiment: str | None = None
+    variant_users: dict[str, int] = field(default_factory=dict)  # users given a variant's own list
 
 
 def run(spark: SparkSession, settings: Settings, ds: dt.date) -> ScoreResult:
@@ -66,10 +74,55 @@ def run(spark: SparkSession, settings: Settings, ds: dt.date) -> ScoreResult:
         F.count("*").alias("users"), F.min(F.size("item_ids")).alias("min_items"),
         F.sum(F.when(F.col("model_version") != model_version, 1).otherwise(0)).alias("new_users")).first()
     n_lists = lake.read_table(spark, settings.table("gold/fallbacks"), [ds]).count()
+    running = experiment_store.running(settings)
+    experiment = running.experiment if running is not None and running.experiment.keyed else None
+    with progress.step("experiment variants", experiment=experiment.name if experiment else "none"):
+        variant_users = score_variants(spark, settings, ds, experiment, feedback, facts, as_of)
     feedback.unpersist()
     fallbacks.unpersist()
     return ScoreResult(model_version, int(stored["users"]), int(stored["new_users"] or 0),
-                       int(stored["min_items"] or 0), n_lists, n_similar)
+                       int(stored["min_items"] or 0), n_lists, n_similar, experiment and experiment.name,
+                       variant_users)
+
+
+def score_variants(spark: SparkSession, settings: Settings, ds: dt.date, experiment: Experiment | None,
+                   feedback: DataFrame, facts: ItemFacts, as_of: dt.datetime) -> dict[str, int]:
+    """gold/variant_recommendations of ds: the lists of the experiment's users in variants with their
+    own model or rules (nothing when no experiment runs, so a rerun after a stop publishes none)."""
+    m, table = settings.model, settings.table("gold/variant_recommendations")
+    if experiment is None:
+        if lake.table_exists(table):
+            lake.replace_partitions(spark.createDataFrame([], lake.read_table(spark, table).schema), table, [ds])
+        return {}
+    rows = user_rows(feedback, as_of, m.recency_half_life_days).withColumn("variant", variant_of(experiment)("user_id"))
+    frames = []
+    for variant in experiment.keyed:
+        version = experiment_store.model_version(settings, variant)
+        name = settings.mlflow.registered_model
+        bundle = registry.load_version(name, version)
+        bundle = bundle.with_rules(facts.rules_for(bundle.item_ids,
+                                                   variant.rules.get("max_per_category", m.max_per_category)))
+        users = rows.where(F.col("variant") == variant.name).drop("variant")
+        frames.append(recommend(bundle, users, m.top_k, serving_values=True)
+                      .withColumns({"variant": F.lit(variant.name), "model_version": F.lit(f"{name}/{version}")}))
+    lists = frames[0]
+    for frame in frames[1:]:
+        lists = lists.unionByName(frame)
+    lists = lists.withColumns({"experiment": F.lit(experiment.to_json()), "dt": F.lit(ds)})
+    lake.replace_partitions(lists, table, [ds])
+    counts = lake.read_table(spark, table, [ds]).groupBy("variant").count().collect()
+    return {row["variant"]: int(row["count"]) for row in counts}
+
+
+def variant_of(experiment: Experiment):
+    """A Spark column function: user_id -> the variant's name, exactly as the lookup assigns it."""
+    names = np.array([v.name for v in experiment.variants], dtype=object)
+
+    @F.pandas_udf("string")
+    def assign(user_ids: pd.Series) -> pd.Series:
+        return pd.Series(names[experiment.assign_many(user_ids.to_numpy())], index=user_ids.index)
+
+    return assign
 
 
 def main(argv=None) -> dict:

@@ -47,6 +47,9 @@ class Recommendations(BaseModel):
     segment: str | None
     version: str
     model_version: str
+    experiment: str | None = Field(description="the running experiment the user takes part in, if any")
+    variant: str | None = Field(description="the user's variant in that experiment")
+    request_id: str = Field(description="names this answer: send it with events on its items (attribution)")
     items: list[Item]
 
 
@@ -66,15 +69,16 @@ def json_response(body: dict, status: int = 200) -> Response:
 
 
 
-def create_app(settings: Settings | None = None) -> FastRecommendations:
-    """The ASGI app: the FastAPI service behind its fast path (see FastRecommendations)."""
+def create_app(settings: Settings | None = None, record_impressions: bool = True) -> FastRecommendations:
+    """The ASGI app: the FastAPI service behind its fast path (see FastRecommendations). Checks of the
+    service itself (the smoke stage) record no impressions: they are not users' traffic."""
     settings = settings or load_settings()
     metrics = Metrics()
     max_body = settings.service.max_body_bytes
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        app.state.lookup = Lookup(settings)
+        app.state.lookup = Lookup(settings, record_impressions)
         yield
         await app.state.lookup.aclose()
 

@@ -1,4 +1,4 @@
-"""Redis layout v1 (docs/redis-layout.md): key names and value codecs.
+"""Redis layout v2 (docs/redis-layout.md): key names and value codecs.
 
 Pure functions, no server: the loader, the lookup service and the CLI all use this module, and the
 tests pin it byte for byte.
@@ -25,7 +25,9 @@ _SCORE_LIMIT = float(np.finfo(np.float16).max)  # 65504: larger scores (e.g. pop
 _VERSION_ID = re.compile(r"^[0-9A-Za-z._-]{1,64}$")
 _PREFIX = re.compile(r"^[0-9A-Za-z._-]{1,32}$")
 _NAME = re.compile(r"^[^{}*?\[\]\s\x00-\x1f][^{}*?\[\]\x00-\x1f]{0,99}$")  # segments, categories
+_VARIANT = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 MAX_CONSUMED = 1000  # newest consumed items kept per user
+LAYOUT = 2  # v2 adds experiments: variant lists, the running experiment, impressions (v1 readers ignore them)
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,21 @@ class Keys:
         """String: the last stream id already written to the landing zone."""
         return f"{{{self.prefix}}}:events:drained"
 
+    @property
+    def experiment(self) -> str:
+        """String: the running experiment as JSON (nightrec.serving.experiments); absent when none runs."""
+        return f"{{{self.prefix}}}:experiment"
+
+    @property
+    def impressions(self) -> str:
+        """Stream: what the service answered (request id, user, variant, items), drained nightly."""
+        return f"{{{self.prefix}}}:impressions"
+
+    @property
+    def impressions_drained(self) -> str:
+        """String: the last impression stream id already written to the landing zone."""
+        return f"{{{self.prefix}}}:impressions:drained"
+
     def consumed(self, user_id: int) -> str:
         """String of int32 item ids the user took lately (posted events): filtered out until published.
         Shares the user's hash tag with the user's list, so one MGET reads both, on a cluster too."""
@@ -92,6 +109,18 @@ class Keys:
     def users(self, version: str, user_ids: list[int]) -> list[str]:
         """user() of many ids at once (bulk loads)."""
         prefix = self.user_prefix(version)
+        return [f"{prefix}{{{u}}}" for u in user_ids]
+
+    def variant_user(self, version: str, variant: str, user_id: int) -> str:
+        """A user's list as an experiment's variant serves it (only users assigned to that variant).
+        Same hash tag as the user's own list: one MGET reads both."""
+        return f"{self.variant_prefix(version, variant)}{{{int(user_id)}}}"
+
+    def variant_prefix(self, version: str, variant: str) -> str:
+        return f"{self.prefix}:v:{check_version(version)}:x:{check_variant(variant)}:u:"
+
+    def variant_users(self, version: str, variant: str, user_ids: list[int]) -> list[str]:
+        prefix = self.variant_prefix(version, variant)
         return [f"{prefix}{{{u}}}" for u in user_ids]
 
     def fallback(self, version: str, segment: str = GLOBAL_SEGMENT) -> str:
@@ -126,6 +155,12 @@ def check_version(version: str) -> str:
     if not _VERSION_ID.match(version):
         raise ValueError(f"invalid version id {version!r}: use 1-64 of [0-9A-Za-z._-]")
     return version
+
+
+def check_variant(name: str) -> str:
+    if not _VARIANT.match(name):
+        raise ValueError(f"invalid name {name!r}: 1-32 of a-z 0-9 _ -, starting with a letter or digit")
+    return name
 
 
 def check_name(name: str, what: str) -> str:

@@ -30,7 +30,7 @@ from redis.retry import Retry
 
 from nightrec.constants import GLOBAL_SEGMENT
 from nightrec.serving.client import RETRIES, connect
-from nightrec.serving.layout import Keys, decode_user, encode, encode_id_set
+from nightrec.serving.layout import LAYOUT, Keys, decode, decode_user, encode, encode_id_set
 
 BATCH = 2000        # keys per MSET
 IN_FLIGHT = 2       # MSETs a task may have handed to its sender thread and not seen answered
@@ -67,12 +67,21 @@ class Extras:
 
 
 @dataclass
+class VariantLists:
+    """An experiment's own lists for a version: variant -> (its users' (user_id, value) rows, model version)."""
+
+    experiment_id: str
+    lists: dict[str, tuple[ValueSource, str]]
+
+
+@dataclass
 class PublishResult:
     version: str
     previous: str | None
     users: int
     similar_items: int
     deleted_versions: list[str]
+    variant_users: dict[str, int] = field(default_factory=dict)
 
 
 class ValueSource(Protocol):
@@ -92,15 +101,19 @@ def new_version_id(client, keys: Keys, ds: dt.date) -> str:
     return f"{ds:%Y%m%d}.{client.incr(keys.sequence)}"
 
 
-def write_values(batches, *, url: str, cluster: bool, prefix: str, version: str, kind: str):
+def write_values(batches, *, url: str, cluster: bool, prefix: str, version: str, kind: str, variant: str | None = None):
     """Arrow (id, value) batches -> MSETs (on a cluster: SETs grouped by node); yields the number of
-    rows written, once. Runs where the rows are (in Spark: in each task).
+    rows written, once. Runs where the rows are (in Spark: in each task). kind "user" with a variant
+    writes that experiment variant's lists.
 
     A sender thread writes one batch while this one prepares the next (the socket wait releases the
     GIL), at most IN_FLIGHT batches ahead.
     """
     keys = Keys(prefix)
     keys_of = keys.users if kind == "user" else keys.similars
+    if variant is not None:
+        def keys_of(version: str, user_ids: list[int]) -> list[str]:
+            return keys.variant_users(version, variant, user_ids)
     if cluster:
         writer = ClusterWriter(url)
         write, close = writer.write, writer.close
@@ -276,9 +289,10 @@ def _pack_sets(pairs: list[tuple[bytes, bytes]], asking: bool) -> bytes:
 
 
 def publish(users: ValueSource, extras: Extras, *, url: str, prefix: str, ds: dt.date, model_version: str,
-            similar: ValueSource | None = None, cluster: bool = False) -> PublishResult:
-    """users: (user_id, value), similar: (item_id, value), values packed by the layout's codecs.
-    Live readers see the old version until the final flip."""
+            similar: ValueSource | None = None, cluster: bool = False,
+            variants: VariantLists | None = None) -> PublishResult:
+    """users: (user_id, value), similar: (item_id, value), values packed by the layout's codecs;
+    variants: an experiment's own lists. Live readers see the old version until the final flip."""
     if GLOBAL_SEGMENT not in extras.fallbacks:
         raise PublishError(f"no {GLOBAL_SEGMENT!r} fallback list: unknown users would get nothing")
     keys = Keys(prefix)
@@ -295,19 +309,28 @@ def publish(users: ValueSource, extras: Extras, *, url: str, prefix: str, ds: dt
         n_similar = 0
         if similar is not None:
             n_similar = similar.write(partial(write_values, kind="similar", **options))
+        variant_users = {}
+        for name, (rows, _) in (variants.lists.items() if variants else ()):
+            variant_users[name] = rows.write(partial(write_values, kind="user", variant=name, **options))
+            if variant_users[name] != rows.count():
+                raise PublishError(f"version {version}: wrote {variant_users[name]} users of variant {name}, expected "
+                                   f"{rows.count()}; live version unchanged")
+            verify_variant(client, keys, version, name, rows.sample(SAMPLE_SIZE))
         _write_extras(client, keys, version, extras)
         verify(client, keys, version, users.sample(SAMPLE_SIZE))
-        client.hset(keys.meta(version), mapping={
-            "ds": ds.isoformat(), "model_version": model_version, "users": expected,
-            "similar_items": n_similar, "layout": 1,
-            "segments": json.dumps(sorted(extras.fallbacks)), "categories": json.dumps(sorted(extras.categories)),
-            "published_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        })
+        meta = {"ds": ds.isoformat(), "model_version": model_version, "users": expected,
+                "similar_items": n_similar, "layout": LAYOUT,
+                "segments": json.dumps(sorted(extras.fallbacks)), "categories": json.dumps(sorted(extras.categories)),
+                "published_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+        if variants is not None:
+            meta["experiment"] = json.dumps({"id": variants.experiment_id,
+                                             "variants": {name: model for name, (_, model) in variants.lists.items()}})
+        client.hset(keys.meta(version), mapping=meta)
         previous = flip(client, keys, version)
         deleted = delete_stale_versions(client, keys, started_before=started)
     finally:
         client.close()
-    return PublishResult(version, previous, expected, n_similar, deleted)
+    return PublishResult(version, previous, expected, n_similar, deleted, variant_users)
 
 
 def _write_extras(client, keys: Keys, version: str, extras: Extras) -> None:
@@ -334,6 +357,20 @@ def verify(client, keys: Keys, version: str, sample: list[tuple[int, bytes]]) ->
         if isinstance(value, str) and not client.exists(keys.fallback(version, value)):
             raise PublishError(f"version {version}: user {user_id} refers to segment {value!r}, "
                                "which has no list; live version unchanged")
+
+
+def verify_variant(client, keys: Keys, version: str, variant: str, sample: list[tuple[int, bytes]]) -> None:
+    """A sample of a variant's users reads back byte for byte, as ranked lists."""
+    for user_id, loaded in sample:
+        stored = client.get(keys.variant_user(version, variant, user_id))
+        if stored != loaded:
+            raise PublishError(f"version {version}: user {user_id} of variant {variant} reads back wrong; "
+                               "live version unchanged")
+        try:
+            decode(stored)
+        except ValueError as error:
+            raise PublishError(f"version {version}: user {user_id} of variant {variant} holds an unreadable list "
+                               f"({error}); live version unchanged") from None
 
 
 def flip(client, keys: Keys, version: str) -> str | None:

@@ -11,17 +11,22 @@ id itself is re-read at most every `service.live_cache_seconds`.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from redis.asyncio.cluster import RedisCluster
 
 from nightrec.constants import GLOBAL_SEGMENT, MAX_ID
+from nightrec.serving.experiments import Experiment
+from nightrec.serving.impressions import FIELDS, ImpressionLog, entry
 from nightrec.serving.layout import (
+    LAYOUT,
     MAX_CONSUMED,
     Keys,
     check_version,
@@ -68,6 +73,15 @@ class Event(BaseModel):
     event_type: str = Field(min_length=1, max_length=32)
     value: float | None = Field(None, ge=0, le=1e9)
     ts: dt.datetime | None = Field(None, description="when it happened (ISO-8601 with zone); default: now")
+    request_id: str | None = Field(None, pattern=r"^[0-9a-f]{1,32}$",
+                                   description="the request_id of the answer the item was shown in (attribution)")
+    position: int | None = Field(None, ge=1, le=MAX_K, description="the item's rank in that answer")
+
+    @model_validator(mode="after")
+    def _position_with_request(self) -> Event:
+        if self.position is not None and self.request_id is None:
+            raise ValueError("position needs the request_id of the answer it refers to")
+        return self
 
     @field_validator("ts")
     @classmethod
@@ -95,6 +109,8 @@ class VersionData:
     model_version: str
     categories: frozenset[str]
     unavailable: frozenset[int]
+    experiment: str | None = None  # Experiment.id whose variant lists the version holds
+    variant_models: dict[str, str] = field(default_factory=dict)  # variant with lists -> its model version
     fallbacks: dict[str, tuple[list[int], list[float]]] = field(default_factory=dict)
     members: dict[str, frozenset[int]] = field(default_factory=dict)
 
@@ -141,7 +157,7 @@ def unreadable(what: str, version: str, error: ValueError) -> LookupFailed:
 class Lookup:
     """Everything a request needs: Redis clients, the live version, per-version caches."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, record_impressions: bool = False):
         self.keys = Keys(settings.redis.prefix)
         self.options = settings.service
         self.event_types = sorted(settings.events.weights)
@@ -151,37 +167,68 @@ class Lookup:
         else:
             self.redis = aioredis.Redis.from_url(settings.redis.url, socket_timeout=REDIS_TIMEOUT)
             self.hot = MultiplexedRedis(settings.redis.url, REDIS_TIMEOUT)
-        self.live: tuple[str | None, float] = (None, 0.0)
+        self.live: tuple[str | None, Experiment | None, float] = (None, None, 0.0)
         self.versions: dict[str, VersionData] = {}
+        self.impressions = ImpressionLog(self._append_impressions, self.options.impression_sample_rate) \
+            if record_impressions else None
+        self.request_ids = (f"{os.urandom(6).hex()}{n:08x}" for n in itertools.count())  # unique over workers
+
+    async def _append_impressions(self, entries: list[tuple]) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        for values in entries:
+            pipe.xadd(self.keys.impressions, dict(zip(FIELDS, values)), maxlen=self.options.impressions_max_len,
+                      approximate=True)
+        await pipe.execute()
 
     async def aclose(self) -> None:
+        if self.impressions is not None:
+            await self.impressions.aclose()
         await self.redis.aclose()
         if self.hot is not self.redis:
             await self.hot.aclose()
 
     async def live_version(self) -> str:
-        version, read_at = self.live
+        return (await self.live_state())[0]
+
+    async def live_state(self) -> tuple[str, Experiment | None]:
+        """The live version id and the running experiment (None: none runs)."""
+        version, experiment, read_at = self.live
         if version is None or time.monotonic() - read_at >= self.options.live_cache_seconds:
-            value = await self.redis.get(self.keys.live)
+            value, definition = await self.redis.mget(self.keys.live, self.keys.experiment)  # one slot: {prefix}
             if value is None:
                 raise LookupFailed(503, "no recommendations have been published yet")
             try:
                 version = check_version(value.decode())
             except (UnicodeDecodeError, ValueError):
                 raise LookupFailed(503, "the live version pointer holds no valid version id") from None
-            self.live = (version, time.monotonic())
-        return version
+            experiment = self._experiment(definition)
+            self.live = (version, experiment, time.monotonic())
+        return version, experiment
+
+    def _experiment(self, definition: bytes | None) -> Experiment | None:
+        if definition is None:
+            return None
+        try:
+            return Experiment.from_json(definition)
+        except (ValueError, KeyError, TypeError) as error:  # answers go on, without variants
+            log.error("%s holds no valid experiment, serving without one: %r", self.keys.experiment, error)
+            return None
 
     async def version_data(self, version: str) -> VersionData:
         if version not in self.versions:
             meta = {k.decode(): v.decode() for k, v in (await self.redis.hgetall(self.keys.meta(version))).items()}
             if not meta:
                 raise LookupFailed(503, f"live version {version} has no meta key")
+            if int(meta.get("layout", "1")) > LAYOUT:
+                raise LookupFailed(503, f"live version {version} has Redis layout {meta['layout']}; this lookup reads "
+                                        f"layouts up to {LAYOUT}: upgrade nightrec")
             unavailable = await self.redis.get(self.keys.unavailable(version))
             try:
+                experiment = json.loads(meta.get("experiment", "null")) or {}
                 data = VersionData(meta.get("model_version", ""), frozenset(json.loads(meta.get("categories", "[]"))),
-                                   decode_id_set(unavailable) if unavailable else frozenset())
-            except ValueError as error:  # JSONDecodeError too
+                                   decode_id_set(unavailable) if unavailable else frozenset(),
+                                   experiment.get("id"), dict(experiment.get("variants", {})))
+            except (ValueError, AttributeError) as error:  # JSONDecodeError too
                 raise unreadable("meta or unavailable items", version, error) from None
             for old in list(self.versions)[:-1]:  # with the one added below: the live one and the one before
                 del self.versions[old]
@@ -216,10 +263,20 @@ class Lookup:
 
     async def recommendations(self, user_id: int, k: int, category: str | None, exclude: str | None) -> dict:
         drop = parse_exclude(exclude)
-        version = await self.live_version()
+        version, experiment = await self.live_state()
         data = await self.version_data(version)
         keep_only = await self.category_members(version, data, category)
-        value, consumed = await self.hot.mget(self.keys.user(version, user_id), self.keys.consumed(user_id))
+        # An experiment serves from the first version published for it (which holds its variants' lists).
+        variant = experiment.assign(user_id) if experiment is not None and experiment.id == data.experiment else None
+        model_version = data.model_version
+        if variant is not None and variant.name in data.variant_models:
+            value, variant_value, consumed = await self.hot.mget(
+                self.keys.user(version, user_id), self.keys.variant_user(version, variant.name, user_id),
+                self.keys.consumed(user_id))
+            if variant_value is not None:  # users without history have none: their segment's list is the same
+                value, model_version = variant_value, data.variant_models[variant.name]
+        else:
+            value, consumed = await self.hot.mget(self.keys.user(version, user_id), self.keys.consumed(user_id))
         drops = (drop, data.unavailable, decode_consumed(consumed))
         # Without a category filter the first k + (items that may be dropped) entries are enough.
         needed = k + sum(map(len, drops)) if keep_only is None else None
@@ -234,8 +291,13 @@ class Lookup:
         else:
             source, segment = "personalized", None
             ids, scores = stored
-        return {"user_id": user_id, "source": source, "segment": segment, "version": version,
-                "model_version": data.model_version, "items": ranked(ids, scores, k, drops, keep_only)}
+        answer = {"user_id": user_id, "source": source, "segment": segment, "version": version,
+                  "model_version": model_version, "experiment": experiment.name if variant else None,
+                  "variant": variant.name if variant else None, "request_id": next(self.request_ids),
+                  "items": ranked(ids, scores, k, drops, keep_only)}
+        if self.impressions is not None:
+            self.impressions.add(user_id, lambda: entry(answer, variant and experiment.id, []))
+        return answer
 
     async def similar(self, item_id: int, k: int, category: str | None, exclude: str | None) -> dict:
         drop = parse_exclude(exclude)
@@ -260,6 +322,8 @@ class Lookup:
                           "body")
         fields = {"user_id": event.user_id, "item_id": event.item_id, "event_type": event.event_type.lower(),
                   "value": "" if event.value is None else repr(event.value), "ts": ts.isoformat()}
+        if event.request_id is not None:
+            fields |= {"request_id": event.request_id, "position": "" if event.position is None else event.position}
         # Filter first: repeating it is harmless, while a 503 after the XADD would invite a duplicate event.
         await self.redis.eval(CONSUMED_SCRIPT, 1, self.keys.consumed(event.user_id), encode_consumed(event.item_id),
                               4 * MAX_CONSUMED, int(self.options.consumed_ttl_days * 86400))

@@ -1,0 +1,298 @@
+"""Statistics of the nightly A/B experiment analysis: estimates, comparisons and the decisions taken on them.
+
+Users are hashed to variants, so the user is the unit: every metric is computed from per-user arrays and its
+variance is clustered by user (a user's impressions are not independent draws). A per-impression rate such as
+CTR is a ratio of per-user sums whose variance comes from the delta method (Deng, Knoblich, Lu 2018, "Applying
+the Delta Method in Metric Analytics"); treating impressions as independent would understate it and let noise
+pass as a win.
+
+The protocol (`decide`) looks every night. Before the planned sample only harm can end an experiment, and only
+beyond a strict boundary (|z| > 3 by default, as in an O'Brien-Fleming-style design), so nightly peeks barely
+add false positives; at the planned sample comes the one fixed-horizon two-sided test. `rollback_check` guards
+the champion against a sudden fall of its daily rate.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+
+import numpy as np
+import numpy.typing as npt
+from scipy import stats
+
+NAN = float("nan")
+ACTIONS = ("continue", "stop", "promote", "no_difference", "rollback", "keep")
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A metric with its standard error and its (1 - alpha) confidence interval, from `users` units."""
+
+    value: float
+    se: float
+    low: float
+    high: float
+    users: int
+
+    def as_dict(self, prefix: str) -> dict[str, float]:
+        """Flat keys for MLflow metrics and report rows: prefix, prefix_se, prefix_low, prefix_high."""
+        return {prefix: self.value, f"{prefix}_se": self.se, f"{prefix}_low": self.low, f"{prefix}_high": self.high}
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Treatment against control: difference = treatment - control, lift = difference / control, with the
+    z statistic, the two-sided p-value and the (1 - alpha) confidence interval of the difference."""
+
+    control: float
+    treatment: float
+    difference: float
+    lift: float
+    se: float
+    z: float
+    p_value: float
+    low: float
+    high: float
+
+    def as_dict(self, prefix: str) -> dict[str, float]:
+        """Flat keys: prefix_control, prefix_treatment, prefix_difference, prefix_lift, prefix_se, ..."""
+        return {f"{prefix}_{name}": float(value) for name, value in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the protocol does next (one of ACTIONS) and one plain sentence with the figures that led to it."""
+
+    action: str
+    reason: str
+
+
+@lru_cache(maxsize=32)
+def _z_crit(alpha: float) -> float:
+    """The two-sided critical value z_(1 - alpha/2); cached because nightly loops ask for the same few alphas."""
+    _check_alpha(alpha)
+    return float(stats.norm.ppf(1.0 - alpha / 2.0))
+
+
+def _check_alpha(alpha: float) -> None:
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
+
+
+def _estimate(value: float, se: float, users: int, alpha: float) -> Estimate:
+    """A normal-approximation interval; a nan se (too little data) gives a nan interval, never a zero-width one."""
+    if math.isnan(se) or math.isnan(value):
+        return Estimate(float(value), NAN, NAN, NAN, users)
+    half = _z_crit(alpha) * se
+    return Estimate(float(value), float(se), float(value - half), float(value + half), users)
+
+
+def _per_user(values: npt.ArrayLike, name: str) -> np.ndarray:
+    array = np.asarray(values, dtype=float)
+    if array.ndim != 1:
+        raise ValueError(f"{name} must be one value per user (1-D), got shape {array.shape}")
+    if not np.all(np.isfinite(array)):
+        # a nan would silently turn every later decision into "no data yet": fail the night instead
+        raise ValueError(f"{name} holds non-finite values")
+    return array
+
+
+def ratio(numerators: npt.ArrayLike, denominators: npt.ArrayLike, alpha: float = 0.05) -> Estimate:
+    """sum(num) / sum(den) over users, e.g. CTR = clicked impressions / impressions.
+
+    The user, not the impression, is the independent unit, so the variance is the delta method's for a ratio of
+    means: var(r) ~= (var(x) - 2 r cov(x, y) + r^2 var(y)) / (n mean(y)^2), sample moments with ddof=1 (computed
+    as var(x - r y), the same sum, which stays exact when every user's ratio is r). Users with denominator 0 are
+    allowed and count in n (they were assigned, so leaving them out would bias n). Fewer than 2 users or
+    sum(den) == 0 give a nan se and interval.
+    """
+    _check_alpha(alpha)
+    x, y = _per_user(numerators, "numerators"), _per_user(denominators, "denominators")
+    if x.shape != y.shape:
+        raise ValueError(f"numerators and denominators differ in length: {x.size} vs {y.size}")
+    n = int(x.size)
+    total = float(y.sum())
+    if total == 0.0:
+        return Estimate(NAN, NAN, NAN, NAN, n)
+    r = float(x.sum()) / total
+    if n < 2:
+        return Estimate(r, NAN, NAN, NAN, n)
+    mean_y = total / n
+    # var(x - r y) is var(x) - 2 r cov(x, y) + r^2 var(y) term by term, without the cancellation of the three terms
+    variance = float(np.var(x - r * y, ddof=1)) / (n * mean_y * mean_y)
+    return _estimate(r, math.sqrt(variance), n, alpha)
+
+
+def proportion(successes: int, users: int, alpha: float = 0.05) -> Estimate:
+    """The share of users with the event (e.g. converted). The interval is Wilson's score interval, which stays
+    inside [0, 1] and keeps its coverage near 0 and 1 where the normal one fails; se = sqrt(p (1 - p) / n)."""
+    _check_alpha(alpha)
+    successes, users = operator.index(successes), operator.index(users)
+    if users < 0 or not 0 <= successes <= max(users, 0):
+        raise ValueError(f"need 0 <= successes <= users, got {successes} of {users}")
+    if users == 0:
+        return Estimate(NAN, NAN, NAN, NAN, 0)
+    p = successes / users
+    z = _z_crit(alpha)
+    z2n = z * z / users
+    centre = (p + z2n / 2.0) / (1.0 + z2n)
+    half = z / (1.0 + z2n) * math.sqrt(p * (1.0 - p) / users + z2n / (4.0 * users))
+    return Estimate(p, math.sqrt(p * (1.0 - p) / users), max(centre - half, 0.0), min(centre + half, 1.0), users)
+
+
+def mean(values: npt.ArrayLike, alpha: float = 0.05) -> Estimate:
+    """The mean of a per-user value (e.g. events per user) with a normal interval, se = std(ddof=1) / sqrt(n)."""
+    _check_alpha(alpha)
+    x = _per_user(values, "values")
+    n = int(x.size)
+    if n == 0:
+        return Estimate(NAN, NAN, NAN, NAN, 0)
+    if n < 2:
+        return Estimate(float(x[0]), NAN, NAN, NAN, n)
+    return _estimate(float(x.mean()), float(x.std(ddof=1)) / math.sqrt(n), n, alpha)
+
+
+def _z_and_p(difference: float, se: float) -> tuple[float, float]:
+    """z = difference / se with its two-sided p; a zero se (no spread at all) is a certain difference or none."""
+    if math.isnan(difference) or math.isnan(se):
+        return NAN, NAN
+    if se == 0.0:
+        z = 0.0 if difference == 0.0 else math.copysign(math.inf, difference)
+    else:
+        z = difference / se
+    return z, float(2.0 * stats.norm.sf(abs(z)))
+
+
+def _lift(difference: float, control: float) -> float:
+    return difference / control if control != 0.0 and not math.isnan(control) else NAN
+
+
+def compare(control: Estimate, treatment: Estimate, alpha: float = 0.05) -> Comparison:
+    """Unpooled z test of treatment - control. The two estimates are independent because users are split
+    between the variants, so the variance of the difference is the sum of the two variances."""
+    _check_alpha(alpha)
+    difference = treatment.value - control.value
+    se = math.hypot(control.se, treatment.se)
+    z, p = _z_and_p(difference, se)
+    half = _z_crit(alpha) * se
+    return Comparison(control.value, treatment.value, difference, _lift(difference, control.value), se, z, p,
+                      difference - half, difference + half)
+
+
+def compare_proportions(control_successes: int, control_users: int, treatment_successes: int, treatment_users: int,
+                        alpha: float = 0.05) -> Comparison:
+    """Two-proportion z-test on users. z and p use the pooled variance (exact under the null of equal rates);
+    `se` and the interval of the difference use the unpooled one (the null no longer holds for an interval)."""
+    control = proportion(control_successes, control_users, alpha)
+    treatment = proportion(treatment_successes, treatment_users, alpha)
+    difference = treatment.value - control.value
+    if control.users == 0 or treatment.users == 0:
+        return Comparison(control.value, treatment.value, NAN, NAN, NAN, NAN, NAN, NAN, NAN)
+    pooled = (control_successes + treatment_successes) / (control.users + treatment.users)
+    pooled_se = math.sqrt(pooled * (1.0 - pooled) * (1.0 / control.users + 1.0 / treatment.users))
+    z, p = _z_and_p(difference, pooled_se)
+    se = math.hypot(control.se, treatment.se)
+    half = _z_crit(alpha) * se
+    return Comparison(control.value, treatment.value, difference, _lift(difference, control.value), se, z, p,
+                      difference - half, difference + half)
+
+
+def _figures(comparison: Comparison, metric: str) -> str:
+    lift = "lift n/a" if math.isnan(comparison.lift) else f"{comparison.lift:+.1%}"
+    return (f"treatment {metric} {comparison.treatment:.4g} vs control {comparison.control:.4g} "
+            f"({lift}, z={comparison.z:.2f}")
+
+
+def decide(comparison: Comparison, users_per_variant: int, min_users: int, *, alpha: float = 0.05,
+           harm_z: float = 3.0, metric: str = "CTR@10") -> Decision:
+    """The experiment protocol, applied at every nightly look.
+
+    Before the planned sample (users_per_variant < min_users) only harm ends the experiment: "stop" when
+    z < -harm_z, a strict interim boundary (O'Brien-Fleming style) so that nightly peeks add little to the false
+    positive rate; otherwise "continue". At the planned sample comes the one fixed-horizon look: p < alpha
+    (two-sided) and difference > 0 -> "promote"; p < alpha and difference < 0 -> "stop"; else "no_difference"
+    (the experiment ends and the champion stays). A nan z or p (no data) -> "continue".
+    """
+    _check_alpha(alpha)
+    if min_users < 1 or users_per_variant < 0:
+        raise ValueError(f"need min_users >= 1 and users_per_variant >= 0, got {min_users} and {users_per_variant}")
+    if harm_z <= 0.0:
+        raise ValueError(f"harm_z must be positive, got {harm_z}")
+    users = f"{users_per_variant:,} users per variant"
+    if math.isnan(comparison.z) or math.isnan(comparison.p_value):
+        return Decision("continue", f"no data yet for {metric} after {users}: continuing")
+    figures = _figures(comparison, metric)
+    if users_per_variant < min_users:
+        if comparison.z < -harm_z:
+            return Decision("stop", f"{figures}) is worse beyond the early-stop boundary |z|>{harm_z:g} after "
+                                    f"{users}: stopped")
+        return Decision("continue", f"{figures}) is within the early-stop boundary |z|>{harm_z:g} after {users} of "
+                                    f"{min_users:,} planned: continuing")
+    result = f"{figures}, p={comparison.p_value:.3g}) after {users} (planned {min_users:,})"
+    if comparison.p_value < alpha and comparison.difference > 0:
+        return Decision("promote", f"{result} is significantly better at alpha={alpha:g}: promoted")
+    if comparison.p_value < alpha and comparison.difference < 0:
+        return Decision("stop", f"{result} is significantly worse at alpha={alpha:g}: stopped")
+    return Decision("no_difference", f"{result} shows no significant difference at alpha={alpha:g}: "
+                                     f"ended, champion kept")
+
+
+def rollback_check(today: Estimate, baseline: Estimate, drop: float = 0.05, alpha: float = 0.05,
+                   metric: str = "CTR@10") -> Decision:
+    """Automatic rollback of the champion: "rollback" when today's rate fell more than `drop` (relative) below
+    the trailing baseline AND the fall is significant (one-sided unpooled z test of today < baseline, p < alpha);
+    else "keep". Both conditions: a large fall on a handful of users is noise, a significant 1% fall on millions of
+    impressions is not worth a rollback. Today and the baseline share users, which the test treats as
+    independent; the positive correlation makes it conservative (fewer rollbacks), never trigger-happy.
+    """
+    _check_alpha(alpha)
+    if not 0.0 <= drop < 1.0:
+        raise ValueError(f"drop must lie in [0, 1), got {drop}")
+    figures = (today.value, today.se, baseline.value, baseline.se)
+    if any(math.isnan(v) for v in figures):
+        return Decision("keep", f"today's {metric} or its trailing baseline is missing (nan): nothing to compare, "
+                                f"champion kept")
+    if baseline.value == 0.0:
+        return Decision("keep", f"the trailing baseline of {metric} is 0: no relative change to judge, champion kept")
+    difference = today.value - baseline.value
+    change = difference / baseline.value
+    z, _ = _z_and_p(difference, math.hypot(today.se, baseline.se))
+    p = float(stats.norm.cdf(z))  # one-sided: is today below the baseline?
+    said = (f"today's {metric} {today.value:.4g} vs trailing baseline {baseline.value:.4g} ({change:+.1%}, "
+            f"one-sided p={p:.3g})")
+    fell = change < -drop
+    significant = p < alpha
+    if fell and significant:
+        return Decision("rollback", f"{said} fell more than {drop:.0%} and significantly (p<{alpha:g}): rolled back")
+    if fell:
+        return Decision("keep", f"{said} fell more than {drop:.0%} but not significantly (p>={alpha:g}): kept")
+    return Decision("keep", f"{said} is not more than {drop:.0%} below the baseline: kept")
+
+
+def required_users(base_rate: float, relative_lift: float, impressions_per_user: float, icc_inflation: float = 1.0,
+                   alpha: float = 0.05, power: float = 0.8) -> int:
+    """Users per variant to detect `relative_lift` on a per-impression rate with a two-sided alpha and `power`.
+
+    Normal approximation: n = (z_(1-alpha/2) + z_power)^2 * deff * (p_c (1 - p_c) + p_t (1 - p_t)) / (m delta^2),
+    p_t = p_c (1 + relative_lift), delta = p_t - p_c, m = impressions per user. With independent impressions a
+    user's rate would have variance p (1 - p) / m; users differ in their own click probability and in their number
+    of impressions, which the design effect deff = icc_inflation >= 1 absorbs. Estimate it from a pilot (or
+    yesterday's champion traffic) as deff = n se^2 m / (r (1 - r)), with r, se and n from `ratio` and m the mean
+    impressions per user. The interim harm looks of `decide` cost a negligible share of the power.
+    """
+    _check_alpha(alpha)
+    if not 0.0 < power < 1.0:
+        raise ValueError(f"power must lie in (0, 1), got {power}")
+    treated = base_rate * (1.0 + relative_lift)
+    if not (0.0 < base_rate < 1.0 and 0.0 < treated < 1.0) or relative_lift == 0.0:
+        raise ValueError(f"need 0 < base_rate, base_rate * (1 + lift) < 1 and a non-zero lift, got {base_rate} "
+                         f"and {relative_lift}")
+    if impressions_per_user <= 0.0 or icc_inflation <= 0.0:
+        raise ValueError(f"impressions_per_user and icc_inflation must be positive, got {impressions_per_user} "
+                         f"and {icc_inflation}")
+    z = _z_crit(alpha) + float(stats.norm.ppf(power))
+    variance = icc_inflation * (base_rate * (1.0 - base_rate) + treated * (1.0 - treated)) / impressions_per_user
+    return math.ceil(z * z * variance / (treated - base_rate) ** 2)

@@ -1,0 +1,90 @@
+"""Impressions: what the service answered, appended to the Redis stream `{<p>}:impressions` off the
+hot path. A request only appends a tuple to an in-memory buffer; a background task writes the
+buffer every FLUSH_SECONDS (or sooner when it fills) as one batch of XADDs. The buffer is bounded:
+when Redis is slower than the traffic, impressions are dropped and counted, answers never wait.
+
+Sampling is by user, not by request (a sampled user's every answer is recorded), so per-user
+metrics in the nightly analysis stay whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from nightrec.serving.experiments import BUCKETS, mix64
+
+FLUSH_SECONDS = 0.05
+FLUSH_AT = 500           # entries: write at once rather than wait for the timer
+MAX_BUFFERED = 20_000    # entries held while Redis is slow; beyond this they are dropped
+SAMPLE_SALT = 0x6E696768747265  # any constant: which users are sampled must not depend on an experiment
+FIELDS = ("request_id", "user_id", "experiment", "variant", "version", "model_version", "source", "items",
+          "explored", "ts")
+log = logging.getLogger("nightrec.serving")
+
+
+def sampled(user_id: int, rate: float) -> bool:
+    return rate >= 1.0 or mix64(SAMPLE_SALT ^ user_id) % BUCKETS < rate * BUCKETS
+
+
+def entry(answer: dict, experiment_id: str | None, explored: list[int]) -> tuple:
+    """An answer as the stream entry's field values, in FIELDS order; ts in unix milliseconds."""
+    return (answer["request_id"], answer["user_id"], experiment_id or "", answer["variant"] or "",
+            answer["version"], answer["model_version"], answer["source"],
+            ",".join(str(item["item_id"]) for item in answer["items"]), ",".join(map(str, explored)),
+            int(time.time() * 1000))
+
+
+class ImpressionLog:
+    """Buffer + background writer. `append(entries)` writes a batch to the stream (any Redis client)."""
+
+    def __init__(self, append: Callable[[list[tuple]], Awaitable[None]], rate: float):
+        self.append, self.rate = append, rate
+        self.buffer: list[tuple] = []
+        self.recorded = self.dropped = self.failed = 0
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    def add(self, user_id: int, values: Callable[[], tuple]) -> None:
+        """Record one answer if its user is sampled; `values` builds the entry only then."""
+        if self.rate <= 0 or not sampled(user_id, self.rate):
+            return
+        if len(self.buffer) >= MAX_BUFFERED:
+            self.dropped += 1
+            return
+        self.buffer.append(values())
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+        if len(self.buffer) >= FLUSH_AT:
+            self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), FLUSH_SECONDS)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+            await self.flush()
+
+    async def flush(self) -> None:
+        batch, self.buffer = self.buffer, []
+        if not batch:
+            return
+        try:
+            await self.append(batch)
+            self.recorded += len(batch)
+        except Exception as error:  # Redis away: the answers went out, these impressions are lost (and counted)
+            self.failed += len(batch)
+            log.warning("%d impressions not recorded: %r", len(batch), error)
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        await self.flush()

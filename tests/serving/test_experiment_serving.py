@@ -1,0 +1,171 @@
+"""An experiment served from a real Redis: variant lists loaded byte for byte, users answered from
+their variant's list, request ids, impressions in the stream and events attributed to them."""
+
+import datetime as dt
+import time
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+
+from helpers import Rows
+from nightrec.serving import loader
+from nightrec.serving.api import create_app
+from nightrec.serving.experiments import Experiment, parse_variant
+from nightrec.serving.impressions import FIELDS
+from nightrec.serving.layout import Keys, encode, encode_segment_ref
+
+KEYS = Keys("test")
+AB = Experiment("ab1", (parse_variant("control=champion:50"), parse_variant("treatment=challenger:50")),
+                "2026-11-30T10:00:00+00:00")
+USERS = range(1, 201)
+
+
+def champion_list(user: int) -> bytes:
+    return encode(range(user, user + 20), [1.0 - i / 20 for i in range(20)])
+
+
+def treatment_list(user: int) -> bytes:
+    return encode(range(user + 1000, user + 1020), [2.0 - i / 20 for i in range(20)])
+
+
+def treated(users) -> list[int]:
+    return [u for u in users if AB.assign(u).name == "treatment"]
+
+
+def publish(redis_url: str, experiment: Experiment | None = AB) -> loader.PublishResult:
+    rows = [(u, champion_list(u)) for u in USERS] + [(300, encode_segment_ref("gender=F"))]
+    variants = None
+    if experiment is not None:
+        variants = loader.VariantLists(experiment.id, {
+            "treatment": (Rows([(u, treatment_list(u)) for u in treated(USERS)]), "nightrec/9")})
+    extras = loader.Extras({"global": ([50, 40, 30], [0.9, 0.5, 0.1]), "gender=F": ([60, 61], [2.0, 1.0])})
+    return loader.publish(Rows(rows), extras, url=redis_url, prefix="test", ds=dt.date(2026, 11, 30),
+                          model_version="nightrec/7", variants=variants)
+
+
+@pytest.fixture
+def settings(redis_url, make_settings):
+    return make_settings(redis_url, service__live_cache_seconds=0)
+
+
+@pytest.fixture
+def client(redis_url):
+    return redis.Redis.from_url(redis_url)
+
+
+def ids(body: dict) -> list[int]:
+    return [item["item_id"] for item in body["items"]]
+
+
+def test_variant_lists_are_loaded_byte_for_byte_only_for_the_variants_users(redis_url, client):
+    result = publish(redis_url)
+    in_treatment = treated(USERS)
+    assert result.variant_users == {"treatment": len(in_treatment)} and 70 < len(in_treatment) < 130
+    stored = {k.decode() for k in client.scan_iter(match=f"test:v:{result.version}:x:*")}
+    assert stored == {KEYS.variant_user(result.version, "treatment", u) for u in in_treatment}
+    assert all(client.get(KEYS.variant_user(result.version, "treatment", u)) == treatment_list(u)
+               for u in in_treatment)
+    assert all(client.get(KEYS.user(result.version, u)) == champion_list(u) for u in USERS)  # everyone keeps it
+    meta = client.hgetall(KEYS.meta(result.version))
+    assert meta[b"layout"] == b"2"
+    assert meta[b"experiment"] == (b'{"id": "ab1@2026-11-30T10:00:00+00:00", '
+                                   b'"variants": {"treatment": "nightrec/9"}}')
+
+
+def test_users_get_their_variants_list_with_a_request_id(redis_url, client, settings):
+    publish(redis_url)
+    client.set(KEYS.experiment, AB.to_json())
+    with TestClient(create_app(settings)) as api:
+        answers = {u: api.get(f"/v1/users/{u}/recommendations", params={"k": 3}).json() for u in USERS}
+        unknown = api.get("/v1/users/100000/recommendations").json()
+        fallback = api.get("/v1/users/300/recommendations").json()
+    for user, body in answers.items():
+        assert body["experiment"] == "ab1" and body["variant"] == AB.assign(user).name
+        if body["variant"] == "treatment":
+            assert ids(body) == [user + 1000, user + 1001, user + 1002] and body["model_version"] == "nightrec/9"
+        else:
+            assert ids(body) == [user, user + 1, user + 2] and body["model_version"] == "nightrec/7"
+    assert len({body["request_id"] for body in answers.values()}) == len(USERS)
+    # users without a list of their own are in the experiment too, and get the same fallbacks in both arms
+    assert unknown["variant"] == AB.assign(100000).name and unknown["source"] == "trending"
+    assert fallback["variant"] == AB.assign(300).name and ids(fallback) == [60, 61]
+
+
+def test_an_experiment_serves_only_from_a_version_published_for_it_and_stops_at_once(redis_url, client, settings):
+    publish(redis_url, experiment=None)
+    client.set(KEYS.experiment, AB.to_json())
+    user = treated(USERS)[0]
+    with TestClient(create_app(settings)) as api:
+        before = api.get(f"/v1/users/{user}/recommendations").json()
+        assert before["variant"] is None and ids(before)[0] == user  # no lists for it yet: nobody is in it
+        publish(redis_url)
+        during = api.get(f"/v1/users/{user}/recommendations").json()
+        assert during["variant"] == "treatment" and ids(during)[0] == user + 1000
+        client.delete(KEYS.experiment)  # experiment stop
+        after = api.get(f"/v1/users/{user}/recommendations").json()
+        assert after["variant"] is None and ids(after)[0] == user
+        client.set(KEYS.experiment, "{not json")  # a broken definition never takes the service down
+        assert api.get(f"/v1/users/{user}/recommendations").json()["variant"] is None
+
+
+def impressions(client) -> list[dict]:
+    return [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in client.xrange(KEYS.impressions)]
+
+
+def wait_for(predicate, seconds: float = 5.0):
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_answers_are_recorded_as_impressions_and_events_carry_their_request_id(redis_url, client, settings):
+    publish(redis_url)
+    client.set(KEYS.experiment, AB.to_json())
+    user = treated(USERS)[0]
+    with TestClient(create_app(settings)) as api:
+        answer = api.get(f"/v1/users/{user}/recommendations", params={"k": 4}).json()
+        unknown = api.get("/v1/users/100000/recommendations", params={"k": 2}).json()
+        wait_for(lambda: client.xlen(KEYS.impressions) == 2)
+        clicked = answer["items"][1]
+        posted = api.post("/v1/events", json={"user_id": user, "item_id": clicked["item_id"], "event_type": "click",
+                                              "request_id": answer["request_id"], "position": clicked["rank"]})
+        assert posted.status_code == 202
+        lone = api.post("/v1/events", json={"user_id": user, "item_id": 5, "event_type": "click", "position": 2})
+        assert lone.status_code == 422 and "position needs the request_id" in lone.text
+        bad = api.post("/v1/events", json={"user_id": user, "item_id": 5, "event_type": "click", "request_id": "X!"})
+        assert bad.status_code == 422
+    first, second = impressions(client)
+    assert set(first) == set(FIELDS)
+    assert first["request_id"] == answer["request_id"] and first["user_id"] == str(user)
+    assert (first["experiment"], first["variant"], first["source"]) == (AB.id, "treatment", "personalized")
+    assert first["items"] == ",".join(str(i) for i in ids(answer)) and first["model_version"] == "nightrec/9"
+    assert abs(int(first["ts"]) / 1000 - time.time()) < 60 and first["explored"] == ""
+    assert second["request_id"] == unknown["request_id"] and second["source"] == "trending"
+    (_, event), = client.xrange(KEYS.events)
+    assert event[b"request_id"] == answer["request_id"].encode() and event[b"position"] == b"2"
+
+
+def test_impressions_are_sampled_by_user_and_off_for_the_services_own_checks(redis_url, client, make_settings):
+    publish(redis_url)
+    sampled = make_settings(redis_url, service__live_cache_seconds=0, service__impression_sample_rate=0.3)
+    with TestClient(create_app(sampled)) as api:
+        for user in (*USERS, *USERS):  # every user asks twice
+            api.get(f"/v1/users/{user}/recommendations")
+    recorded = [int(entry["user_id"]) for entry in impressions(client)]
+    users = set(recorded)
+    assert 0.2 * len(USERS) < len(users) < 0.4 * len(USERS)
+    assert sorted(recorded) == sorted(2 * list(users))  # a sampled user's every answer, no one else's
+    client.delete(KEYS.impressions)
+    with TestClient(create_app(sampled, record_impressions=False)) as api:
+        api.get("/v1/users/1/recommendations")
+    assert client.xlen(KEYS.impressions) == 0
+
+
+def test_a_version_of_a_newer_layout_is_refused_plainly(redis_url, client, settings):
+    result = publish(redis_url)
+    client.hset(KEYS.meta(result.version), "layout", 3)
+    with TestClient(create_app(settings)) as api:
+        response = api.get("/v1/users/1/recommendations")
+    assert response.status_code == 503 and "layout 3" in response.json()["detail"]
