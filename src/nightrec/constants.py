@@ -12,5 +12,8 @@ GLOBAL_SOURCE = f"popular:{GLOBAL_SEGMENT}"
 STAGES = ("drain_events", "ingest", "validate", "train", "score", "publish", "smoke", "housekeeping")
 TUNE = "tune"
 
-SILVER_COLUMNS = ("user_id", "item_id", "event_type", "value", "ts", "dt")  # a validated event
+# a validated event; request_id and position (null when absent) tie it to the answer it came from
+SILVER_COLUMNS = ("user_id", "item_id", "event_type", "value", "ts", "dt", "request_id", "position")
+REQUEST_ID = r"^[0-9a-f]{1,32}$"  # as the lookup service makes them
+MAX_POSITION = 1000  # model.top_k's limit
 EVENT_KEY = ("user_id", "item_id", "event_type", "ts")  # one event; with the same value, an exact repeat

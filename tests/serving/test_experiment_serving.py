@@ -169,3 +169,31 @@ def test_a_version_of_a_newer_layout_is_refused_plainly(redis_url, client, setti
     with TestClient(create_app(settings)) as api:
         response = api.get("/v1/users/1/recommendations")
     assert response.status_code == 503 and "layout 3" in response.json()["detail"]
+
+
+def test_the_drain_lands_impressions_and_attributed_events(redis_url, client, settings):
+    import json
+
+    from nightrec.pipeline import drain_events
+
+    publish(redis_url)
+    client.set(KEYS.experiment, AB.to_json())
+    user = treated(USERS)[0]
+    with TestClient(create_app(settings)) as api:
+        answer = api.get(f"/v1/users/{user}/recommendations", params={"k": 3}).json()
+        wait_for(lambda: client.xlen(KEYS.impressions) == 1)
+        api.post("/v1/events", json={"user_id": user, "item_id": answer["items"][0]["item_id"], "event_type": "click",
+                                     "request_id": answer["request_id"], "position": 1})
+        api.post("/v1/events", json={"user_id": user, "item_id": 77, "event_type": "view"})
+    drained = drain_events.run(settings, dt.date.today())
+    assert (drained.events, drained.impressions) == (2, 1)
+    (impression_file,) = drained.impression_files
+    assert "/impressions/dt=" in impression_file
+    (row,) = [json.loads(line) for line in open(impression_file)]
+    assert row == {"request_id": answer["request_id"], "user_id": user, "experiment": AB.id, "variant": "treatment",
+                   "version": answer["version"], "model_version": "nightrec/9", "source": "personalized",
+                   "items": ids(answer), "explored": [], "ts": row["ts"]}
+    assert dt.datetime.fromisoformat(row["ts"]).tzinfo is not None
+    events = [json.loads(line) for line in open(drained.files[0])]
+    assert [(e["request_id"], e["position"]) for e in events] == [(answer["request_id"], "1"), (None, None)]
+    assert drain_events.run(settings, dt.date.today()).impressions == 0  # nothing twice

@@ -52,12 +52,42 @@ def test_bad_rows_are_quarantined_with_reasons_matching_great_expectations(spark
     # the exact repeat of a good row is dropped and counted, not quarantined
     assert (result.rows, result.good_rows, result.quarantined_rows, result.duplicates_dropped) == (28, 20, 7, 1)
     assert result.bad_rows_by_rule == {"user_id_valid": 1, "item_id_valid": 1, "event_type_known": 1,
-                                       "value_valid": 2, "ts_valid": 1, "ts_inside_day": 1, "no_conflicting_copy": 0}
+                                       "value_valid": 2, "ts_valid": 1, "ts_inside_day": 1, "request_id_valid": 0,
+                                       "position_valid": 0, "no_conflicting_copy": 0}
     assert result.gx_unexpected == result.bad_rows_by_rule
     quarantine = lake.read_table(spark, settings.table("quarantine/interactions")).collect()
     reasons = {r.user_id: r.reasons for r in quarantine}
     assert reasons["abc"] == ["user_id_valid"] and reasons["9"] == ["ts_inside_day"]
     assert Path(result.data_docs).is_file()
+
+
+def test_events_keep_the_request_they_are_attributed_to(spark, make_settings):
+    """request_id and position are optional columns; a table written before them gains them."""
+    settings = make_settings(VALIDATION__MAX_BAD_FRACTION=0.9)
+    folder = Path(settings.path("landing")) / "interactions" / f"dt={DAY}"
+    write_csv(folder / "old.csv", synthetic_rows(DAY, users=5, items=8, per_user=1))
+    ingest.run(spark, settings, DAY)
+    validate.run(spark, settings, DAY)  # silver, bronze and quarantine now exist without the new columns
+    at = f"{DAY}T10:00:00Z"
+    rows = [{"user_id": 1, "item_id": 3, "event_type": "click", "ts": at},  # the first lines lack the keys
+            {"user_id": 2, "item_id": 3, "event_type": "click", "ts": at, "request_id": "a1b2c3", "position": 2},
+            {"user_id": 3, "item_id": 3, "event_type": "purchase", "ts": at, "request_id": "A1B2C3"},
+            {"user_id": 4, "item_id": 3, "event_type": "click", "ts": at, "request_id": "not-hex", "position": 1},
+            {"user_id": 5, "item_id": 3, "event_type": "click", "ts": at, "position": 1},
+            {"user_id": 6, "item_id": 3, "event_type": "click", "ts": at, "request_id": "ff", "position": "first"},
+            {"user_id": 7, "item_id": 3, "event_type": "click", "ts": at, "request_id": "ff", "position": 0}]
+    (folder / "new.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [rows[0]] * 25 + rows[1:]))
+    ingest.run(spark, settings, DAY)
+    result = validate.run(spark, settings, DAY)
+    assert result.bad_rows_by_rule["request_id_valid"] == 1 and result.bad_rows_by_rule["position_valid"] == 3
+    assert result.gx_unexpected == result.bad_rows_by_rule
+    silver = {(r.user_id, r.item_id): (r.request_id, r.position)
+              for r in lake.read_table(spark, settings.table("silver/interactions"), [DAY]).collect()}
+    assert silver[(2, 3)] == ("a1b2c3", 2) and silver[(3, 3)] == ("a1b2c3", None) and silver[(1, 3)] == (None, None)
+    quarantine = {r.user_id: r.reasons for r in lake.read_table(spark, settings.table("quarantine/interactions"),
+                                                                [DAY]).collect()}
+    assert quarantine == {"4": ["request_id_valid"], "5": ["position_valid"], "6": ["position_valid"],
+                          "7": ["position_valid"]}
 
 
 def test_a_day_with_too_many_bad_rows_fails_and_keeps_silver(spark, make_settings):

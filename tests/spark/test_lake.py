@@ -60,12 +60,20 @@ def test_rows_outside_the_replaced_days_are_refused_and_nothing_is_committed(spa
     assert DeltaTable(root).version() == 0
 
 
-def test_schema_changes_are_refused(spark, tmp_path):
+def test_a_table_gains_new_columns_but_refuses_other_schema_changes(spark, tmp_path):
     root = str(tmp_path / "t")
     lake.replace_partitions(frame(spark, 4, D1), root, [D1])
     with pytest.raises(lake.LakeError, match="refusing to write"):
-        lake.replace_partitions(frame(spark, 4, D1).withColumn("label", F.lit(1)), root, [D1])
+        lake.replace_partitions(frame(spark, 4, D1).withColumn("label", F.lit(1)), root, [D1])  # another type
+    with pytest.raises(lake.LakeError, match="refusing to write"):
+        lake.replace_partitions(frame(spark, 4, D1).drop("label"), root, [D1])
     assert counts(spark, root) == {(D1, "a"): 4}
+    # a new column, wherever the frame has it: appended to the table, null in the older files
+    wider = frame(spark, 2, D2).select(F.lit("r1").alias("request_id"), "*")
+    assert lake.replace_partitions(wider, root, [D2]) == 2
+    rows = {(r.dt, r.request_id) for r in lake.read_table(spark, root).collect()}
+    assert rows == {(D1, None), (D2, "r1")}
+    assert DeltaTable(root).schema().to_arrow().names == ["user_id", "label", "ts", "dt", "request_id"]
 
 
 # --- retention: lake.vacuum ---

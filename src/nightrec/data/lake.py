@@ -20,7 +20,7 @@ from urllib.parse import unquote
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-from deltalake import DeltaTable, Schema
+from deltalake import DeltaTable, Field, Schema
 from deltalake.exceptions import TableNotFoundError
 from deltalake.transaction import AddAction, create_table_with_add_actions
 from pyspark.sql import DataFrame, SparkSession
@@ -72,10 +72,10 @@ def replace_partitions(df: DataFrame, root: str, dates: Iterable[dt.date]) -> in
     dates = sorted(set(dates))
     if PARTITION not in df.columns:
         raise LakeError(f"cannot write {root}: the frame has no {PARTITION!r} partition column")
-    arrow_schema = _arrow_schema(df)
     exists = table_exists(root)
     if exists:
-        _check_schema(root, arrow_schema)
+        df = _evolve(root, df)
+    arrow_schema = _arrow_schema(df)
     fs, base = pafs.FileSystem.from_uri(root)
     before = _files(fs, base)
     if len(dates) > 1:
@@ -126,12 +126,20 @@ def _arrow_schema(df: DataFrame) -> pa.Schema:
     return pa.schema(fields)
 
 
-def _check_schema(root: str, arrow_schema: pa.Schema) -> None:
-    current = pa.schema(DeltaTable(root).schema().to_arrow())
-    have = [(f.name, str(f.type)) for f in current]
-    want = [(f.name, str(f.type)) for f in arrow_schema]
-    if have != want:
-        raise LakeError(f"schema of {root} is {have}; refusing to write {want}")
+def _evolve(root: str, df: DataFrame) -> DataFrame:
+    """df with its columns in the table's order. A table gains the frame's new columns (its older
+    files read them as null); any other difference, a missing column or a changed type, is refused."""
+    table = DeltaTable(root)
+    current = pa.schema(table.schema().to_arrow())
+    wanted = _arrow_schema(df)
+    have = {f.name: str(f.type) for f in current}
+    want = {f.name: str(f.type) for f in wanted}
+    if any(want.get(name) != kind for name, kind in have.items()):
+        raise LakeError(f"schema of {root} is {list(have.items())}; refusing to write {list(want.items())}")
+    added = [f.with_nullable(True) for f in wanted if f.name not in have]
+    if added:
+        table.alter.add_columns([Field.from_arrow(f) for f in added])
+    return df.select(*current.names, *[f.name for f in added])
 
 
 def _files(fs: pafs.FileSystem, base: str) -> set[str]:

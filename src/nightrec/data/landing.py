@@ -23,7 +23,8 @@ from pyspark.sql import functions as F
 
 from nightrec.errors import PermanentError
 
-INTERACTION_COLUMNS = ("user_id", "item_id", "event_type", "value", "ts")
+# request_id and position (optional) attribute an event to an answer of the lookup service
+INTERACTION_COLUMNS = ("user_id", "item_id", "event_type", "value", "ts", "request_id", "position")
 REQUIRED_COLUMNS = ("user_id", "item_id", "event_type", "ts")
 FORMATS = {".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 # Names writers give a file until it is complete: skipped tonight, read once renamed.
@@ -33,7 +34,8 @@ JSON_LINES_LOOKED_AT = 20
 CHUNK = 1 << 23
 
 OK, EMPTY, QUARANTINED, SKIPPED = "ok", "empty", "quarantined", "skipped"
-RAW_SCHEMA = "user_id string, item_id string, event_type string, value string, ts string, source_file string, dt date"
+RAW_SCHEMA = ("user_id string, item_id string, event_type string, value string, ts string, request_id string, "
+              "position string, source_file string, dt date")
 
 
 class LandingError(PermanentError):
@@ -54,8 +56,9 @@ class LandingFile:
     signature: tuple = ()             # files sharing it are read by Spark together
 
 
-def day_folder(landing: str, day: dt.date) -> Path:
-    return Path(landing) / "interactions" / f"dt={day.isoformat()}"
+def day_folder(landing: str, day: dt.date, kind: str = "interactions") -> Path:
+    """Where a day's files of a kind go: interactions, or the service's impressions."""
+    return Path(landing) / kind / f"dt={day.isoformat()}"
 
 
 def stray_folders(landing: str) -> list[str]:
@@ -243,12 +246,15 @@ def _read_group(spark: SparkSession, group: list[LandingFile]) -> DataFrame:
         frame = spark.read.option("primitivesAsString", True).json(paths)
     else:
         frame = spark.read.parquet(*paths)
-    return frame.select(*[_as_text(frame, first.columns.get(c), c) for c in INTERACTION_COLUMNS],
+    columns = first.columns
+    if first.fmt == "json":  # Spark saw every line: optional keys the first lines lack count too
+        columns = _match_columns(frame.columns)[0] or columns
+    return frame.select(*[_as_text(frame, columns.get(c), c) for c in INTERACTION_COLUMNS],
                         F.input_file_name().alias("source_file"))
 
 
 def _as_text(frame: DataFrame, name: str | None, column: str) -> Column:
-    if name is None or name not in frame.columns:  # `value` is optional
+    if name is None or name not in frame.columns:  # `value`, `request_id` and `position` are optional
         return F.lit(None).cast("string").alias(column)
     field_type = frame.schema[name].dataType.typeName()
     source = F.col(f"`{name}`")

@@ -12,7 +12,7 @@ from typing import Callable
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from nightrec.constants import EVENT_KEY, MAX_ID, SILVER_COLUMNS
+from nightrec.constants import EVENT_KEY, MAX_ID, MAX_POSITION, REQUEST_ID, SILVER_COLUMNS
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 
@@ -35,6 +35,9 @@ def typed(bronze: DataFrame) -> DataFrame:
 
     raw_value = F.trim(F.col("value"))
     number = F.expr("try_cast(trim(value) AS DOUBLE)")
+    raw_request = F.trim(F.col("request_id"))
+    raw_position = F.trim(F.col("position"))
+    position = F.coalesce(F.expr("try_cast(trim(position) AS INT)"), F.lit(-1))
     raw_ts = F.trim(F.col("ts"))
     ts = F.when(raw_ts.rlike(r"^\d{9,11}$"), F.timestamp_seconds(raw_ts.cast("bigint"))).otherwise(
         F.expr("try_cast(trim(ts) AS TIMESTAMP)"))
@@ -46,8 +49,13 @@ def typed(bronze: DataFrame) -> DataFrame:
         .when(~F.isnan(number) & (number >= 0) & (number < float("inf")), number).alias("value"),
         ts.alias("ts"),
         "dt",
+        F.when(raw_request != "", F.lower(raw_request)).alias("request_id"),
+        # present but not a whole number, or without the request it refers to: -1, which the rule (and
+        # great_expectations) sees
+        F.when(raw_position != "", F.when(raw_request != "", position).otherwise(-1)).alias("position"),
         (F.unix_timestamp(ts) - F.unix_timestamp(F.col("dt").cast("timestamp"))).alias("seconds_into_day"),
-        F.struct(*[F.col(c) for c in ("user_id", "item_id", "event_type", "value", "ts", "source_file")]).alias("raw"),
+        F.struct(*[F.col(c) for c in ("user_id", "item_id", "event_type", "value", "ts", "request_id", "position",
+                                      "source_file")]).alias("raw"),
     )
 
 
@@ -82,6 +90,12 @@ def rules(event_types: list[str]) -> list[Rule]:
         Rule("ts_inside_day", "ts outside the landing day dt (UTC)",
              lambda: F.col("seconds_into_day").isNotNull() & ~F.col("seconds_into_day").between(0, 86399),
              lambda _: gxe.ExpectColumnValuesToBeBetween(column="seconds_into_day", min_value=0, max_value=86399)),
+        Rule("request_id_valid", "request_id is not 1-32 hexadecimal digits (the lookup answer's request_id)",
+             lambda: F.col("request_id").isNotNull() & ~F.col("request_id").rlike(REQUEST_ID),
+             lambda _: gxe.ExpectColumnValuesToMatchRegex(column="request_id", regex=REQUEST_ID)),
+        Rule("position_valid", f"position is not a whole number in 1..{MAX_POSITION}, or comes without a request_id",
+             lambda: F.col("position").isNotNull() & ~F.col("position").between(1, MAX_POSITION),
+             lambda _: gxe.ExpectColumnValuesToBeBetween(column="position", min_value=1, max_value=MAX_POSITION)),
         Rule("no_conflicting_copy", "the same user_id, item_id, event_type and ts as another row, with another value",
              lambda: F.col("user_id").isNotNull() & F.col("item_id").isNotNull() & F.col("ts").isNotNull()
              & F.col("value").isNotNull() & (F.col("value") != F.col("kept_value")),
