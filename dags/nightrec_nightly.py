@@ -31,6 +31,12 @@ def validate(ds=None, params=None) -> dict:
 
 
 @task
+def analyze(ds=None, params=None) -> dict:
+    from nightrec.pipeline.analyze import main
+    return airflow_task(main, ds, params["lookback_days"])
+
+
+@task
 def train(ds=None) -> dict:
     from nightrec.pipeline.train import main
     return airflow_task(main, ds)
@@ -75,7 +81,7 @@ def housekeeping(ds=None) -> dict:
     doc_md=__doc__,
 )
 def nightrec_nightly():
-    chain(drain_events(), ingest(), validate(), train(), score(), publish(), smoke(), housekeeping())
+    chain(drain_events(), ingest(), validate(), analyze(), train(), score(), publish(), smoke(), housekeeping())
 
 
 nightrec_nightly()

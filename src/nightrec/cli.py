@@ -142,7 +142,7 @@ def _follow(command: list[str], env: dict, log_path: Path) -> int:
 
 
 @app.command()
-def stage(name: Annotated[str, typer.Argument(help="drain_events|ingest|validate|train|score|publish|smoke|"
+def stage(name: Annotated[str, typer.Argument(help="drain_events|ingest|validate|analyze|train|score|publish|smoke|"
                                                    "housekeeping, or tune")],
           ds: DsOption,
           lookback_days: Annotated[int, typer.Option(min=1)] = 1):

@@ -286,3 +286,44 @@ def test_power_at_the_required_sample():
     assert 4500 < min_users < 5200  # 7.849 * 1.1768 * (0.058594 + 0.064023) / 6 / 0.00625^2 = 4833
     outcomes = _run(np.random.default_rng(20240612), sims=200, min_users=min_users, lift=0.10)
     assert outcomes["promote"] / 200 >= 0.70, outcomes
+
+
+def test_the_spark_path_from_sums_agrees_with_per_user_arrays():
+    from nightrec.modeling.experiment_stats import Sums, ratio_of_sums
+
+    rng = np.random.default_rng(5)
+    impressions = rng.poisson(4, 5000) + 1
+    clicks = rng.binomial(impressions, rng.beta(2, 30, 5000))
+    from_arrays, from_sums = ratio(clicks, impressions), ratio_of_sums(Sums.of(clicks, impressions))
+    assert from_sums.value == pytest.approx(from_arrays.value, rel=1e-12)
+    assert from_sums.se == pytest.approx(from_arrays.se, rel=1e-9) and from_sums.users == 5000
+
+
+def test_a_mean_from_sums_agrees_with_the_array_mean():
+    from nightrec.modeling.experiment_stats import mean_of_sums
+
+    values = np.array([1.0, 2.0, 3.0, 6.0])
+    expected = mean(values)
+    got = mean_of_sums(4, values.sum(), float(values @ values))
+    assert (got.value, got.users) == (expected.value, 4) and got.se == pytest.approx(expected.se, rel=1e-12)
+
+
+def test_several_treatments_are_judged_against_the_control_with_a_shared_alpha():
+    from nightrec.modeling.experiment_stats import Comparison, decide_variants
+
+    def versus(z: float) -> Comparison:  # control 0.10, se 0.01
+        return Comparison(0.10, 0.10 + 0.01 * z, 0.01 * z, 0.1 * z, 0.01, z, 2 * (1 - _normal_cdf(abs(z))), 0, 0)
+
+    users = {"control": 5000, "b": 5000, "c": 5000}
+    decision, winner = decide_variants({"b": versus(2.2), "c": versus(0.5)}, users, 1000)
+    assert (decision.action, winner) == ("no_difference", None)  # p = 0.028 > 0.05 / 2
+    decision, winner = decide_variants({"b": versus(2.6), "c": versus(3.5)}, users, 1000)
+    assert (decision.action, winner) == ("promote", "c") and decision.reason.startswith("b: ")
+    decision, _ = decide_variants({"b": versus(-3.2), "c": versus(1.0)}, {**users, "b": 400}, 1000)
+    assert decision.action == "stop"  # before the planned sample, b is worse beyond the boundary
+    decision, _ = decide_variants({"b": versus(1.0), "c": versus(1.0)}, {**users, "c": 400}, 1000)
+    assert decision.action == "continue"  # c's arm is short of the plan
+
+
+def _normal_cdf(z: float) -> float:
+    return 0.5 * (1 + math.erf(z / math.sqrt(2)))

@@ -116,11 +116,33 @@ class SuiteResult:
     data_docs: str | None
 
 
+@dataclass
+class Check:
+    """One great_expectations suite: its expectations, each under the name of the rule it mirrors
+    (None: reported in Data Docs only), and the rows it runs on."""
+
+    name: str
+    expectations: list[tuple[str | None, object]]
+    frame: DataFrame
+
+
 def run_suite(typed_rows: DataFrame, unreadable_files: DataFrame, event_types: list[str], docs_dir: str,
               run_name: str) -> SuiteResult:
     """Run the great_expectations suites on the typed rows and on the landing files the ingest could
     not read (quarantine/files: `path`, `reason`), and build Data Docs into docs_dir: the page lists
     those files with their reasons."""
+    import great_expectations.expectations as gxe
+
+    return run_checks([
+        Check("interactions", [(rule.name, rule.expectation(event_types)) for rule in rules(event_types)],
+              typed_rows.select(*TYPED_COLUMNS)),
+        Check("landing_files", [(None, gxe.ExpectColumnValuesToBeNull(column="unreadable"))],
+              unreadable_files.select(F.concat_ws(": ", "path", "reason").alias("unreadable"))),
+    ], docs_dir, run_name)
+
+
+def run_checks(checks: list[Check], docs_dir: str, run_name: str) -> SuiteResult:
+    """Each check's suite on its rows, Data Docs into docs_dir; unexpected counts by rule name."""
     import great_expectations as gx
 
     for noisy in ("great_expectations", "py4j"):
@@ -134,26 +156,21 @@ def run_suite(typed_rows: DataFrame, unreadable_files: DataFrame, event_types: l
         "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
     })
     source = context.data_sources.add_spark(name="nightrec")
-    suite = context.suites.add(gx.ExpectationSuite(name="interactions"))
-    names = {}
-    for rule in rules(event_types):
-        expectation = suite.add_expectation(rule.expectation(event_types))
-        names[expectation.id] = rule.name
-    files_suite = context.suites.add(gx.ExpectationSuite(name="landing_files"))
-    files_suite.add_expectation(gx.expectations.ExpectColumnValuesToBeNull(column="unreadable"))
-    checks = [("interactions", suite, typed_rows.select(*TYPED_COLUMNS)),
-              ("landing_files", files_suite,
-               unreadable_files.select(F.concat_ws(": ", "path", "reason").alias("unreadable")))]
-    unexpected = {}
-    for name, checked_suite, frame in checks:
-        batch = source.add_dataframe_asset(name=name).add_batch_definition_whole_dataframe("day")
-        validation = context.validation_definitions.add(gx.ValidationDefinition(name=name, data=batch,
-                                                                                suite=checked_suite))
+    names, unexpected = {}, {}
+    for check in checks:
+        suite = context.suites.add(gx.ExpectationSuite(name=check.name))
+        for rule_name, expectation in check.expectations:
+            added = suite.add_expectation(expectation)
+            if rule_name is not None:
+                names[added.id] = rule_name
+        batch = source.add_dataframe_asset(name=check.name).add_batch_definition_whole_dataframe("day")
+        validation = context.validation_definitions.add(gx.ValidationDefinition(name=check.name, data=batch,
+                                                                                suite=suite))
         checkpoint = context.checkpoints.add(gx.Checkpoint(
-            name=f"{run_name}_{name}", validation_definitions=[validation],
+            name=f"{run_name}_{check.name}", validation_definitions=[validation],
             actions=[gx.checkpoint.UpdateDataDocsAction(name="docs", site_names=[site])],
             result_format={"result_format": "SUMMARY"}))
-        result = checkpoint.run(batch_parameters={"dataframe": frame})
+        result = checkpoint.run(batch_parameters={"dataframe": check.frame})
         unexpected.update({names[item.expectation_config.id]: int(item.result.get("unexpected_count") or 0)
                            for run_result in result.run_results.values() for item in run_result.results
                            if item.expectation_config.id in names})

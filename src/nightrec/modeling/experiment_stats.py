@@ -100,30 +100,59 @@ def _per_user(values: npt.ArrayLike, name: str) -> np.ndarray:
     return array
 
 
-def ratio(numerators: npt.ArrayLike, denominators: npt.ArrayLike, alpha: float = 0.05) -> Estimate:
-    """sum(num) / sum(den) over users, e.g. CTR = clicked impressions / impressions.
+@dataclass(frozen=True)
+class Sums:
+    """Per-user sums of x (e.g. clicked impressions) and y (impressions) and of their products, as one
+    Spark aggregation returns them: nothing per user reaches the driver."""
 
-    The user, not the impression, is the independent unit, so the variance is the delta method's for a ratio of
-    means: var(r) ~= (var(x) - 2 r cov(x, y) + r^2 var(y)) / (n mean(y)^2), sample moments with ddof=1 (computed
-    as var(x - r y), the same sum, which stays exact when every user's ratio is r). Users with denominator 0 are
-    allowed and count in n (they were assigned, so leaving them out would bias n). Fewer than 2 users or
-    sum(den) == 0 give a nan se and interval.
+    n: int
+    x: float
+    y: float
+    xx: float
+    yy: float
+    xy: float
+
+    @classmethod
+    def of(cls, x: npt.ArrayLike, y: npt.ArrayLike) -> Sums:
+        x, y = _per_user(x, "numerators"), _per_user(y, "denominators")
+        if x.shape != y.shape:
+            raise ValueError(f"numerators and denominators differ in length: {x.size} vs {y.size}")
+        return cls(int(x.size), float(x.sum()), float(y.sum()), float(x @ x), float(y @ y), float(x @ y))
+
+
+def ratio(numerators: npt.ArrayLike, denominators: npt.ArrayLike, alpha: float = 0.05) -> Estimate:
+    """sum(num) / sum(den) over per-user arrays, e.g. CTR = clicked impressions / impressions (see
+    ratio_of_sums; here var(x - r y) is computed on the centred values, exact when every ratio is r)."""
+    sums = Sums.of(numerators, denominators)
+    if sums.y == 0.0 or sums.n < 2:
+        return ratio_of_sums(sums, alpha)
+    x, y = np.asarray(numerators, dtype=float), np.asarray(denominators, dtype=float)
+    r = sums.x / sums.y
+    return _ratio_estimate(r, float(np.var(x - r * y, ddof=1)), sums, alpha)
+
+
+def ratio_of_sums(sums: Sums, alpha: float = 0.05) -> Estimate:
+    """sum(x) / sum(y) over users, with the user, not the impression, as the independent unit.
+
+    The variance is the delta method's for a ratio of means (Deng, Knoblich, Lu 2018): var(r) ~= (var(x) -
+    2 r cov(x, y) + r^2 var(y)) / (n mean(y)^2), sample moments with ddof=1, i.e. var(x - r y) / (n mean(y)^2);
+    since sum(x - r y) = 0, var(x - r y) = (xx - 2 r xy + r^2 yy) / (n - 1). Users with y = 0 are allowed and
+    count in n (they were assigned, so leaving them out would bias n). Fewer than 2 users or sum(y) == 0 give a
+    nan se and interval.
     """
     _check_alpha(alpha)
-    x, y = _per_user(numerators, "numerators"), _per_user(denominators, "denominators")
-    if x.shape != y.shape:
-        raise ValueError(f"numerators and denominators differ in length: {x.size} vs {y.size}")
-    n = int(x.size)
-    total = float(y.sum())
-    if total == 0.0:
-        return Estimate(NAN, NAN, NAN, NAN, n)
-    r = float(x.sum()) / total
-    if n < 2:
-        return Estimate(r, NAN, NAN, NAN, n)
-    mean_y = total / n
-    # var(x - r y) is var(x) - 2 r cov(x, y) + r^2 var(y) term by term, without the cancellation of the three terms
-    variance = float(np.var(x - r * y, ddof=1)) / (n * mean_y * mean_y)
-    return _estimate(r, math.sqrt(variance), n, alpha)
+    if sums.y == 0.0:
+        return Estimate(NAN, NAN, NAN, NAN, sums.n)
+    r = sums.x / sums.y
+    if sums.n < 2:
+        return Estimate(r, NAN, NAN, NAN, sums.n)
+    spread = max(sums.xx - 2.0 * r * sums.xy + r * r * sums.yy, 0.0) / (sums.n - 1)  # rounding may dip below 0
+    return _ratio_estimate(r, spread, sums, alpha)
+
+
+def _ratio_estimate(r: float, spread: float, sums: Sums, alpha: float) -> Estimate:
+    mean_y = sums.y / sums.n
+    return _estimate(r, math.sqrt(spread / (sums.n * mean_y * mean_y)), sums.n, alpha)
 
 
 def proportion(successes: int, users: int, alpha: float = 0.05) -> Estimate:
@@ -153,6 +182,17 @@ def mean(values: npt.ArrayLike, alpha: float = 0.05) -> Estimate:
     if n < 2:
         return Estimate(float(x[0]), NAN, NAN, NAN, n)
     return _estimate(float(x.mean()), float(x.std(ddof=1)) / math.sqrt(n), n, alpha)
+
+
+def mean_of_sums(n: int, total: float, squares: float, alpha: float = 0.05) -> Estimate:
+    """mean() from a Spark aggregation's n, sum and sum of squares."""
+    _check_alpha(alpha)
+    if n == 0:
+        return Estimate(NAN, NAN, NAN, NAN, 0)
+    if n < 2:
+        return Estimate(total, NAN, NAN, NAN, n)
+    variance = max(squares - total * total / n, 0.0) / (n - 1)  # rounding may dip below 0
+    return _estimate(total / n, math.sqrt(variance / n), n, alpha)
 
 
 def _z_and_p(difference: float, se: float) -> tuple[float, float]:
@@ -296,3 +336,27 @@ def required_users(base_rate: float, relative_lift: float, impressions_per_user:
     z = _z_crit(alpha) + float(stats.norm.ppf(power))
     variance = icc_inflation * (base_rate * (1.0 - base_rate) + treated * (1.0 - treated)) / impressions_per_user
     return math.ceil(z * z * variance / (treated - base_rate) ** 2)
+
+
+def decide_variants(comparisons: dict[str, Comparison], users: dict[str, int], min_users: int, *,
+                    alpha: float = 0.05, harm_z: float = 3.0, metric: str = "CTR@10") -> tuple[Decision, str | None]:
+    """The protocol with one or more treatments, each compared with the control (users: per variant,
+    the control's included). Each treatment is judged by decide() at alpha / treatments (Bonferroni),
+    at the sample of the smaller of its arm and the control's. A treatment worse beyond its boundary
+    stops the experiment; while any is undecided it continues; then the treatment that won with the
+    largest lift is promoted, or none. Returns the decision and the winner (when promoting)."""
+    control = next(name for name in users if name not in comparisons)
+    adjusted = alpha / max(len(comparisons), 1)
+    decisions = {name: decide(comparison, min(users[name], users[control]), min_users, alpha=adjusted,
+                              harm_z=harm_z, metric=metric)
+                 for name, comparison in comparisons.items()}
+    said = "; ".join(f"{name}: {decision.reason}" for name, decision in decisions.items())
+    if any(d.action == "stop" for d in decisions.values()):
+        return Decision("stop", said), None
+    if any(d.action == "continue" for d in decisions.values()):
+        return Decision("continue", said), None
+    winners = [name for name, d in decisions.items() if d.action == "promote"]
+    if winners:
+        best = max(winners, key=lambda name: comparisons[name].lift)
+        return Decision("promote", said), best
+    return Decision("no_difference", said), None

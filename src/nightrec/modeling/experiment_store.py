@@ -10,13 +10,15 @@ confound each other.
 from __future__ import annotations
 
 import datetime as dt
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from nightrec.errors import PermanentError
-from nightrec.modeling import registry, tracking
+from nightrec.modeling import registry, reports, tracking
 from nightrec.serving.client import connect
 from nightrec.serving.experiments import CHALLENGER, CHAMPION, Experiment, ExperimentError, Variant
 from nightrec.serving.layout import Keys
@@ -146,3 +148,66 @@ def model_version(settings: Settings, variant: Variant) -> str:
             raise PermanentError(f"no {settings.mlflow.registered_model}@{CHAMPION}: run train first")
         return champion.version
     return variant.model
+
+
+def night(stored: StoredExperiment, ds: dt.date) -> int:
+    """Which night of the experiment ds is (its first night: 0)."""
+    return (ds - dt.datetime.fromisoformat(stored.experiment.started_at).date()).days
+
+
+def log_night(settings: Settings, stored: StoredExperiment, ds: dt.date, metrics: dict[str, float],
+              decision: str, reason: str, chart_metric: str) -> str:
+    """A child run for the night's analysis (metrics, decision, a chart of chart_metric over the nights so
+    far), and the same metrics on the experiment's run at step = night, which MLflow charts over nights."""
+    client, step = MlflowClient(), night(stored, ds)
+    finite = {key: float(value) for key, value in metrics.items() if value == value}  # MLflow refuses nan
+    timestamp = int(dt.datetime.now(dt.timezone.utc).timestamp() * 1000)
+    for key, value in finite.items():
+        client.log_metric(stored.run_id, key, value, timestamp, step)
+    client.set_tag(stored.run_id, "last_decision", f"{ds}: {decision}")
+    run = client.create_run(_experiment_id(settings), run_name=f"{stored.experiment.name} {ds}", tags={
+        "mlflow.parentRunId": stored.run_id, "ds": ds.isoformat(), "decision": decision, "reason": reason[:5000],
+        "night": str(step)})
+    for key, value in finite.items():
+        client.log_metric(run.info.run_id, key, value, timestamp, step)
+    series = {variant.name: _history(client, stored.run_id, f"{variant.name}_{chart_metric}")
+              for variant in stored.experiment.variants}
+    with tempfile.TemporaryDirectory() as folder:
+        chart = reports.metric_over_nights({k: v for k, v in series.items() if v}, chart_metric,
+                                           f"{stored.experiment.name}: {chart_metric} by variant (95% CI)",
+                                           Path(folder) / f"{chart_metric}_over_nights.png")
+        client.log_artifact(run.info.run_id, str(chart))
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id
+
+
+def _history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float, float, float]]:
+    """(night, value, low, high) of a metric and its interval, latest value per night."""
+    def by_step(name: str) -> dict[int, float]:
+        return {m.step: m.value for m in sorted(client.get_metric_history(run_id, name), key=lambda m: m.timestamp)}
+
+    values, lows, highs = by_step(key), by_step(f"{key}_low"), by_step(f"{key}_high")
+    return [(step, values[step], lows.get(step, values[step]), highs.get(step, values[step]))
+            for step in sorted(values)]
+
+
+def log_champion_check(settings: Settings, ds: dt.date, metrics: dict[str, float], decision: str,
+                       reason: str) -> str:
+    """The nightly check of the champion's CTR against its trailing baseline, as its own run."""
+    client = MlflowClient()
+    run = client.create_run(_experiment_id(settings), run_name=f"champion check {ds}", tags={
+        "nightrec.check": "champion", "ds": ds.isoformat(), "decision": decision, "reason": reason[:5000]})
+    for key, value in metrics.items():
+        if value == value:
+            client.log_metric(run.info.run_id, key, float(value))
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id
+
+
+def recent_rollback(settings: Settings, since: dt.date) -> str | None:
+    """The night of the last automatic rollback on or after `since`, if any: one rollback per baseline
+    window, so a fall that outlasts it does not walk the champion back version after version."""
+    wanted = "tags.`nightrec.check` = 'champion' and tags.decision = 'rollback'"  # tags compare only by (in)equality
+    runs = MlflowClient().search_runs([_experiment_id(settings)], filter_string=wanted, max_results=1000)
+    nights = [run.data.tags["ds"] for run in runs if run.data.tags["ds"] >= since.isoformat()]
+    return max(nights, default=None)

@@ -29,6 +29,22 @@ def metric_vs_k(metrics: dict[str, float], ks: tuple[int, ...], title: str, path
     return _save(fig, path)
 
 
+def metric_over_nights(series: dict[str, list[tuple[int, float, float, float]]], metric: str, title: str,
+                       path: Path) -> Path:
+    """One line per variant: (night, value, low, high) with its confidence band."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, points in sorted(series.items()):
+        nights, values, lows, highs = (np.asarray(column, dtype=float) for column in zip(*points))
+        ax.plot(nights, values, marker="o", label=name)
+        ax.fill_between(nights, lows, highs, alpha=0.2)
+    ax.set_xlabel("night of the experiment")
+    ax.set_ylabel(metric)
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
 def score_distribution(scores: np.ndarray, title: str, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.hist(scores[np.isfinite(scores)], bins=50)

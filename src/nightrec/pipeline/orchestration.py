@@ -14,7 +14,8 @@ from nightrec.errors import PermanentError
 from nightrec.settings import Settings
 
 DAG_ID = "nightrec_nightly"
-WINDOWED = ("ingest", "validate")  # stages that may (re)process several landing days (DAG param `lookback_days`)
+# stages that may (re)process several landing days (DAG param `lookback_days`)
+WINDOWED = ("ingest", "validate", "analyze")
 
 
 def stage_argv(ds: str, lookback_days: int | None = None) -> list[str]:

@@ -1,0 +1,180 @@
+"""Analyze: what users did with what they were shown.
+
+1. The night's drained impressions -> silver/impressions (rules mirrored by a great_expectations
+   suite; bad rows -> quarantine/impressions with reasons; Data Docs beside the interactions').
+2. The running experiment, cumulatively since it started: CTR@k, conversion and events per user per
+   variant with 95% intervals, each treatment against the control (the first variant), and the
+   decision by rule (nightrec.modeling.experiment_stats): continue, stop early (significantly
+   worse), promote the treatment's model (significantly better at the planned sample) or end with
+   no difference; after its --until day it ends. Logged to MLflow: a run per experiment-night.
+3. The champion's CTR tonight against its trailing baseline: rolled back when it fell more than
+   `experiments.rollback_drop`, significantly.
+
+It runs before train, so a rollback or a promotion is what tonight's model is gated against.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+from dataclasses import dataclass, field
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from nightrec.data import impressions, lake, validation
+from nightrec.data.tables import window
+from nightrec.errors import PermanentError
+from nightrec.modeling import experiment_store, registry
+from nightrec.modeling.experiment_stats import compare, decide_variants, rollback_check
+from nightrec.modeling.online import group_metrics, per_user
+from nightrec.pipeline.progress import Progress
+from nightrec.pipeline.runtime import stage_main
+from nightrec.serving.experiments import CHAMPION
+from nightrec.settings import Settings
+
+PRODUCTION = "production"  # the group of answers served as everyone's (no variant of their own)
+
+
+@dataclass
+class AnalyzeResult:
+    impressions: int
+    quarantined_impressions: int
+    duplicate_impressions: int
+    experiment: str | None = None
+    decision: str | None = None
+    reason: str | None = None
+    variants: dict[str, dict] = field(default_factory=dict)
+    champion_check: str | None = None
+    champion_reason: str | None = None
+    data_docs: str | None = None
+
+
+def run(spark: SparkSession, settings: Settings, ds: dt.date, lookback_days: int = 1) -> AnalyzeResult:
+    progress = Progress("analyze", spark)
+    with progress.step("impressions into silver"):
+        loaded, bad, duplicates, docs = load_impressions(spark, settings, window(ds, lookback_days), ds)
+    result = AnalyzeResult(loaded, bad, duplicates, data_docs=docs)
+    if not lake.table_exists(settings.table("silver/impressions")):
+        return result
+    shown = lake.read_table(spark, settings.table("silver/impressions"))
+    events = lake.read_table(spark, settings.table("silver/interactions")).where(F.col("request_id").isNotNull())
+    stored = experiment_store.running(settings)
+    experiment_store.write_redis(settings, stored.experiment if stored else None)  # MLflow is the record
+    if stored is not None and experiment_store.night(stored, ds) >= 0:
+        with progress.step(f"experiment {stored.experiment.name}"):
+            analyze_experiment(settings, stored, ds, shown, events, result)
+    with progress.step("champion check"):
+        check_champion(settings, ds, shown, events, result)
+    return result
+
+
+def load_impressions(spark: SparkSession, settings: Settings, days: list[dt.date],
+                     ds: dt.date) -> tuple[int, int, int, str | None]:
+    """Drained impression files of the days -> silver/impressions (days without files keep theirs)."""
+    paths = impressions.landing_files(settings.path("landing"), days)
+    if not paths:
+        return 0, 0, 0, None
+    rule_list = impressions.rules()
+    rows = impressions.checked(impressions.read(spark, paths), rule_list).cache()
+    try:
+        bad = F.size("reasons") > 0
+        docs = validation.run_checks(
+            [validation.Check("impressions", [(rule.name, rule.expectation()) for rule in rule_list],
+                              rows.where(~F.col("duplicate")).select(*impressions.SUITE_COLUMNS))],
+            f"{settings.path('data_docs')}/dt={ds.isoformat()}/impressions", f"impressions_{ds:%Y%m%d}")
+        present = sorted(r.dt for r in rows.select("dt").distinct().collect() if r.dt is not None)
+        lake.replace_partitions(rows.where(bad).select("raw", "reasons", "dt"),
+                                settings.table("quarantine/impressions"), present)
+        loaded = lake.replace_partitions(rows.where(~bad & ~F.col("duplicate")).select(*impressions.SILVER_COLUMNS),
+                                         settings.table("silver/impressions"), present)
+        counts = rows.agg(F.sum(bad.cast("int")).alias("bad"),
+                          F.sum((F.col("duplicate") & ~bad).cast("int")).alias("duplicates")).first()
+        return loaded, int(counts.bad or 0), int(counts.duplicates or 0), docs.data_docs
+    finally:
+        rows.unpersist()
+
+
+def analyze_experiment(settings: Settings, stored: experiment_store.StoredExperiment, ds: dt.date,
+                       shown: DataFrame, events: DataFrame, result: AnalyzeResult) -> None:
+    e, x = stored.experiment, settings.experiments
+    metric = f"ctr_at_{x.k}"
+    mine = shown.where((F.col("experiment") == e.id) & (F.col("dt") <= F.lit(ds)))
+    metrics = group_metrics(per_user(mine, events, F.col("variant"), k=x.k, click_events=x.click_events,
+                                     conversion_event=x.conversion_event), x.alpha)
+    control, treatments = e.variants[0].name, [v.name for v in e.variants[1:]]
+    logged = {key: value for name, m in metrics.items() for key, value in m.as_dict(name, x.k).items()}
+    if all(name in metrics for name in (control, *treatments)):
+        comparisons = {name: compare(metrics[control].ctr, metrics[name].ctr, x.alpha) for name in treatments}
+        for name, comparison in comparisons.items():
+            logged.update(comparison.as_dict(f"{name}_vs_{control}_{metric}"))
+        decision, winner = decide_variants(comparisons, {name: m.users for name, m in metrics.items()}, x.min_users,
+                                           alpha=x.alpha, harm_z=x.harm_z, metric=f"CTR@{x.k}")
+        action, reason = decision.action, decision.reason
+    else:
+        winner, action = None, "continue"
+        reason = f"no impressions yet for {sorted({control, *treatments} - set(metrics))}: continuing"
+    if action == "continue" and e.until and ds >= dt.date.fromisoformat(e.until):
+        action, reason = "no_difference", f"{reason}; reached its last day {e.until}: ended without a decision"
+    if action == "promote":
+        reason += "; " + promote(settings, e.variant(winner))
+    if action != "continue":
+        experiment_store.end(settings, f"{ds}: {action}: {reason}", status=experiment_store.ENDED)
+    experiment_store.log_night(settings, stored, ds, logged, action, reason, metric)
+    result.experiment, result.decision, result.reason = e.name, action, reason
+    result.variants = {name: {"users": m.users, "impressions": m.impressions, metric: round(m.ctr.value, 6),
+                              f"{metric}_low": round(m.ctr.low, 6), f"{metric}_high": round(m.ctr.high, 6)}
+                       for name, m in metrics.items()}
+
+
+def promote(settings: Settings, variant) -> str:
+    """The winning variant becomes what everyone gets: its model as champion; rule settings are conf's."""
+    if variant.rules:
+        settings_line = ", ".join(f"model.{key} = {value}" for key, value in variant.rules.items())
+        return f"set {settings_line} in conf to give everyone variant {variant.name}'s rules"
+    if variant.model == CHAMPION:
+        return f"variant {variant.name} already serves the champion"
+    registry.set_aliases(settings.mlflow.registered_model, variant.model, None)
+    return f"{settings.mlflow.registered_model}/{variant.model} is now the champion"
+
+
+def check_champion(settings: Settings, ds: dt.date, shown: DataFrame, events: DataFrame,
+                   result: AnalyzeResult) -> None:
+    """Production traffic (answers not from a variant of their own) tonight vs the nights before."""
+    x = settings.experiments
+    first = ds - dt.timedelta(days=x.baseline_nights)
+    stored = experiment_store.running(settings)
+    own = [v.name for v in stored.experiment.keyed] if stored else []
+    production = shown.where(F.col("dt").between(F.lit(first), F.lit(ds)) & (F.col("source") == "personalized")
+                             & (F.col("variant").isNull() | ~F.col("variant").isin(own)))
+    group = F.when(F.col("dt") == F.lit(ds), "today").otherwise("baseline")
+    metrics = group_metrics(per_user(production, events, group, k=x.k, click_events=x.click_events,
+                                     conversion_event=x.conversion_event), x.alpha)
+    if "today" not in metrics or "baseline" not in metrics:
+        result.champion_check = "keep"
+        result.champion_reason = f"no production impressions {'tonight' if 'today' not in metrics else 'before'}"
+        return
+    decision = rollback_check(metrics["today"].ctr, metrics["baseline"].ctr, x.rollback_drop, x.alpha,
+                              f"CTR@{x.k}")
+    action, reason = decision.action, decision.reason
+    earlier = experiment_store.recent_rollback(settings, first) if action == "rollback" else None
+    if earlier is not None:
+        action = "keep"
+        reason = f"{reason.removesuffix(': rolled back')}; the champion was already rolled back on {earlier}: kept"
+    elif action == "rollback":
+        try:
+            old, new = registry.rollback(settings.mlflow.registered_model)
+            reason += f": champion version {old} -> {new}"
+        except PermanentError as error:
+            reason += f", but there is nothing to roll back to ({error})"
+    logged = {**metrics["today"].as_dict("today", x.k), **metrics["baseline"].as_dict("baseline", x.k)}
+    experiment_store.log_champion_check(settings, ds, logged, action, reason)
+    result.champion_check, result.champion_reason = action, reason
+
+
+def main(argv=None) -> dict:
+    return stage_main("analyze", run, argv, lookback=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
