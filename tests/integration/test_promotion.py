@@ -6,12 +6,18 @@ from pathlib import Path
 import mlflow
 import pytest
 import redis
+from fastapi.testclient import TestClient
 from mlflow import MlflowClient
+from pyspark.sql import functions as F
 
 from conftest import settings_environ
 from helpers import days_ending, write_landing
-from nightrec.modeling import registry, tracking
+from nightrec.data import lake
+from nightrec.modeling import experiment_store, registry, tracking
+from nightrec.modeling.fallbacks import is_personal
 from nightrec.pipeline import ingest, publish, score, train, validate
+from nightrec.serving.api import create_app
+from nightrec.serving.experiments import parse_variant
 from nightrec.serving.layout import Keys
 from nightrec.settings import load_settings
 
@@ -58,6 +64,48 @@ def test_a_worse_candidate_is_not_promoted_and_the_champion_stays_live(spark, ni
     scored = score.run(spark, base, DAY)
     assert scored.model_version == f"{name}/{first.champion_version}"
     assert redis.Redis.from_url(base.redis.url).get(Keys(base.redis.prefix).live) == live_before
+
+
+def test_an_experiment_serves_the_challenger_to_its_share_of_users_until_stopped(spark, nights):
+    settings, first = nights
+    base = settings(SERVICE__LIVE_CACHE_SECONDS="0")
+    tracking.configure(base)
+    name, keys = base.mlflow.registered_model, Keys(base.redis.prefix)
+    challenger = str(MlflowClient().get_model_version_by_alias(name, "challenger").version)
+    stored = experiment_store.start(base, "worse", [parse_variant("control=champion:70"),
+                                                    parse_variant("treatment=challenger:30")])
+    e = stored.experiment
+    assert e.variant("treatment").model == challenger  # pinned at the start: later nights move the alias
+    try:
+        scored = score.run(spark, base, DAY)
+        published = publish.run(spark, base, DAY)
+        with TestClient(create_app(base)) as api:
+            answers = {u: api.get(f"/v1/users/{u}/recommendations", params={"k": 100}).json() for u in range(1, 61)}
+    finally:
+        experiment_store.end(base, "seen enough")
+    personal = {r.user_id for r in lake.read_table(spark, base.table("gold/recommendations"), [DAY])
+                .where(is_personal(F.col("model_version"))).collect()}
+    treated = {u for u in personal if e.assign(u).name == "treatment"}
+    rows = {r.user_id: r for r in lake.read_table(spark, base.table("gold/variant_recommendations"), [DAY]).collect()}
+    assert set(rows) == treated and 8 < len(treated) < 30
+    assert {r.model_version for r in rows.values()} == {f"{name}/{challenger}"}
+    assert scored.variant_users == published.variant_users == {"treatment": len(treated)}
+    client = redis.Redis.from_url(base.redis.url)
+    assert all(client.get(keys.variant_user(published.version, "treatment", u)) == rows[u].value for u in treated)
+    assert sum(1 for _ in client.scan_iter(match=f"{keys.variant_prefix(published.version, 'treatment')}*")) == \
+        len(treated)
+    for user, answer in answers.items():
+        assert answer["variant"] == e.assign(user).name
+        expected = rows[user].item_ids if user in treated else None
+        if expected is not None:
+            assert [i["item_id"] for i in answer["items"]] == list(expected)[:len(answer["items"])]
+            assert answer["model_version"] == f"{name}/{challenger}"
+        else:
+            assert answer["model_version"] == f"{name}/{first.champion_version}"
+    # stopped: the next night scores and publishes no variant lists
+    assert score.run(spark, base, DAY).variant_users == {}
+    again = publish.run(spark, base, DAY)
+    assert again.experiment is None and not client.hexists(keys.meta(again.version), "experiment")
 
 
 def test_rollback_restores_the_previous_champion_and_republishes_it(spark, nights):
