@@ -133,6 +133,14 @@ class ExperimentSettings(_Section):
     baseline_nights: int = Field(7, ge=1)       # ... below its CTR over this many previous nights, significantly
 
 
+class ExplorationSettings(_Section):
+    enabled: bool = False              # bandit exploration in the lookup's answers (docs/experiments.md)
+    every: int = Field(10, ge=2, le=100)    # one position in this many: ranks every, 2 x every, ...
+    max_impressions: int = Field(1000, ge=1)  # items shown fewer times than this (window_days) may be explored
+    pool_size: int = Field(1000, ge=1, le=100_000)  # the least-shown items, never-shown ones first
+    window_days: int = Field(30, ge=1)
+
+
 class Settings(_Section):
     env: str
     home: Path
@@ -147,6 +155,7 @@ class Settings(_Section):
     service: ServiceSettings = ServiceSettings()
     lake: LakeSettings = LakeSettings()
     experiments: ExperimentSettings = ExperimentSettings()
+    exploration: ExplorationSettings = ExplorationSettings()
 
     def path(self, name: str) -> str:
         """A `paths` entry as an absolute path (URIs such as s3a://... are kept as they are)."""

@@ -197,3 +197,23 @@ def test_the_drain_lands_impressions_and_attributed_events(redis_url, client, se
     events = [json.loads(line) for line in open(drained.files[0])]
     assert [(e["request_id"], e["position"]) for e in events] == [(answer["request_id"], "1"), (None, None)]
     assert drain_events.run(settings, dt.date.today()).impressions == 0  # nothing twice
+
+
+def test_exploration_fills_every_tenth_rank_from_the_pool_and_the_impression_says_so(redis_url, client,
+                                                                                    make_settings):
+    from nightrec.serving.layout import encode_item_stats
+
+    publish(redis_url, experiment=None)
+    explore = make_settings(redis_url, service__live_cache_seconds=0, exploration__enabled="true")
+    client.set(KEYS.explore, encode_item_stats([9001, 9002, 9003], [0, 5, 0], [0, 1, 0]))
+    with TestClient(create_app(explore)) as api:
+        api.post("/v1/events", json={"user_id": 1, "item_id": 9003, "event_type": "click"})  # consumed: never shown
+        body = api.get("/v1/users/1/recommendations", params={"k": 20}).json()
+        wait_for(lambda: client.xlen(KEYS.impressions) == 1)
+        plain = TestClient(create_app(make_settings(redis_url)))
+    explored = [item for item in body["items"] if item.get("explored")]
+    assert [item["rank"] for item in explored] == [10, 20] and {i["item_id"] for i in explored} == {9001, 9002}
+    assert [i["item_id"] for i in body["items"] if not i.get("explored")] == list(range(1, 19))
+    assert impressions(client)[0]["explored"] == "10,20"
+    with plain as api:  # exploration off (the default): the list as published
+        assert ids(api.get("/v1/users/1/recommendations", params={"k": 20}).json()) == list(range(1, 21))

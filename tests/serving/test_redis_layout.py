@@ -37,6 +37,7 @@ def test_keys_are_exactly_as_documented():
     assert keys.unavailable("19980422.7") == "nightrec:v:19980422.7:unavailable"
     assert keys.version_pattern("v1") == "nightrec:v:v1:*"
     assert keys.experiment == "{nightrec}:experiment"
+    assert keys.explore == "{nightrec}:explore"
     assert keys.impressions == "{nightrec}:impressions"
     assert keys.impressions_drained == "{nightrec}:impressions:drained"
     assert keys.variant_user("19980422.7", "treatment", 42) == "nightrec:v:19980422.7:x:treatment:u:{42}"
@@ -128,3 +129,17 @@ def test_decode_id_set_rejects_corrupt_values():
     for value in (b"\x03", b"\x01\x01\x00\x00\x00" + b"\x00" * 4, b"\x03\x02\x00\x00\x00" + b"\x00" * 4):
         with pytest.raises(ValueError):
             decode_id_set(value)
+
+
+def test_item_stats_are_byte_exact_and_checked():
+    from nightrec.serving.layout import decode_item_stats, encode_item_stats
+
+    value = encode_item_stats([7, 300], [10, 0], [2, 0])
+    assert value == b"\x04" + struct.pack("<I", 2) + struct.pack("<ii", 7, 300) + struct.pack("<II", 10, 0) \
+        + struct.pack("<II", 2, 0)
+    ids, shown, clicked = decode_item_stats(value)
+    assert (ids.tolist(), shown.tolist(), clicked.tolist()) == ([7, 300], [10, 0], [2, 0])
+    with pytest.raises(ValueError, match="clicks <= impressions"):
+        encode_item_stats([7], [1], [2])
+    with pytest.raises(ValueError, match="not a codec 4"):
+        decode_item_stats(value[:-1])

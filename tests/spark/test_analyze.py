@@ -197,3 +197,20 @@ def test_a_steady_champion_is_kept(spark, settings, champion):
     land(settings, impressions, events)
     result = night(spark, settings, days=3)
     assert result.champion_check == "keep" and registry.current_champion(champion).version == "2"
+
+
+def test_the_exploration_pool_holds_the_least_shown_available_items(spark, make_settings, redis_url, champion):
+    from nightrec.serving.layout import decode_item_stats
+
+    settings = make_settings(redis_url, EXPERIMENTS__CLICK_EVENTS='["click"]', EXPLORATION__ENABLED="true",
+                             EXPLORATION__MAX_IMPRESSIONS="3")
+    write_csv(Path(settings.path("landing")) / "items.csv",
+              [(i, f"Item {i}", "no" if i == 26 else "yes") for i in range(21, 27)],
+              header=("item_id", "title", "available"))
+    land(settings, {DS: [shown("a1", 1, [21, 22]), shown("a2", 2, [21, 22]), shown("a3", 3, [21, 23])]},
+         {DS: [event(1, 22, "click", "a1", 2), event(2, 22, "view", "a2", 2)]})
+    result = night(spark, settings)
+    assert result.explore_pool == 4
+    ids, shown_times, clicked = decode_item_stats(redis.Redis.from_url(redis_url).get(Keys("test").explore))
+    # 21 was shown 3 times (not fewer than max_impressions), 26 is unavailable; never-shown items first
+    assert (ids.tolist(), shown_times.tolist(), clicked.tolist()) == ([24, 25, 23, 22], [0, 0, 1, 2], [0, 0, 0, 1])

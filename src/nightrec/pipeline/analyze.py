@@ -9,6 +9,8 @@
    no difference; after its --until day it ends. Logged to MLflow: a run per experiment-night.
 3. The champion's CTR tonight against its trailing baseline: rolled back when it fell more than
    `experiments.rollback_drop`, significantly.
+4. With exploration on: the least-shown available items with their impression and click counts ->
+   Redis `{<p>}:explore`, which the lookup samples from (nightrec.serving.exploration).
 
 It runs before train, so a rollback or a promotion is what tonight's model is gated against.
 """
@@ -23,14 +25,17 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from nightrec.data import impressions, lake, validation
-from nightrec.data.tables import window
+from nightrec.data.tables import attributes, window
 from nightrec.errors import PermanentError
 from nightrec.modeling import experiment_store, registry
+from nightrec.modeling.dataset import ItemFacts
 from nightrec.modeling.experiment_stats import compare, decide_variants, rollback_check
 from nightrec.modeling.online import group_metrics, per_user
 from nightrec.pipeline.progress import Progress
 from nightrec.pipeline.runtime import stage_main
+from nightrec.serving.client import connect
 from nightrec.serving.experiments import CHAMPION
+from nightrec.serving.layout import Keys, encode_item_stats
 from nightrec.settings import Settings
 
 PRODUCTION = "production"  # the group of answers served as everyone's (no variant of their own)
@@ -47,6 +52,7 @@ class AnalyzeResult:
     variants: dict[str, dict] = field(default_factory=dict)
     champion_check: str | None = None
     champion_reason: str | None = None
+    explore_pool: int | None = None  # items exploration may show (None: exploration off)
     data_docs: str | None = None
 
 
@@ -66,6 +72,9 @@ def run(spark: SparkSession, settings: Settings, ds: dt.date, lookback_days: int
             analyze_experiment(settings, stored, ds, shown, events, result)
     with progress.step("champion check"):
         check_champion(settings, ds, shown, events, result)
+    if settings.exploration.enabled:
+        with progress.step("exploration pool"):
+            result.explore_pool = write_explore_pool(spark, settings, ds, shown, events)
     return result
 
 
@@ -170,6 +179,38 @@ def check_champion(settings: Settings, ds: dt.date, shown: DataFrame, events: Da
     logged = {**metrics["today"].as_dict("today", x.k), **metrics["baseline"].as_dict("baseline", x.k)}
     experiment_store.log_champion_check(settings, ds, logged, action, reason)
     result.champion_check, result.champion_reason = action, reason
+
+
+def write_explore_pool(spark: SparkSession, settings: Settings, ds: dt.date, shown: DataFrame,
+                       events: DataFrame) -> int:
+    """The available items shown fewer than exploration.max_impressions times over its window, least
+    shown first, with impressions and clicks -> Redis; returns how many."""
+    x = settings.exploration
+    recent = shown.where(F.col("dt").between(F.lit(ds - dt.timedelta(days=x.window_days - 1)), F.lit(ds)))
+    times_shown = recent.select(F.explode("items").alias("item_id")).groupBy("item_id").agg(
+        F.count("*").alias("impressions"))
+    clicks = (events.where(F.col("event_type").isin(settings.experiments.click_events))
+              .join(recent.select("request_id", F.col("user_id").alias("shown_to")), "request_id")
+              .where(F.col("user_id") == F.col("shown_to"))
+              .groupBy("item_id").agg(F.countDistinct("request_id").alias("clicks")))
+    facts = ItemFacts.read(attributes(spark, settings, "items", ds))
+    if len(facts.ids):
+        catalog = spark.createDataFrame([(int(i),) for i in facts.ids[~facts.unavailable]], "item_id int")
+    else:  # no item file: the items with events in the window
+        catalog = (lake.read_table(spark, settings.table("silver/interactions"))
+                   .where(F.col("dt") >= F.lit(ds - dt.timedelta(days=x.window_days - 1))).select("item_id").distinct())
+    pool = (catalog.join(times_shown, "item_id", "left").join(clicks, "item_id", "left")
+            .fillna(0, ["impressions", "clicks"])
+            .withColumn("clicks", F.least("clicks", "impressions"))  # a click on an item shown outside the window
+            .where(F.col("impressions") < x.max_impressions)
+            .orderBy("impressions", "item_id").limit(x.pool_size).collect())
+    value = encode_item_stats([r.item_id for r in pool], [r.impressions for r in pool], [r.clicks for r in pool])
+    client = connect(settings.redis.url, settings.redis.cluster)
+    try:
+        client.set(Keys(settings.redis.prefix).explore, value)
+    finally:
+        client.close()
+    return len(pool)
 
 
 def main(argv=None) -> dict:

@@ -38,7 +38,8 @@ ExcludeFilter = Annotated[str | None, Query(max_length=MAX_EXCLUDE_CHARS,
 class Item(BaseModel):
     item_id: int
     rank: int
-    score: float
+    score: float = Field(description="the model's score; for an explored item, its Thompson draw")
+    explored: bool = Field(False, description="present (true) on items placed by bandit exploration")
 
 
 class Recommendations(BaseModel):

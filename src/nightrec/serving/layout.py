@@ -17,6 +17,7 @@ from nightrec.constants import GLOBAL_SEGMENT, MAX_ID
 RANKED = 1       # value codec: ranked item ids + scores
 SEGMENT_REF = 2  # value codec: "use the list of this segment" (users known only from the user file)
 ID_SET = 3       # value codec: sorted item ids (category members, unavailable items)
+ITEM_STATS = 4   # value codec: item ids with impression and click counts (exploration)
 _RANKED_HEADER = struct.Struct("<BH")  # codec, item count
 _SET_HEADER = struct.Struct("<BI")     # codec, id count
 _IDS = np.dtype("<i4")
@@ -78,6 +79,11 @@ class Keys:
     def experiment(self) -> str:
         """String: the running experiment as JSON (nightrec.serving.experiments); absent when none runs."""
         return f"{{{self.prefix}}}:experiment"
+
+    @property
+    def explore(self) -> str:
+        """Item stats (codec 4): the items exploration may show, with their impressions and clicks."""
+        return f"{{{self.prefix}}}:explore"
 
     @property
     def impressions(self) -> str:
@@ -278,3 +284,29 @@ def decode_consumed(value: bytes | None) -> set[int]:
     if not value:
         return set()
     return set(np.frombuffer(value, dtype=_IDS, count=len(value) // _IDS.itemsize).tolist())
+
+
+def encode_item_stats(item_ids, impressions, clicks) -> bytes:
+    """Codec 4: header (codec u8, count u32) + int32 item ids + uint32 impressions + uint32 clicks."""
+    ids = np.asarray(item_ids, dtype=np.int64)
+    shown, clicked = np.asarray(impressions, dtype=np.int64), np.asarray(clicks, dtype=np.int64)
+    if not ids.shape == shown.shape == clicked.shape or ids.ndim != 1:
+        raise ValueError("item_ids, impressions and clicks must be flat and equally long")
+    _check_ids(ids)
+    if len(ids) and (clicked.min() < 0 or (clicked > shown).any() or shown.max() > 0xFFFFFFFF):
+        raise ValueError("need 0 <= clicks <= impressions < 2^32")
+    return (_SET_HEADER.pack(ITEM_STATS, len(ids)) + ids.astype(_IDS).tobytes() + shown.astype("<u4").tobytes()
+            + clicked.astype("<u4").tobytes())
+
+
+def decode_item_stats(value: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if len(value) < _SET_HEADER.size:
+        raise ValueError("value too short for an item stats header")
+    codec, count = _SET_HEADER.unpack_from(value)
+    if codec != ITEM_STATS or len(value) != _SET_HEADER.size + 12 * count:
+        raise ValueError(f"not a codec {ITEM_STATS} value of {count} items")
+    offset = _SET_HEADER.size
+    ids = np.frombuffer(value, dtype=_IDS, count=count, offset=offset)
+    shown = np.frombuffer(value, dtype="<u4", count=count, offset=offset + 4 * count)
+    clicked = np.frombuffer(value, dtype="<u4", count=count, offset=offset + 8 * count)
+    return ids.astype(np.int64), shown.astype(np.int64), clicked.astype(np.int64)

@@ -24,6 +24,7 @@ from redis.asyncio.cluster import RedisCluster
 
 from nightrec.constants import GLOBAL_SEGMENT, MAX_ID
 from nightrec.serving.experiments import Experiment
+from nightrec.serving.exploration import REFRESH_SECONDS, Explorer
 from nightrec.serving.impressions import FIELDS, ImpressionLog, entry
 from nightrec.serving.layout import (
     LAYOUT,
@@ -33,6 +34,7 @@ from nightrec.serving.layout import (
     decode,
     decode_consumed,
     decode_id_set,
+    decode_item_stats,
     decode_user,
     encode_consumed,
 )
@@ -172,6 +174,8 @@ class Lookup:
         self.impressions = ImpressionLog(self._append_impressions, self.options.impression_sample_rate) \
             if record_impressions else None
         self.request_ids = (f"{os.urandom(6).hex()}{n:08x}" for n in itertools.count())  # unique over workers
+        self.explorer = Explorer(settings.exploration.every) if settings.exploration.enabled else None
+        self.explore_read_at = -REFRESH_SECONDS
 
     async def _append_impressions(self, entries: list[tuple]) -> None:
         pipe = self.redis.pipeline(transaction=False)
@@ -291,13 +295,31 @@ class Lookup:
         else:
             source, segment = "personalized", None
             ids, scores = stored
+        items = ranked(ids, scores, k, drops, keep_only)
+        if self.explorer is not None:
+            await self.refresh_explore_pool()
+            items = self.explorer.fill(items, k, lambda item: not any(item in d for d in drops if d)
+                                       and (keep_only is None or item in keep_only))
         answer = {"user_id": user_id, "source": source, "segment": segment, "version": version,
                   "model_version": model_version, "experiment": experiment.name if variant else None,
                   "variant": variant.name if variant else None, "request_id": next(self.request_ids),
-                  "items": ranked(ids, scores, k, drops, keep_only)}
+                  "items": items}
         if self.impressions is not None:
-            self.impressions.add(user_id, lambda: entry(answer, variant and experiment.id, []))
+            explored = [item["rank"] for item in items if item.get("explored")] if self.explorer else []
+            self.impressions.add(user_id, lambda: entry(answer, variant and experiment.id, explored))
         return answer
+
+    async def refresh_explore_pool(self) -> None:
+        if time.monotonic() - self.explore_read_at < REFRESH_SECONDS:
+            return
+        self.explore_read_at = time.monotonic()
+        value = await self.redis.get(self.keys.explore)
+        if value is None:
+            return
+        try:
+            self.explorer.set_pool(*decode_item_stats(value))
+        except ValueError as error:  # answers go on as they were
+            log.error("%s holds no valid item stats: %r", self.keys.explore, error)
 
     async def similar(self, item_id: int, k: int, category: str | None, exclude: str | None) -> dict:
         drop = parse_exclude(exclude)
