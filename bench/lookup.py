@@ -1,12 +1,17 @@
 """Lookup service latency at a fixed request rate, and its throughput vs raw Redis GET, same box.
 
     .venv/bin/python bench/lookup.py --users 100000 --workers 2
+    .venv/bin/python bench/lookup.py --users 100000 --workers 2 --impressions-off-and-on --rounds 3
 
 Starts its own redis-server and publishes a version of `--users` random top-100 lists into it,
-then starts `nightrec serve --workers N` on it. Latency: an open-loop load generator in a separate
-process sends `--rate` requests/s over 32 keep-alive connections for `--seconds` and times each from
-its scheduled send (so a stall counts against every request it delays). Throughput: `wrk` with
-64 connections on random users, against `redis-benchmark -t get -c 64` on the same value size.
+then starts `nightrec serve --workers N` on it. With --impressions-off-and-on the service runs with
+impression recording off (service.impression_sample_rate = 0) and on (1.0), alternating, --rounds
+times each, and the table gives the median and the range of each figure.
+
+Latency: an open-loop load generator in a separate process sends `--rate` requests/s over 32
+keep-alive connections for `--seconds` and times each from its scheduled send (so a stall counts
+against every request it delays). Throughput: `wrk` with 64 connections on random users, against
+`redis-benchmark -t get -c 64` on the same value size.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import redis
 
+from nightrec.serving import impressions
 from nightrec.serving import loader as publisher
 from nightrec.serving.layout import Keys, encode, encode_id_set
 from nightrec.serving.redis_server import free_port, private_redis
@@ -117,15 +123,79 @@ def redis_get_rate(port: int, requests: int, value_bytes: int) -> float:
     return float(re.findall(r"GET: ([\d.]+) requests per second", out.replace("\r", "\n"))[-1])
 
 
+def start_service(redis_port: int, http_port: int, workers: int, impression_rate: float) -> subprocess.Popen:
+    import httpx
+
+    env = {**os.environ, "NIGHTREC_REDIS__URL": f"redis://127.0.0.1:{redis_port}/0", "NIGHTREC_REDIS__PREFIX": PREFIX,
+           "NIGHTREC_SERVICE__IMPRESSION_SAMPLE_RATE": str(impression_rate)}
+    nightrec = str(Path(sys.executable).with_name("nightrec"))
+    service = subprocess.Popen([nightrec, "serve", "--port", str(http_port), "--workers", str(workers),
+                                "--log-level", "warning"], env=env)
+    wait_until(lambda: httpx.get(f"http://127.0.0.1:{http_port}/healthz").status_code == 200, "service")
+    return service
+
+
+def measure(redis_port: int, args, impression_rate: float) -> dict:
+    """p50/p99 at --rate (open loop) and wrk throughput of one service start; impressions written."""
+    http_port = free_port()
+    service = start_service(redis_port, http_port, args.workers, impression_rate)
+    try:
+        wrk_rate(http_port, args.users, 2)  # warm-up: every worker connected
+        client, key = redis.Redis(port=redis_port), Keys(PREFIX).impressions
+        time.sleep(0.5)  # the warm-up's last impressions leave the buffer
+        client.delete(key)
+        latencies = np.array(asyncio.run(open_loop(http_port, args.users, args.rate, args.seconds))) * 1000
+        time.sleep(0.5)
+        recorded = sum(len(impressions.rows(fields)) for _, fields in client.xrange(key))
+        client.delete(key)  # the stream would grow by every wrk request
+        rate = wrk_rate(http_port, args.users, 10)
+    finally:
+        service.terminate()
+        service.wait(30)
+    p50, p99 = np.percentile(latencies, [50, 99])
+    return {"p50": p50, "p99": p99, "rate": rate, "recorded": recorded / len(latencies)}
+
+
+def compare_impressions(args) -> None:
+    runs: dict[str, list[dict]] = {"off": [], "on": []}
+    with private_redis() as redis_port:
+        publish_random(redis.Redis(port=redis_port), args.users)
+        for _ in range(args.rounds):
+            for label, impression_rate in (("off", 0.0), ("on", 1.0)):
+                runs[label].append(measure(redis_port, args, impression_rate))
+
+    def cell(label: str, figure: str, fmt: str) -> str:
+        values = sorted(run[figure] for run in runs[label])
+        return f"{np.median(values):{fmt}} ({values[0]:{fmt}}-{values[-1]:{fmt}})"
+
+    print(f"\n$ .venv/bin/python bench/lookup.py --users {args.users} --workers {args.workers} --rate {args.rate} "
+          f"--seconds {args.seconds} --impressions-off-and-on --rounds {args.rounds}")
+    print(f"{args.users} users, `nightrec serve --workers {args.workers}`, off and on alternating, median (range) of "
+          f"{args.rounds} runs each, {os.cpu_count()} cores shared by service, Redis and load\n")
+    print(f"| impressions | p50 ms at {args.rate}/s | p99 ms at {args.rate}/s | requests/s (wrk) | impressions "
+          f"per request |")
+    print("|---|---:|---:|---:|---:|")
+    for label in ("off", "on"):
+        print(f"| {label} | {cell(label, 'p50', '.2f')} | {cell(label, 'p99', '.2f')} | {cell(label, 'rate', '.0f')} | "
+              f"{cell(label, 'recorded', '.2f')} |")
+    ratio = np.median([r["rate"] for r in runs["on"]]) / np.median([r["rate"] for r in runs["off"]])
+    print(f"\nthroughput with impressions on: {ratio:.0%} of off (medians)")
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--users", type=int, default=100_000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--rate", type=int, default=1000)
     parser.add_argument("--seconds", type=int, default=20)
+    parser.add_argument("--impressions-off-and-on", action="store_true",
+                        help="compare the service with impression recording off and on")
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: apt-get install wrk")
+    if args.impressions_off_and_on:
+        return compare_impressions(args)
 
     with private_redis() as redis_port:
         http_port, service = free_port(), None

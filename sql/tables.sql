@@ -2,10 +2,11 @@
 -- delta-spark is available (LOCATION = paths.lake + the table name). nightrec itself writes them
 -- with delta-rs (docs/lake.md); tests/integration/test_pipeline_to_redis.py keeps this file in step.
 -- `value` columns hold each list packed as Redis stores it (docs/redis-layout.md), made by the score stage.
+-- Columns added after a table's first version come last (tables written before gain them there).
 
 CREATE TABLE IF NOT EXISTS nightrec.bronze_interactions (
   user_id STRING, item_id STRING, event_type STRING, value STRING, ts STRING,
-  source_file STRING, dt DATE, ingested_at TIMESTAMP
+  source_file STRING, dt DATE, ingested_at TIMESTAMP, request_id STRING, position STRING
 ) USING DELTA PARTITIONED BY (dt) LOCATION '${lake}/bronze/interactions';
 
 CREATE TABLE IF NOT EXISTS nightrec.bronze_items (
@@ -17,13 +18,23 @@ CREATE TABLE IF NOT EXISTS nightrec.bronze_users (
 ) USING DELTA PARTITIONED BY (dt) LOCATION '${lake}/bronze/users';
 
 CREATE TABLE IF NOT EXISTS nightrec.silver_interactions (
-  user_id INT, item_id INT, event_type STRING, value DOUBLE, ts TIMESTAMP, dt DATE
+  user_id INT, item_id INT, event_type STRING, value DOUBLE, ts TIMESTAMP, dt DATE,
+  request_id STRING, position INT
 ) USING DELTA PARTITIONED BY (dt) LOCATION '${lake}/silver/interactions';
 
 CREATE TABLE IF NOT EXISTS nightrec.quarantine_interactions (
   user_id STRING, item_id STRING, event_type STRING, value STRING, ts STRING,
-  source_file STRING, reasons ARRAY<STRING>, dt DATE
+  source_file STRING, reasons ARRAY<STRING>, dt DATE, request_id STRING, position STRING
 ) USING DELTA PARTITIONED BY (dt) LOCATION '${lake}/quarantine/interactions';
+
+CREATE TABLE IF NOT EXISTS nightrec.silver_impressions (
+  request_id STRING, user_id INT, experiment STRING, variant STRING, version STRING, model_version STRING,
+  source STRING, items ARRAY<INT>, explored ARRAY<INT>, ts TIMESTAMP, dt DATE
+) USING DELTA PARTITIONED BY (dt) LOCATION '${lake}/silver/impressions';
+
+CREATE TABLE IF NOT EXISTS nightrec.quarantine_impressions (
+  raw STRING, reasons ARRAY<STRING>, dt DATE
+) USING DELTA PARTITIONED BY (dt) LOCATION '${lake}/quarantine/impressions';
 
 CREATE TABLE IF NOT EXISTS nightrec.gold_recommendations (
   user_id INT, item_ids ARRAY<INT>, scores ARRAY<FLOAT>, value BINARY, model_version STRING, dt DATE
@@ -36,3 +47,8 @@ CREATE TABLE IF NOT EXISTS nightrec.gold_fallbacks (
 CREATE TABLE IF NOT EXISTS nightrec.gold_similar_items (
   item_id INT, item_ids ARRAY<INT>, scores ARRAY<FLOAT>, value BINARY, dt DATE
 ) USING DELTA PARTITIONED BY (dt) LOCATION '${lake}/gold/similar_items';
+
+CREATE TABLE IF NOT EXISTS nightrec.gold_variant_recommendations (
+  user_id INT, item_ids ARRAY<INT>, scores ARRAY<FLOAT>, value BINARY, variant STRING, model_version STRING,
+  experiment STRING, dt DATE
+) USING DELTA PARTITIONED BY (dt) LOCATION '${lake}/gold/variant_recommendations';

@@ -133,3 +133,23 @@ def reached_from(starts: list[str]) -> set[str]:
             reached.add(module)
             todo.extend(m for m in imports(modules[module]) if m in modules)
     return reached
+
+
+def ddl_tables() -> dict[str, str]:
+    """sql/tables.sql: table name (e.g. silver_interactions) -> its column list."""
+    import re
+
+    ddl = (Path(__file__).parents[1] / "sql" / "tables.sql").read_text()
+    return dict(re.findall(r"CREATE TABLE IF NOT EXISTS nightrec\.(\w+) \((.*?)\) USING DELTA", ddl, re.S))
+
+
+def assert_table_matches_ddl(spark, settings, name: str) -> None:
+    """The table as written has exactly the columns, in order and type, that sql/tables.sql declares."""
+    from pyspark.sql.types import StructType
+
+    from nightrec.data import lake
+
+    declared = StructType.fromDDL(" ".join(ddl_tables()[name].split()))
+    actual = lake.read_table(spark, settings.table(name.replace("_", "/", 1))).schema
+    assert [(f.name, f.dataType.simpleString()) for f in actual] == \
+           [(f.name, f.dataType.simpleString()) for f in declared], name

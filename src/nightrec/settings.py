@@ -118,7 +118,8 @@ class ServiceSettings(_Section):
     events_max_len: int = Field(10_000_000, ge=1000)  # stream cap (approximate) if the nightly drain stops
     max_body_bytes: int = Field(65536, ge=1024)
     impression_sample_rate: float = Field(1.0, ge=0, le=1)  # share of users whose answers are recorded; 0: none
-    impressions_max_len: int = Field(10_000_000, ge=1000)  # impression stream cap (approximate)
+    impressions_max_batches: int = Field(1_000_000, ge=1000)  # impression stream cap (entries: one per worker
+                                                              # per 50 ms flush), if the drain stops
 
 
 class ExperimentSettings(_Section):

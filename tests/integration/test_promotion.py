@@ -11,7 +11,7 @@ from mlflow import MlflowClient
 from pyspark.sql import functions as F
 
 from conftest import settings_environ
-from helpers import days_ending, write_landing
+from helpers import assert_table_matches_ddl, days_ending, write_landing
 from nightrec.data import lake
 from nightrec.modeling import experiment_store, registry, tracking
 from nightrec.modeling.fallbacks import is_personal
@@ -89,6 +89,7 @@ def test_an_experiment_serves_the_challenger_to_its_share_of_users_until_stopped
     rows = {r.user_id: r for r in lake.read_table(spark, base.table("gold/variant_recommendations"), [DAY]).collect()}
     assert set(rows) == treated and 8 < len(treated) < 30
     assert {r.model_version for r in rows.values()} == {f"{name}/{challenger}"}
+    assert_table_matches_ddl(spark, base, "gold_variant_recommendations")
     assert scored.variant_users == published.variant_users == {"treatment": len(treated)}
     client = redis.Redis.from_url(base.redis.url)
     assert all(client.get(keys.variant_user(published.version, "treatment", u)) == rows[u].value for u in treated)

@@ -11,7 +11,7 @@ import pytest
 import redis
 from mlflow import MlflowClient
 
-from helpers import tiny_bundle, write_csv
+from helpers import assert_table_matches_ddl, tiny_bundle, write_csv
 from nightrec.modeling import experiment_store, registry
 from nightrec.pipeline import analyze, ingest, validate
 from nightrec.serving.experiments import parse_variant
@@ -121,6 +121,9 @@ def test_variant_metrics_on_counts_worked_out_by_hand(spark, settings, champion,
     history = client.get_metric_history(experiment_store.running(settings).run_id, "treatment_ctr_at_10")
     assert [(h.step, h.value) for h in history] == [(1, 0.5)]  # night 1 of the experiment
     assert redis.Redis.from_url(redis_url).get(Keys("test").experiment) == e.to_json().encode()
+    for table in ("silver_impressions", "quarantine_impressions", "silver_interactions", "quarantine_interactions",
+                  "bronze_interactions"):
+        assert_table_matches_ddl(spark, settings, table)
 
 
 def clicks(rng: random.Random, prefix: str, users: range, rate: float, day: dt.date = DS, **labels):

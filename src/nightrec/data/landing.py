@@ -25,6 +25,7 @@ from nightrec.errors import PermanentError
 
 # request_id and position (optional) attribute an event to an answer of the lookup service
 INTERACTION_COLUMNS = ("user_id", "item_id", "event_type", "value", "ts", "request_id", "position")
+ADDED_LATER = ("request_id", "position")  # last in every table, where tables written before them gained them
 REQUIRED_COLUMNS = ("user_id", "item_id", "event_type", "ts")
 FORMATS = {".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 # Names writers give a file until it is complete: skipped tonight, read once renamed.
@@ -261,6 +262,11 @@ def _as_text(frame: DataFrame, name: str | None, column: str) -> Column:
     if field_type in ("timestamp", "timestamp_ntz"):
         return F.date_format(source, "yyyy-MM-dd'T'HH:mm:ss.SSSSSSXXX").alias(column)
     return source.cast("string").alias(column)
+
+
+def added_columns_last(frame: DataFrame) -> DataFrame:
+    """The columns a table gained after its first version go last, in new tables as in old ones."""
+    return frame.select(*[c for c in frame.columns if c not in ADDED_LATER], *ADDED_LATER)
 
 
 def read_attributes(spark: SparkSession, landing: str, name: str) -> DataFrame | None:

@@ -1,10 +1,12 @@
-"""Drain events: what the lookup service appended to its Redis streams -> landing files, one JSONL
-file per day: events (POST /v1/events) into interactions/, which the ingest stage then reads like
-any other file, and impressions (the answers it gave) into impressions/, for the experiment analysis.
+"""Drain events: what the lookup service appended to its Redis streams -> landing JSONL files per
+day: events (POST /v1/events) into interactions/, which the ingest stage then reads like any other
+file, and impressions (the answers it gave) into impressions/, for the nightly analysis.
 
-Safe to re-run and to kill: the files of one drain are named after its first stream id and written
-whole (temp file + rename), so a drain that restarts from the same place rewrites them instead of
-adding duplicates. Only then is the drained position saved and the stream trimmed.
+Safe to re-run, to kill, and to run more often than nightly (at high traffic, hourly keeps Redis
+small): the streams are read a page at a time, each page's files are named after its first stream
+id and written whole (temp file + rename), so a drain that restarts from the same place rewrites
+them instead of adding duplicates. Only then is the drained position saved; the stream is trimmed
+at the end.
 """
 
 from __future__ import annotations
@@ -20,11 +22,13 @@ from pathlib import Path
 
 from nightrec.data.landing import day_folder
 from nightrec.pipeline.runtime import stage_main
+from nightrec.serving import impressions
 from nightrec.serving.client import connect
 from nightrec.serving.layout import Keys
 from nightrec.settings import Settings
 
-PAGE = 10_000
+PAGE = 10_000  # events per file at most
+IMPRESSION_PAGE = 200  # impression entries per file: each holds up to 500 answers
 log = logging.getLogger("nightrec.drain_events")
 
 
@@ -43,8 +47,9 @@ class Stream:
 
     key: str
     drained: str
-    kind: str                         # landing folder: interactions | impressions
-    row: Callable[[dict], dict]       # stream entry fields -> landing row (with an ISO `ts`)
+    kind: str                                # landing folder: interactions | impressions
+    rows: Callable[[dict], list[dict]]       # stream entry fields -> landing rows (with an ISO `ts`)
+    page: int                                # entries read and written at a time
 
 
 def stream_id(value: bytes) -> tuple[int, int]:
@@ -52,25 +57,26 @@ def stream_id(value: bytes) -> tuple[int, int]:
     return int(millis), int(seq or 0)
 
 
-def read_new(client, stream: Stream) -> tuple[list[tuple[bytes, dict]], bytes | None]:
-    """Entries after the drained position up to the newest one now; later ones wait for the next drain."""
+def pages(client, stream: Stream):
+    """Pages of the entries after the drained position, up to the newest one now (later ones wait for
+    the next drain)."""
     newest = client.xrevrange(stream.key, count=1)
     if not newest:
-        return [], None
+        return
     last = newest[0][0]
     start = client.get(stream.drained)
     oldest = client.xrange(stream.key, count=1)[0][0]
     if start and stream_id(oldest) > stream_id(start):
-        # The stream's cap (service.*_max_len) trimmed entries nobody drained: say so, keep going.
+        # The stream's cap (service.*_max_*) trimmed entries nobody drained: say so, keep going.
         log.error("%s between stream ids %s and %s were trimmed before they were drained: they are lost",
                   stream.kind, start.decode(), oldest.decode())
-    entries = []
     cursor = b"(" + start if start else b"-"
     while True:
-        page = client.xrange(stream.key, min=cursor, max=last, count=PAGE)
-        entries.extend(page)
-        if len(page) < PAGE:
-            return entries, last
+        page = client.xrange(stream.key, min=cursor, max=last, count=stream.page)
+        if page:
+            yield page
+        if len(page) < stream.page:
+            return
         cursor = b"(" + page[-1][0]
 
 
@@ -81,15 +87,10 @@ def as_landing_row(fields: dict) -> dict:
             "position": text.get("position") or None}
 
 
-def as_impression_row(fields: dict) -> dict:
-    text = {k.decode(): v.decode() for k, v in fields.items()}
-    ts = dt.datetime.fromtimestamp(int(text["ts"]) / 1000, dt.timezone.utc)
-    return {"request_id": text["request_id"], "user_id": int(text["user_id"]),
-            "experiment": text.get("experiment") or None, "variant": text.get("variant") or None,
-            "version": text.get("version"), "model_version": text.get("model_version"), "source": text.get("source"),
-            "items": [int(i) for i in text.get("items", "").split(",") if i],
-            "explored": [int(p) for p in text.get("explored", "").split(",") if p],
-            "ts": ts.isoformat(timespec="milliseconds")}
+def as_impression_rows(fields: dict) -> list[dict]:
+    """One entry holds the answers of one flush (nightrec.serving.impressions)."""
+    return [{**answer, "ts": dt.datetime.fromtimestamp(answer["ts"] / 1000, dt.timezone.utc).isoformat(
+        timespec="milliseconds")} for answer in impressions.rows(fields)]
 
 
 def write_atomically(path: Path, lines: list[str]) -> None:
@@ -106,10 +107,12 @@ def run(settings: Settings, ds: dt.date) -> DrainResult:
     keys = Keys(settings.redis.prefix)
     client = connect(settings.redis.url, settings.redis.cluster)
     try:
-        events, files, last = drain(client, Stream(keys.events, keys.events_drained, "interactions", as_landing_row),
+        events, files, last = drain(client, Stream(keys.events, keys.events_drained, "interactions",
+                                           lambda fields: [as_landing_row(fields)], PAGE),
                                     settings.path("landing"))
         impressions, impression_files, _ = drain(
-            client, Stream(keys.impressions, keys.impressions_drained, "impressions", as_impression_row),
+            client, Stream(keys.impressions, keys.impressions_drained, "impressions", as_impression_rows,
+                   IMPRESSION_PAGE),
             settings.path("landing"))
         return DrainResult(events, files, last, impressions, impression_files)
     finally:
@@ -117,24 +120,27 @@ def run(settings: Settings, ds: dt.date) -> DrainResult:
 
 
 def drain(client, stream: Stream, landing: str) -> tuple[int, list[str], str | None]:
-    """The stream's new entries -> one landing file per day; returns (entries, files, position drained to)."""
-    entries, last = read_new(client, stream)
-    if not entries:
-        return 0, [], None
-    by_day: dict[dt.date, list[str]] = {}
-    for _, fields in entries:
-        row = stream.row(fields)
-        day = dt.datetime.fromisoformat(row["ts"]).astimezone(dt.timezone.utc).date()
-        by_day.setdefault(day, []).append(json.dumps(row) + "\n")
-    name = f"stream-{entries[0][0].decode().replace('-', '_')}.jsonl"
-    files = []
-    for day, lines in sorted(by_day.items()):
-        path = day_folder(landing, day, stream.kind) / name
-        write_atomically(path, lines)
-        files.append(str(path))
-    client.set(stream.drained, last)
-    client.xtrim(stream.key, minid=last, approximate=False)  # the newest entry stays: the stream keeps its last id
-    return len(entries), files, last.decode()
+    """The stream's new entries -> landing files, one per page and day (named after the page's first
+    id: a drain that restarts rewrites them); the position is saved after each page, the stream
+    trimmed at the end. Returns (rows, files, position drained to)."""
+    rows, files, last = 0, [], None
+    for page in pages(client, stream):
+        by_day: dict[dt.date, list[str]] = {}
+        for _, fields in page:
+            for row in stream.rows(fields):
+                day = dt.datetime.fromisoformat(row["ts"]).astimezone(dt.timezone.utc).date()
+                by_day.setdefault(day, []).append(json.dumps(row) + "\n")
+                rows += 1
+        name = f"stream-{page[0][0].decode().replace('-', '_')}.jsonl"
+        for day, lines in sorted(by_day.items()):
+            path = day_folder(landing, day, stream.kind) / name
+            write_atomically(path, lines)
+            files.append(str(path))
+        last = page[-1][0]
+        client.set(stream.drained, last)
+    if last is not None:
+        client.xtrim(stream.key, minid=last, approximate=False)  # the newest entry stays: the stream keeps its id
+    return rows, files, last.decode() if last else None
 
 
 def main(argv=None) -> dict:

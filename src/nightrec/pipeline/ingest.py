@@ -24,6 +24,7 @@ from nightrec.data.landing import (
     SKIPPED,
     LandingError,
     LandingFile,
+    added_columns_last,
     inspect_day,
     read_attributes,
     read_interactions,
@@ -74,7 +75,7 @@ def run(spark: SparkSession, settings: Settings, ds: dt.date, lookback_days: int
         raise FilesUnreadable(failure_message(failing, settings.validation.max_bad_file_fraction, ds, lookback_days))
 
     readable = sum(f.status == OK for f in files)
-    bronze = read_interactions(spark, files).withColumn("ingested_at", F.current_timestamp())
+    bronze = added_columns_last(read_interactions(spark, files).withColumn("ingested_at", F.current_timestamp()))
     with Progress("ingest", spark).step("read the files into bronze", files=readable, days=len(present)):
         rows = lake.replace_partitions(bronze, settings.table("bronze/interactions"), present)
     attributes = {}

@@ -14,6 +14,7 @@ from pyspark.sql import functions as F
 
 from nightrec.constants import SILVER_COLUMNS
 from nightrec.data import lake, validation
+from nightrec.data.landing import added_columns_last
 from nightrec.data.tables import window
 from nightrec.errors import PermanentError
 from nightrec.pipeline.progress import Progress
@@ -69,7 +70,7 @@ def _route(spark, settings, ds, days, checked, event_types, rule_list, progress)
         return ValidateResult(0, 0, 0, duplicates, 0.0, by_rule, suite.unexpected, suite.data_docs)
 
     present = sorted(per_day)
-    quarantine = checked.where(bad).select("raw.*", "reasons", "dt")
+    quarantine = added_columns_last(checked.where(bad).select("raw.*", "reasons", "dt"))
     lake.replace_partitions(quarantine, settings.table("quarantine/interactions"), present)
     counted = sum(n for n, _ in per_day.values())
     n_bad = sum(b for _, b in per_day.values())

@@ -25,7 +25,7 @@ from redis.asyncio.cluster import RedisCluster
 from nightrec.constants import GLOBAL_SEGMENT, MAX_ID
 from nightrec.serving.experiments import Experiment
 from nightrec.serving.exploration import REFRESH_SECONDS, Explorer
-from nightrec.serving.impressions import FIELDS, ImpressionLog, entry
+from nightrec.serving.impressions import FIELD_NAMES, ImpressionLog, row
 from nightrec.serving.layout import (
     LAYOUT,
     MAX_CONSUMED,
@@ -177,12 +177,9 @@ class Lookup:
         self.explorer = Explorer(settings.exploration.every) if settings.exploration.enabled else None
         self.explore_read_at = -REFRESH_SECONDS
 
-    async def _append_impressions(self, entries: list[tuple]) -> None:
-        pipe = self.redis.pipeline(transaction=False)
-        for values in entries:
-            pipe.xadd(self.keys.impressions, dict(zip(FIELDS, values)), maxlen=self.options.impressions_max_len,
-                      approximate=True)
-        await pipe.execute()
+    async def _append_impressions(self, rows: list[bytes]) -> None:
+        await self.redis.xadd(self.keys.impressions, {"fields": FIELD_NAMES, "rows": b"\n".join(rows)},
+                              maxlen=self.options.impressions_max_batches, approximate=True)
 
     async def aclose(self) -> None:
         if self.impressions is not None:
@@ -306,7 +303,7 @@ class Lookup:
                   "items": items}
         if self.impressions is not None:
             explored = [item["rank"] for item in items if item.get("explored")] if self.explorer else []
-            self.impressions.add(user_id, lambda: entry(answer, variant and experiment.id, explored))
+            self.impressions.add(user_id, lambda: row(answer, variant and experiment.id, explored))
         return answer
 
     async def refresh_explore_pool(self) -> None:
