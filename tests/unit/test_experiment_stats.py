@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 from nightrec.modeling.experiment_stats import (
-    ACTIONS,
     Comparison,
     Estimate,
     compare,
@@ -222,10 +221,6 @@ def test_required_users_hand_computed():
     assert required_users(0.10, 0.10, 5.0, icc_inflation=2.0) == math.ceil(2 * 14748.04 / 5)
     with pytest.raises(ValueError):
         required_users(0.10, 0.0, 5.0)
-
-
-def test_every_action_is_known():
-    assert set(ACTIONS) == {"continue", "stop", "promote", "no_difference", "rollback", "keep"}
 
 
 # --- the protocol under simulation -------------------------------------------------------------------------------

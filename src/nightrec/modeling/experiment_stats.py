@@ -24,7 +24,6 @@ import numpy.typing as npt
 from scipy import stats
 
 NAN = float("nan")
-ACTIONS = ("continue", "stop", "promote", "no_difference", "rollback", "keep")
 
 
 @dataclass(frozen=True)
@@ -64,7 +63,8 @@ class Comparison:
 
 @dataclass(frozen=True)
 class Decision:
-    """What the protocol does next (one of ACTIONS) and one plain sentence with the figures that led to it."""
+    """What the protocol does next (continue, stop, promote, no_difference; the champion check: rollback,
+    keep) and one plain sentence with the figures that led to it."""
 
     action: str
     reason: str

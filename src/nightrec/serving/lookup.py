@@ -173,7 +173,8 @@ class Lookup:
         self.versions: dict[str, VersionData] = {}
         self.impressions = ImpressionLog(self._append_impressions, self.options.impression_sample_rate) \
             if record_impressions else None
-        self.request_ids = (f"{os.urandom(6).hex()}{n:08x}" for n in itertools.count())  # unique over workers
+        worker = os.urandom(6).hex()  # request ids are unique over workers and restarts
+        self.request_ids = (f"{worker}{n:08x}" for n in itertools.count())
         self.explorer = Explorer(settings.exploration.every) if settings.exploration.enabled else None
         self.explore_read_at = -REFRESH_SECONDS
 
