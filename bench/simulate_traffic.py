@@ -193,9 +193,12 @@ def service(args) -> None:
         tracking.configure(settings)
         assert registry.current_champion(settings.mlflow.registered_model).version == second.version
         effect, drift = {"aa": (0.0, 0.0), "lift": (0.10, 0.0), "drift": (0.0, -0.10)}[args.scenario]
-        if args.scenario != "drift":  # treatment: the earlier version, pinned, scored for its users
-            experiment_store.start(settings, args.scenario, [parse_variant("control=champion:50"),
-                                                             parse_variant(f"treatment={first.version}:50")])
+        if args.scenario == "lift":  # treatment: the earlier version, pinned, scored for its users
+            experiment_store.start(settings, "lift", [parse_variant("control=champion:50"),
+                                                      parse_variant(f"treatment={first.version}:50")])
+        elif args.scenario == "aa":  # both arms serve the champion's lists
+            experiment_store.start(settings, "aa", [parse_variant("control=champion:50"),
+                                                    parse_variant("treatment=champion:50")])
         else:
             write_history(rng, settings, ds, args.users)
         score.run(spark, settings, ds - dt.timedelta(days=1))
@@ -235,12 +238,13 @@ def service(args) -> None:
           f"{drained.impressions:,} impressions and {drained.events:,} events drained; setup "
           f"{prepared - started:.0f} s, traffic {served - prepared:.0f} s, drain + nightly stages "
           f"{time.monotonic() - served:.0f} s\n")
-    print("| variant | users | impressions | CTR@10 | 95% CI |")
-    print("|---|---:|---:|---:|---|")
-    for name, m in result.variants.items():
-        print(f"| {name} | {m['users']:,} | {m['impressions']:,} | {m['ctr_at_10']:.4f} | "
-              f"{m['ctr_at_10_low']:.4f}-{m['ctr_at_10_high']:.4f} |")
-    print(f"\nexperiment decision: {result.decision}: {result.reason}")
+    if result.experiment is not None:
+        print("| variant | users | impressions | CTR@10 | 95% CI |")
+        print("|---|---:|---:|---:|---|")
+        for name, m in result.variants.items():
+            print(f"| {name} | {m['users']:,} | {m['impressions']:,} | {m['ctr_at_10']:.4f} | "
+                  f"{m['ctr_at_10_low']:.4f}-{m['ctr_at_10_high']:.4f} |")
+        print(f"\nexperiment decision: {result.decision}: {result.reason}")
     print(f"champion check: {result.champion_check}: {result.champion_reason}")
     print(f"champion now: version {champion} (version {second.version} before the night)")
 
@@ -290,7 +294,7 @@ def write_history(rng: np.random.Generator, settings, ds: dt.date, users: int) -
             clicked = traffic.clicks[user, night]
             for n in range(int(traffic.answers[user, night])):
                 request_id = f"{night:02x}{user:08x}{n:04x}"
-                ts = f"{day}T12:00:00.000+00:00"
+                ts = f"{day}T12:00:{n:02d}.000+00:00"  # one second apart: the same click twice is a repeat
                 impressions.append({"request_id": request_id, "user_id": int(user) + 1, "experiment": None,
                                     "variant": None, "version": "history", "model_version": "history",
                                     "source": "personalized", "items": list(range(1, K + 1)), "explored": [],

@@ -15,6 +15,15 @@ os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(Path(__file__).parents[1] / "dags
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_files_left_in_the_checkout():
+    """MLflow's default experiment keeps artifacts in ./mlruns: a test that logs there writes into the checkout."""
+    stray = Path(__file__).parents[1] / "mlruns"
+    existed = stray.exists()
+    yield
+    assert existed or not stray.exists(), f"a test logged MLflow artifacts into {stray}: give it an experiment_id"
+
+
 @pytest.fixture(scope="session")
 def redis_server():
     """A real redis-server of our own on a free port (never the machine's shared 6379)."""

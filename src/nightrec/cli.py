@@ -236,6 +236,13 @@ def status(count: Annotated[bool, typer.Option(help="also count users and list l
         meta = {k.decode(): v.decode()
                 for k, v in client.hgetall(keys.meta(version.decode())).items()} if version else {}
         console.print(f"redis {label:>8}: {version.decode() if version else '-'} {meta or ''}", highlight=False)
+    running = client.get(keys.experiment)
+    if running:
+        from nightrec.serving.experiments import Experiment
+
+        e = Experiment.from_json(running)
+        console.print(f"experiment: {e.name} since {e.started_at}: "
+                      + ", ".join(f"{v.name} {v.model} x{v.weight}" for v in e.variants), highlight=False)
     if count and live:
         lengths: dict[int, int] = {}
         for key in client.scan_iter(match=keys.user_prefix(live.decode()) + "*", count=1000):

@@ -107,6 +107,16 @@ def test_an_experiment_serves_the_challenger_to_its_share_of_users_until_stopped
     assert score.run(spark, base, DAY).variant_users == {}
     again = publish.run(spark, base, DAY)
     assert again.experiment is None and not client.hexists(keys.meta(again.version), "experiment")
+    # an A/A test needs no lists of its own: it serves from the next version published
+    aa = experiment_store.start(base, "aa", [parse_variant("a=champion:50"), parse_variant("b=champion:50")])
+    try:
+        served = publish.run(spark, base, DAY)
+        with TestClient(create_app(base)) as api:
+            arms = {u: api.get(f"/v1/users/{u}/recommendations").json()["variant"] for u in range(1, 61)}
+    finally:
+        experiment_store.end(base, "seen enough")
+    assert served.experiment == aa.experiment.id and served.variant_users == {}
+    assert arms == {u: aa.experiment.assign(u).name for u in range(1, 61)} and set(arms.values()) == {"a", "b"}
 
 
 def test_rollback_restores_the_previous_champion_and_republishes_it(spark, nights):

@@ -12,7 +12,7 @@ import redis
 from mlflow import MlflowClient
 
 from helpers import assert_table_matches_ddl, tiny_bundle, write_csv
-from nightrec.modeling import experiment_store, registry
+from nightrec.modeling import experiment_store, registry, tracking
 from nightrec.pipeline import analyze, ingest, validate
 from nightrec.serving.experiments import parse_variant
 from nightrec.serving.layout import Keys
@@ -32,9 +32,9 @@ def settings(make_settings, redis_url):
 @pytest.fixture
 def champion(settings):
     """Version 1 was champion, version 2 replaced it."""
-    name = settings.mlflow.registered_model
+    name, nightly = settings.mlflow.registered_model, tracking.configure(settings)
     for version in ("1", "2"):
-        with mlflow.start_run(run_name=f"night {version}"):
+        with mlflow.start_run(experiment_id=nightly, run_name=f"night {version}"):
             registry.log_candidate_model(tiny_bundle(5), name, {registry.RECIPE_TAG: json.dumps({"candidate": "pop"})})
         registry.set_aliases(name, version, None)
     return name

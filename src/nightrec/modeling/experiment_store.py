@@ -174,7 +174,7 @@ def log_night(settings: Settings, stored: StoredExperiment, ds: dt.date, metrics
               for variant in stored.experiment.variants}
     with tempfile.TemporaryDirectory() as folder:
         chart = reports.metric_over_nights({k: v for k, v in series.items() if v}, chart_metric,
-                                           f"{stored.experiment.name}: {chart_metric} by variant (95% CI)",
+                                           f"{stored.experiment.name}: {chart_metric} by variant, 95% intervals",
                                            Path(folder) / f"{chart_metric}_over_nights.png")
         client.log_artifact(run.info.run_id, str(chart))
     client.set_terminated(run.info.run_id)

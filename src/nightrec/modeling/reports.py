@@ -31,12 +31,16 @@ def metric_vs_k(metrics: dict[str, float], ks: tuple[int, ...], title: str, path
 
 def metric_over_nights(series: dict[str, list[tuple[int, float, float, float]]], metric: str, title: str,
                        path: Path) -> Path:
-    """One line per variant: (night, value, low, high) with its confidence band."""
+    """One line per variant: (night, value, low, high), the interval as error bars."""
     fig, ax = plt.subplots(figsize=(7, 4))
-    for name, points in sorted(series.items()):
-        nights, values, lows, highs = (np.asarray(column, dtype=float) for column in zip(*points))
-        ax.plot(nights, values, marker="o", label=name)
-        ax.fill_between(nights, lows, highs, alpha=0.2)
+    nights = set()
+    for offset, (name, points) in enumerate(sorted(series.items())):
+        x, values, lows, highs = (np.asarray(column, dtype=float) for column in zip(*points))
+        shift = 0.08 * (offset - (len(series) - 1) / 2)  # side by side, so the bars don't hide each other
+        ax.errorbar(x + shift, values, yerr=[values - lows, highs - values], marker="o", capsize=4, label=name)
+        nights |= set(x.astype(int).tolist())
+    ax.set_xticks(sorted(nights))
+    ax.set_xlim(min(nights) - 0.5, max(nights) + 0.5)
     ax.set_xlabel("night of the experiment")
     ax.set_ylabel(metric)
     ax.set_title(title)

@@ -16,6 +16,7 @@ from nightrec.constants import GLOBAL_SEGMENT
 from nightrec.data import lake
 from nightrec.data.tables import attributes
 from nightrec.errors import PermanentError
+from nightrec.modeling import experiment_store
 from nightrec.modeling.dataset import ItemFacts
 from nightrec.modeling.fallbacks import is_personal
 from nightrec.pipeline.runtime import stage_main
@@ -35,7 +36,7 @@ class PublishStageResult:
     categories: int
     model_version: str
     deleted_versions: list[str]
-    experiment: str | None = None
+    experiment: str | None = None  # the id (name@start) of the experiment the version serves
     variant_users: dict[str, int] = field(default_factory=dict)
 
 
@@ -68,17 +69,17 @@ def load_values(frame: DataFrame, *, url: str, cluster: bool, prefix: str, versi
 
 def publish_frames(recs: DataFrame, extras: loader.Extras, *, url: str, prefix: str, ds: dt.date, model_version: str,
                    similar: DataFrame | None = None, cluster: bool = False,
-                   variants: DataFrame | None = None) -> loader.PublishResult:
-    """loader.publish of recs (user_id, value, ...), similar (item_id, value, ...) and an experiment's
-    variant lists (user_id, value, variant, model_version, experiment) from Spark."""
+                   variants: loader.VariantLists | None = None) -> loader.PublishResult:
+    """loader.publish of recs (user_id, value, ...) and similar (item_id, value, ...) from Spark."""
     return loader.publish(SparkValues(recs.select("user_id", "value")), extras, url=url, prefix=prefix, ds=ds,
                           model_version=model_version, cluster=cluster,
                           similar=None if similar is None else SparkValues(similar.select("item_id", "value")),
-                          variants=variant_lists(variants))
+                          variants=variants)
 
 
 def variant_lists(variants: DataFrame | None) -> loader.VariantLists | None:
-    """The score stage's variant lists as the loader takes them (None: no experiment tonight)."""
+    """The score stage's variant lists (user_id, value, variant, model_version, experiment) as the loader
+    takes them (None: none tonight)."""
     first = variants.select("experiment").first() if variants is not None else None
     if first is None:
         return None
@@ -124,14 +125,25 @@ def run(spark: SparkSession, settings: Settings, ds: dt.date) -> PublishStageRes
         variants = lake.read_table(spark, settings.table("gold/variant_recommendations"), [ds])
     items = attributes(spark, settings, "items", ds)
     extras = loader.Extras(fallbacks, item_categories(items), sorted(ItemFacts.read(items).unavailable_ids()))
+    lists = experiment_lists(settings, variants)
     result = publish_frames(recs, extras, url=settings.redis.url, prefix=settings.redis.prefix, ds=ds,
                             model_version=first.model_version, similar=similar, cluster=settings.redis.cluster,
-                            variants=variants)
-    experiment = variants.select("experiment").first() if variants is not None else None
+                            variants=lists)
     return PublishStageResult(result.version, result.previous, result.users, result.similar_items, len(fallbacks),
                               len(extras.categories), first.model_version, result.deleted_versions,
-                              Experiment.from_json(experiment.experiment).name if experiment else None,
-                              result.variant_users)
+                              lists.experiment_id if lists else None, result.variant_users)
+
+
+def experiment_lists(settings: Settings, variants: DataFrame | None) -> loader.VariantLists | None:
+    """The experiment this version serves: the one the score stage wrote variant lists for, or a running
+    one whose every variant serves the champion's lists (it needs none). An experiment started after
+    tonight's score serves from the next version: its treatment's lists do not exist yet."""
+    lists = variant_lists(variants)
+    if lists is None:
+        running = experiment_store.running(settings)
+        if running is not None and not running.experiment.keyed:
+            return loader.VariantLists(running.experiment.id, {})
+    return lists
 
 
 def main(argv=None) -> dict:
