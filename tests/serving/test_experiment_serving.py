@@ -140,6 +140,7 @@ def test_answers_are_recorded_as_impressions_and_events_carry_their_request_id(r
         assert lone.status_code == 422 and "position needs the request_id" in lone.text
         bad = api.post("/v1/events", json={"user_id": user, "item_id": 5, "event_type": "click", "request_id": "X!"})
         assert bad.status_code == 422
+        metrics_text = api.get("/metrics").text
     first, second = impressions(client)
     assert set(first) == set(FIELDS)
     assert first["request_id"] == answer["request_id"] and first["user_id"] == user
@@ -150,6 +151,29 @@ def test_answers_are_recorded_as_impressions_and_events_carry_their_request_id(r
     assert (second["experiment"], second["variant"]) == (AB.id, AB.assign(100000).name)
     (_, event), = client.xrange(KEYS.events)
     assert event[b"request_id"] == answer["request_id"].encode() and event[b"position"] == b"2"
+    assert 'nightrec_impressions_total{outcome="recorded"} 2.0' in metrics_text
+
+
+def test_a_slow_redis_costs_impressions_never_answers():
+    """The buffer is bounded: what does not fit is dropped and counted while the writer is stuck."""
+    import asyncio
+
+    from nightrec.serving.impressions import MAX_BUFFERED, ImpressionLog
+
+    async def main() -> dict:
+        stuck, counts = asyncio.Event(), {}
+        log = ImpressionLog(lambda rows: stuck.wait(), 1.0,
+                            lambda outcome, n: counts.__setitem__(outcome, counts.get(outcome, 0) + n))
+        for user in range(MAX_BUFFERED + 100):
+            log.add(user + 1, lambda: b"[]")
+        await asyncio.sleep(0.1)  # the writer takes the buffer and hangs on it
+        for user in range(10):
+            log.add(user + 1, lambda: b"[]")
+        stuck.set()
+        await log.aclose()
+        return counts
+
+    assert asyncio.run(main()) == {"dropped": 100, "recorded": MAX_BUFFERED + 10}
 
 
 def test_impressions_are_sampled_by_user_and_off_for_the_services_own_checks(redis_url, client, make_settings):

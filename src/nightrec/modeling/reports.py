@@ -39,12 +39,14 @@ def metric_over_nights(series: dict[str, list[tuple[int, float, float, float]]],
         shift = 0.08 * (offset - (len(series) - 1) / 2)  # side by side, so the bars don't hide each other
         ax.errorbar(x + shift, values, yerr=[values - lows, highs - values], marker="o", capsize=4, label=name)
         nights |= set(x.astype(int).tolist())
-    ax.set_xticks(sorted(nights))
-    ax.set_xlim(min(nights) - 0.5, max(nights) + 0.5)
+    if nights:  # none before the first impressions: an empty chart
+        ax.set_xticks(sorted(nights))
+        ax.set_xlim(min(nights) - 0.5, max(nights) + 0.5)
     ax.set_xlabel("night of the experiment")
     ax.set_ylabel(metric)
     ax.set_title(title)
-    ax.legend()
+    if series:
+        ax.legend()
     ax.grid(alpha=0.3)
     return _save(fig, path)
 

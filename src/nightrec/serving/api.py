@@ -79,7 +79,7 @@ def create_app(settings: Settings | None = None, record_impressions: bool = True
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        app.state.lookup = Lookup(settings, record_impressions)
+        app.state.lookup = Lookup(settings, record_impressions, metrics.count_impressions)
         yield
         await app.state.lookup.aclose()
 

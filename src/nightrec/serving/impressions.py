@@ -3,7 +3,8 @@ hot path. A request only appends one JSON line to an in-memory buffer; a backgro
 buffer every FLUSH_SECONDS (or sooner when it fills) as one stream entry: `fields` (the names, in
 order) and `rows` (one JSON array per answer, newline-separated). One XADD per flush instead of one
 per answer keeps Redis' share of the cost small. The buffer is bounded: when Redis is slower than the
-traffic, impressions are dropped and counted; answers never wait.
+traffic, impressions are dropped and counted (`nightrec_impressions_total{outcome}` in /metrics);
+answers never wait.
 
 Sampling is by user, not by request (a sampled user's every answer is recorded), so per-user
 metrics in the nightly analysis stay whole.
@@ -22,7 +23,8 @@ from nightrec.serving.experiments import BUCKETS, mix64
 
 FLUSH_SECONDS = 0.05
 FLUSH_AT = 500           # entries: write at once rather than wait for the timer
-MAX_BUFFERED = 20_000    # entries held while Redis is slow; beyond this they are dropped
+MAX_BUFFERED = 20_000    # answers held while Redis is slow; beyond this they are dropped
+CLOSE_SECONDS = 5.0      # at shutdown, how long the writer may take to finish its batch
 SAMPLE_SALT = 0x6E696768747265  # any constant: which users are sampled must not depend on an experiment
 FIELDS = ("request_id", "user_id", "experiment", "variant", "version", "model_version", "source", "items",
           "explored", "ts")
@@ -50,19 +52,21 @@ def rows(fields: dict[bytes, bytes]) -> list[dict]:
 class ImpressionLog:
     """Buffer + background writer. `append(rows)` writes a batch to the stream (any Redis client)."""
 
-    def __init__(self, append: Callable[[list[bytes]], Awaitable[None]], rate: float):
+    def __init__(self, append: Callable[[list[bytes]], Awaitable[None]], rate: float,
+                 count: Callable[[str, int], None] | None = None):
         self.append, self.rate = append, rate
+        self.count = count or (lambda outcome, n: None)  # outcome: recorded | dropped | failed
         self.buffer: list[bytes] = []
-        self.recorded = self.dropped = self.failed = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._closing = False
 
     def add(self, user_id: int, values: Callable[[], bytes]) -> None:
         """Record one answer if its user is sampled; `values` builds its row only then."""
         if self.rate <= 0 or not sampled(user_id, self.rate):
             return
         if len(self.buffer) >= MAX_BUFFERED:
-            self.dropped += 1
+            self.count("dropped", 1)
             return
         self.buffer.append(values())
         if self._task is None:
@@ -71,7 +75,7 @@ class ImpressionLog:
             self._wake.set()
 
     async def _run(self) -> None:
-        while True:
+        while not self._closing:
             try:
                 await asyncio.wait_for(self._wake.wait(), FLUSH_SECONDS)
             except asyncio.TimeoutError:
@@ -85,16 +89,21 @@ class ImpressionLog:
             return
         try:
             await self.append(batch)
-            self.recorded += len(batch)
+            self.count("recorded", len(batch))
+        except asyncio.CancelledError:  # shut down while Redis hung
+            self.count("failed", len(batch))
+            raise
         except Exception as error:  # Redis away: the answers went out, these impressions are lost (and counted)
-            self.failed += len(batch)
+            self.count("failed", len(batch))
             log.warning("%d impressions not recorded: %r", len(batch), error)
 
     async def aclose(self) -> None:
+        """Write what is buffered: the writer finishes its batch (within CLOSE_SECONDS), then the rest."""
         if self._task is not None:
-            self._task.cancel()
+            self._closing = True
+            self._wake.set()
             try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+                await asyncio.wait_for(self._task, CLOSE_SECONDS)
+            except asyncio.TimeoutError:
+                pass  # cancelled by wait_for; its batch counted as failed
         await self.flush()

@@ -16,13 +16,14 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from redis.asyncio.cluster import RedisCluster
 
-from nightrec.constants import GLOBAL_SEGMENT, MAX_ID
+from nightrec.constants import GLOBAL_SEGMENT, MAX_ID, REQUEST_ID
 from nightrec.serving.experiments import Experiment
 from nightrec.serving.exploration import REFRESH_SECONDS, Explorer
 from nightrec.serving.impressions import FIELD_NAMES, ImpressionLog, row
@@ -75,7 +76,7 @@ class Event(BaseModel):
     event_type: str = Field(min_length=1, max_length=32)
     value: float | None = Field(None, ge=0, le=1e9)
     ts: dt.datetime | None = Field(None, description="when it happened (ISO-8601 with zone); default: now")
-    request_id: str | None = Field(None, pattern=r"^[0-9a-f]{1,32}$",
+    request_id: str | None = Field(None, pattern=REQUEST_ID,
                                    description="the request_id of the answer the item was shown in (attribution)")
     position: int | None = Field(None, ge=1, le=MAX_K, description="the item's rank in that answer")
 
@@ -159,7 +160,8 @@ def unreadable(what: str, version: str, error: ValueError) -> LookupFailed:
 class Lookup:
     """Everything a request needs: Redis clients, the live version, per-version caches."""
 
-    def __init__(self, settings: Settings, record_impressions: bool = False):
+    def __init__(self, settings: Settings, record_impressions: bool = False,
+                 count_impressions: Callable[[str, int], None] | None = None):
         self.keys = Keys(settings.redis.prefix)
         self.options = settings.service
         self.event_types = sorted(settings.events.weights)
@@ -171,8 +173,8 @@ class Lookup:
             self.hot = MultiplexedRedis(settings.redis.url, REDIS_TIMEOUT)
         self.live: tuple[str | None, Experiment | None, float] = (None, None, 0.0)
         self.versions: dict[str, VersionData] = {}
-        self.impressions = ImpressionLog(self._append_impressions, self.options.impression_sample_rate) \
-            if record_impressions else None
+        self.impressions = ImpressionLog(self._append_impressions, self.options.impression_sample_rate,
+                                         count_impressions) if record_impressions else None
         worker = os.urandom(6).hex()  # request ids are unique over workers and restarts
         self.request_ids = (f"{worker}{n:08x}" for n in itertools.count())
         self.explorer = Explorer(settings.exploration.every) if settings.exploration.enabled else None

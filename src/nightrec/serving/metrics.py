@@ -22,6 +22,11 @@ class Metrics:
                                  registry=registry)
         self.sources = Counter("nightrec_recommendation_source", "Recommendation answers by source "
                                "(the fallback rate is segment + trending over all)", ["source"], registry=registry)
+        self.impressions = Counter("nightrec_impressions", "Answers recorded as impressions, or dropped (buffer full) "
+                                   "or failed (Redis error)", ["outcome"], registry=registry)
+
+    def count_impressions(self, outcome: str, n: int) -> None:
+        self.impressions.labels(outcome).inc(n)
 
     def exposition(self) -> bytes:
         if self.multiprocess:
