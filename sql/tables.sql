@@ -32,6 +32,15 @@ CREATE TABLE IF NOT EXISTS nightrec.silver_impressions (
   source STRING, items ARRAY<INT>, explored ARRAY<INT>, ts TIMESTAMP, dt DATE
 ) USING DELTA PARTITIONED BY (dt) LOCATION '${lake}/silver/impressions';
 
+CREATE TABLE IF NOT EXISTS nightrec.silver_user_outcomes (
+  dt DATE, experiment STRING, variant STRING, personalized BOOLEAN, user_id INT, shown BIGINT, clicked INT,
+  converted INT, events INT
+) USING DELTA PARTITIONED BY (dt) LOCATION '${lake}/silver/user_outcomes';
+
+CREATE TABLE IF NOT EXISTS nightrec.silver_item_outcomes (
+  dt DATE, item_id INT, impressions INT, clicks INT
+) USING DELTA PARTITIONED BY (dt) LOCATION '${lake}/silver/item_outcomes';
+
 CREATE TABLE IF NOT EXISTS nightrec.quarantine_impressions (
   raw STRING, reasons ARRAY<STRING>, dt DATE
 ) USING DELTA PARTITIONED BY (dt) LOCATION '${lake}/quarantine/impressions';

@@ -187,7 +187,8 @@ def test_sql_table_definitions_match_the_tables_written(spark, pipeline):
 
     settings = pipeline[0]
     # the experiments' tables are checked where they are written: tests/spark/test_analyze.py, test_promotion.py
-    experiments = {"silver_impressions", "quarantine_impressions", "gold_variant_recommendations"}
-    assert len(ddl_tables()) == 11
+    experiments = {"silver_impressions", "quarantine_impressions", "silver_user_outcomes", "silver_item_outcomes",
+                   "gold_variant_recommendations"}
+    assert len(ddl_tables()) == 13
     for name in set(ddl_tables()) - experiments:
         assert_table_matches_ddl(spark, settings, name)

@@ -121,8 +121,8 @@ def test_variant_metrics_on_counts_worked_out_by_hand(spark, settings, champion,
     history = client.get_metric_history(experiment_store.running(settings).run_id, "treatment_ctr_at_10")
     assert [(h.step, h.value) for h in history] == [(1, 0.5)]  # night 1 of the experiment
     assert redis.Redis.from_url(redis_url).get(Keys("test").experiment) == e.to_json().encode()
-    for table in ("silver_impressions", "quarantine_impressions", "silver_interactions", "quarantine_interactions",
-                  "bronze_interactions"):
+    for table in ("silver_impressions", "quarantine_impressions", "silver_user_outcomes", "silver_interactions",
+                  "quarantine_interactions", "bronze_interactions"):
         assert_table_matches_ddl(spark, settings, table)
 
 
@@ -214,6 +214,7 @@ def test_the_exploration_pool_holds_the_least_shown_available_items(spark, make_
          {DS: [event(1, 22, "click", "a1", 2), event(2, 22, "view", "a2", 2)]})
     result = night(spark, settings)
     assert result.explore_pool == 4
+    assert_table_matches_ddl(spark, settings, "silver_item_outcomes")
     ids, shown_times, clicked = decode_item_stats(redis.Redis.from_url(redis_url).get(Keys("test").explore))
     # 21 was shown 3 times (not fewer than max_impressions), 26 is unavailable; never-shown items first
     assert (ids.tolist(), shown_times.tolist(), clicked.tolist()) == ([24, 25, 23, 22], [0, 0, 1, 2], [0, 0, 0, 1])

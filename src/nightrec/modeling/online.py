@@ -1,7 +1,9 @@
 """Online metrics from what users did with what they were shown: impressions (silver/impressions)
-joined to the events attributed to them by request id (silver/interactions), per user, then per
-group (a variant, or a night of production traffic) as sums, so that nothing per user reaches the
-driver. The statistics are nightrec.modeling.experiment_stats'.
+joined to the events attributed to them by request id (silver/interactions), summed once per user
+and impression day (silver/user_outcomes: what a night adds, computed once, not every night again),
+then per user over the nights a question spans, then per group (a variant, or production traffic
+tonight vs before) as sums, so that nothing per user reaches the driver. The statistics are
+nightrec.modeling.experiment_stats'.
 
 - CTR@k: impressions with at least one click-type event on an item shown at rank <= k (explored
   positions, the bandit's, left out) / impressions; clustered by user (delta method).
@@ -36,24 +38,52 @@ class GroupMetrics:
                 **self.events_per_user.as_dict(f"{prefix}_events_per_user")}
 
 
-def per_user(impressions: DataFrame, events: DataFrame, group: Column, *, k: int, click_events: list[str],
-             conversion_event: str) -> DataFrame:
-    """(group, user_id, shown, clicked, converted, events) from impressions (request_id, user_id, items,
-    explored, ...) and events (request_id, user_id, item_id, event_type, position)."""
-    shown = impressions.select(group.alias("group"), "request_id", "user_id", "items", "explored")
-    attributed = (events.where(F.col("request_id").isNotNull())
-                  .select("request_id", F.col("user_id").alias("event_user"), "item_id", "event_type", "position")
-                  .join(shown, "request_id")
-                  .where(F.col("event_user") == F.col("user_id")))  # an id sent with another user's event: ignored
+def user_outcomes(impressions: DataFrame, events: DataFrame, *, k: int, click_events: list[str],
+                  conversion_event: str) -> DataFrame:
+    """(dt, experiment, variant, personalized, user_id, shown, clicked, converted, events) per impression
+    day, from impressions (request_id, user_id, items, explored, ...) and events (request_id, user_id,
+    item_id, event_type, position)."""
+    attributed = _attributed(impressions, events)
     rank = F.coalesce(F.col("position"), F.array_position("items", F.col("item_id")).cast("int"))
     click = (F.col("event_type").isin(click_events) & rank.between(1, k)
              & ~F.array_contains("explored", rank))
     per_request = attributed.groupBy("request_id").agg(
         F.max(click.cast("int")).alias("clicked"), F.max((F.col("event_type") == conversion_event).cast("int"))
         .alias("converted"), F.count("*").alias("events"))
-    return (shown.join(per_request, "request_id", "left").fillna(0, ["clicked", "converted", "events"])
-            .groupBy("group", "user_id").agg(F.count("*").alias("shown"), F.sum("clicked").alias("clicked"),
-                                             F.max("converted").alias("converted"), F.sum("events").alias("events")))
+    return (impressions.select("dt", "experiment", "variant", (F.col("source") == "personalized").alias("personalized"),
+                               "request_id", "user_id")
+            .join(per_request, "request_id", "left").fillna(0, ["clicked", "converted", "events"])
+            .groupBy("dt", "experiment", "variant", "personalized", "user_id")
+            .agg(F.count("*").alias("shown"), F.sum("clicked").cast("int").alias("clicked"),
+                 F.max("converted").cast("int").alias("converted"), F.sum("events").cast("int").alias("events")))
+
+
+def item_outcomes(impressions: DataFrame, events: DataFrame, click_events: list[str]) -> DataFrame:
+    """(dt, item_id, impressions, clicks) per impression day: how often each item was shown, and in how
+    many of those answers it was clicked (what bandit exploration samples from)."""
+    shown = impressions.select("dt", F.explode("items").alias("item_id")).groupBy("dt", "item_id").agg(
+        F.count("*").alias("impressions"))
+    clicks = (_attributed(impressions, events)
+              .where(F.col("event_type").isin(click_events) & F.array_contains("items", F.col("item_id")))
+              .groupBy("dt", "item_id").agg(F.countDistinct("request_id").alias("clicks")))
+    return (shown.join(clicks, ["dt", "item_id"], "left").fillna(0, ["clicks"])
+            .select("dt", "item_id", F.col("impressions").cast("int"), F.col("clicks").cast("int")))
+
+
+def _attributed(impressions: DataFrame, events: DataFrame) -> DataFrame:
+    """Events joined to the impression their request id names (with its dt, items, explored); an id
+    sent with another user's event is ignored."""
+    shown = impressions.select("dt", "request_id", "user_id", "items", "explored")
+    return (events.where(F.col("request_id").isNotNull())
+            .select("request_id", F.col("user_id").alias("event_user"), "item_id", "event_type", "position")
+            .join(shown, "request_id").where(F.col("event_user") == F.col("user_id")))
+
+
+def per_user(outcomes: DataFrame, group: Column) -> DataFrame:
+    """user_outcomes rows (of the nights wanted) -> (group, user_id, shown, clicked, converted, events)."""
+    return outcomes.groupBy(group.alias("group"), "user_id").agg(
+        F.sum("shown").alias("shown"), F.sum("clicked").alias("clicked"), F.max("converted").alias("converted"),
+        F.sum("events").alias("events"))
 
 
 def group_metrics(users: DataFrame, alpha: float = 0.05) -> dict[str, GroupMetrics]:

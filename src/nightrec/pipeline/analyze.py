@@ -1,7 +1,9 @@
 """Analyze: what users did with what they were shown.
 
 1. The night's drained impressions -> silver/impressions (rules mirrored by a great_expectations
-   suite; bad rows -> quarantine/impressions with reasons; Data Docs beside the interactions').
+   suite; bad rows -> quarantine/impressions with reasons; Data Docs beside the interactions'), and
+   what users did with them per user and impression day -> silver/user_outcomes (tonight's days and
+   yesterday, whose answers may have been clicked after midnight; older days are kept, not redone).
 2. The running experiment, cumulatively since it started: CTR@k, conversion and events per user per
    variant with 95% intervals, each treatment against the control (the first variant), and the
    decision by rule (nightrec.modeling.experiment_stats): continue, stop early (significantly
@@ -30,7 +32,7 @@ from nightrec.errors import PermanentError
 from nightrec.modeling import experiment_store, registry
 from nightrec.modeling.dataset import ItemFacts
 from nightrec.modeling.experiment_stats import compare, decide_variants, rollback_check
-from nightrec.modeling.online import group_metrics, per_user
+from nightrec.modeling.online import group_metrics, item_outcomes, per_user, user_outcomes
 from nightrec.pipeline.progress import Progress
 from nightrec.pipeline.runtime import stage_main
 from nightrec.serving.client import connect
@@ -63,19 +65,35 @@ def run(spark: SparkSession, settings: Settings, ds: dt.date, lookback_days: int
     result = AnalyzeResult(loaded, bad, duplicates, data_docs=docs)
     if not lake.table_exists(settings.table("silver/impressions")):
         return result
-    shown = lake.read_table(spark, settings.table("silver/impressions"))
-    events = lake.read_table(spark, settings.table("silver/interactions")).where(F.col("request_id").isNotNull())
+    with progress.step("outcomes per user and day"):
+        refresh_outcomes(spark, settings, sorted(set(window(ds, lookback_days)) | {ds - dt.timedelta(days=1)}), ds)
+    outcomes = lake.read_table(spark, settings.table("silver/user_outcomes"))
     stored = experiment_store.running(settings)
     experiment_store.write_redis(settings, stored.experiment if stored else None)  # MLflow is the record
     if stored is not None and experiment_store.night(stored, ds) >= 0:
         with progress.step(f"experiment {stored.experiment.name}"):
-            analyze_experiment(settings, stored, ds, shown, events, result)
+            analyze_experiment(settings, stored, ds, outcomes, result)
     with progress.step("champion check"):
-        check_champion(settings, ds, shown, events, result)
+        check_champion(settings, ds, outcomes, result)
     if settings.exploration.enabled:
         with progress.step("exploration pool"):
-            result.explore_pool = write_explore_pool(spark, settings, ds, shown, events)
+            result.explore_pool = write_explore_pool(spark, settings, ds)
     return result
+
+
+def refresh_outcomes(spark: SparkSession, settings: Settings, days: list[dt.date], ds: dt.date) -> None:
+    """silver/user_outcomes (and, with exploration on, silver/item_outcomes) of these impression days,
+    from their impressions and the events attributed to them up to ds."""
+    x = settings.experiments
+    shown = lake.read_table(spark, settings.table("silver/impressions"), days)
+    events = (lake.read_table(spark, settings.table("silver/interactions"))
+              .where(F.col("dt").between(F.lit(days[0]), F.lit(ds)) & F.col("request_id").isNotNull()))
+    lake.replace_partitions(user_outcomes(shown, events, k=x.k, click_events=x.click_events,
+                                          conversion_event=x.conversion_event),
+                            settings.table("silver/user_outcomes"), days)
+    if settings.exploration.enabled:
+        lake.replace_partitions(item_outcomes(shown, events, x.click_events), settings.table("silver/item_outcomes"),
+                                days)
 
 
 def load_impressions(spark: SparkSession, settings: Settings, days: list[dt.date],
@@ -105,12 +123,11 @@ def load_impressions(spark: SparkSession, settings: Settings, days: list[dt.date
 
 
 def analyze_experiment(settings: Settings, stored: experiment_store.StoredExperiment, ds: dt.date,
-                       shown: DataFrame, events: DataFrame, result: AnalyzeResult) -> None:
+                       outcomes: DataFrame, result: AnalyzeResult) -> None:
     e, x = stored.experiment, settings.experiments
     metric = f"ctr_at_{x.k}"
-    mine = shown.where((F.col("experiment") == e.id) & (F.col("dt") <= F.lit(ds)))
-    metrics = group_metrics(per_user(mine, events, F.col("variant"), k=x.k, click_events=x.click_events,
-                                     conversion_event=x.conversion_event), x.alpha)
+    mine = outcomes.where((F.col("experiment") == e.id) & (F.col("dt") <= F.lit(ds)))
+    metrics = group_metrics(per_user(mine, F.col("variant")), x.alpha)
     control, treatments = e.variants[0].name, [v.name for v in e.variants[1:]]
     logged = {key: value for name, m in metrics.items() for key, value in m.as_dict(name, x.k).items()}
     if all(name in metrics for name in (control, *treatments)):
@@ -147,18 +164,16 @@ def promote(settings: Settings, variant) -> str:
     return f"{settings.mlflow.registered_model}/{variant.model} is now the champion"
 
 
-def check_champion(settings: Settings, ds: dt.date, shown: DataFrame, events: DataFrame,
-                   result: AnalyzeResult) -> None:
+def check_champion(settings: Settings, ds: dt.date, outcomes: DataFrame, result: AnalyzeResult) -> None:
     """Production traffic (answers not from a variant of their own) tonight vs the nights before."""
     x = settings.experiments
     first = ds - dt.timedelta(days=x.baseline_nights)
     stored = experiment_store.running(settings)
     own = [v.name for v in stored.experiment.keyed] if stored else []
-    production = shown.where(F.col("dt").between(F.lit(first), F.lit(ds)) & (F.col("source") == "personalized")
-                             & (F.col("variant").isNull() | ~F.col("variant").isin(own)))
+    production = outcomes.where(F.col("dt").between(F.lit(first), F.lit(ds)) & F.col("personalized")
+                                & (F.col("variant").isNull() | ~F.col("variant").isin(own)))
     group = F.when(F.col("dt") == F.lit(ds), "today").otherwise("baseline")
-    metrics = group_metrics(per_user(production, events, group, k=x.k, click_events=x.click_events,
-                                     conversion_event=x.conversion_event), x.alpha)
+    metrics = group_metrics(per_user(production, group), x.alpha)
     if "today" not in metrics or "baseline" not in metrics:
         result.champion_check = "keep"
         result.champion_reason = f"no production impressions {'tonight' if 'today' not in metrics else 'before'}"
@@ -181,27 +196,21 @@ def check_champion(settings: Settings, ds: dt.date, shown: DataFrame, events: Da
     result.champion_check, result.champion_reason = action, reason
 
 
-def write_explore_pool(spark: SparkSession, settings: Settings, ds: dt.date, shown: DataFrame,
-                       events: DataFrame) -> int:
+def write_explore_pool(spark: SparkSession, settings: Settings, ds: dt.date) -> int:
     """The available items shown fewer than exploration.max_impressions times over its window, least
-    shown first, with impressions and clicks -> Redis; returns how many."""
+    shown first, with impressions and clicks (silver/item_outcomes) -> Redis; returns how many."""
     x = settings.exploration
-    recent = shown.where(F.col("dt").between(F.lit(ds - dt.timedelta(days=x.window_days - 1)), F.lit(ds)))
-    times_shown = recent.select(F.explode("items").alias("item_id")).groupBy("item_id").agg(
-        F.count("*").alias("impressions"))
-    clicks = (events.where(F.col("event_type").isin(settings.experiments.click_events))
-              .join(recent.select("request_id", F.col("user_id").alias("shown_to")), "request_id")
-              .where(F.col("user_id") == F.col("shown_to"))
-              .groupBy("item_id").agg(F.countDistinct("request_id").alias("clicks")))
+    since = ds - dt.timedelta(days=x.window_days - 1)
+    counts = (lake.read_table(spark, settings.table("silver/item_outcomes"))
+              .where(F.col("dt").between(F.lit(since), F.lit(ds)))
+              .groupBy("item_id").agg(F.sum("impressions").alias("impressions"), F.sum("clicks").alias("clicks")))
     facts = ItemFacts.read(attributes(spark, settings, "items", ds))
     if len(facts.ids):
         catalog = spark.createDataFrame([(int(i),) for i in facts.ids[~facts.unavailable]], "item_id int")
     else:  # no item file: the items with events in the window
         catalog = (lake.read_table(spark, settings.table("silver/interactions"))
-                   .where(F.col("dt") >= F.lit(ds - dt.timedelta(days=x.window_days - 1))).select("item_id").distinct())
-    pool = (catalog.join(times_shown, "item_id", "left").join(clicks, "item_id", "left")
-            .fillna(0, ["impressions", "clicks"])
-            .withColumn("clicks", F.least("clicks", "impressions"))  # a click on an item shown outside the window
+                   .where(F.col("dt") >= F.lit(since)).select("item_id").distinct())
+    pool = (catalog.join(counts, "item_id", "left").fillna(0, ["impressions", "clicks"])
             .where(F.col("impressions") < x.max_impressions)
             .orderBy("impressions", "item_id").limit(x.pool_size).collect())
     value = encode_item_stats([r.item_id for r in pool], [r.impressions for r in pool], [r.clicks for r in pool])
