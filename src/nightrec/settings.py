@@ -118,8 +118,8 @@ class ServiceSettings(_Section):
     events_max_len: int = Field(10_000_000, ge=1000)  # stream cap (approximate) if the nightly drain stops
     max_body_bytes: int = Field(65536, ge=1024)
     impression_sample_rate: float = Field(1.0, ge=0, le=1)  # share of users whose answers are recorded; 0: none
-    impressions_max_batches: int = Field(1_000_000, ge=1000)  # impression stream cap (entries: one per worker
-                                                              # per 50 ms flush), if the drain stops
+    impressions_max_batches: int = Field(10_000_000, ge=1000)  # impression stream cap in entries (one per busy
+                                                               # worker per 50 ms: 1.7M a day each)
 
 
 class ExperimentSettings(_Section):
@@ -138,7 +138,7 @@ class ExplorationSettings(_Section):
     enabled: bool = False              # bandit exploration in the lookup's answers (docs/experiments.md)
     every: int = Field(10, ge=2, le=100)    # one position in this many: ranks every, 2 x every, ...
     max_impressions: int = Field(1000, ge=1)  # items shown fewer times than this (window_days) may be explored
-    pool_size: int = Field(1000, ge=1, le=100_000)  # the least-shown items, never-shown ones first
+    pool_size: int = Field(1000, ge=1, le=10_000)  # least-shown items, never-shown first (one draw each per answer)
     window_days: int = Field(30, ge=1)
 
 

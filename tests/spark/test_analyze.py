@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 from helpers import assert_table_matches_ddl, tiny_bundle, write_csv
 from nightrec.modeling import experiment_store, registry, tracking
 from nightrec.pipeline import analyze, ingest, validate
-from nightrec.serving.experiments import parse_variant
+from nightrec.serving.experiments import ExperimentError, parse_variant
 from nightrec.serving.layout import Keys
 
 DS = dt.date(2026, 11, 30)
@@ -77,7 +77,7 @@ def test_variant_metrics_on_counts_worked_out_by_hand(spark, settings, champion,
     items = [11, 12, 13, 14, 15]
     impressions = [
         shown("a1", 1, items, variant="control", **ab), shown("a2", 1, items, variant="control", **ab),
-        shown("a3", 2, items, variant="control", **ab), shown("a4", 2, items, variant="control", **ab),
+        shown("a3", 2, list(range(11, 23)), variant="control", **ab), shown("a4", 2, items, variant="control", **ab),
         shown("a5", 3, items, variant="control", **ab),
         shown("b1", 4, items, variant="treatment", **ab),
         shown("b2", 5, items, variant="treatment", **ab), shown("b3", 5, items, variant="treatment", explored=(5,),
@@ -89,10 +89,10 @@ def test_variant_metrics_on_counts_worked_out_by_hand(spark, settings, champion,
     ]
     events = [
         event(1, 11, "click", "a1", 1),                    # u1: 1 of 2 impressions clicked
-        event(2, 11, "click", "a3", 12),                   # u2: rank 12 is beyond CTR@10 ...
+        event(2, 22, "click", "a3", 12),                   # u2: rank 12 is beyond CTR@10 ...
         event(2, 13, "click", "a4", 3), event(2, 13, "purchase", "a4", 3),  # ... a4 clicked and converted
         event(4, 12, "click", "b1", 2),                    # u4: 1 of 1
-        event(5, 14, "click", "b2"),                       # u5: no position: rank 4 from the answer's items
+        event(5, 14, "click", "b2", 9),                    # u5: rank 9 names no item: rank 4 from the answer
         event(5, 15, "click", "b3", 5),                    # ... an explored position: not counted
         event(1, 11, "click", "b4", 1),                    # u1 sent u6's request id: not attributed
         event(7, 11, "view"),                              # not attributed to anything
@@ -168,12 +168,18 @@ def test_a_worse_treatment_stops_early_and_an_unclear_one_ends_on_its_last_day(s
     assert result.decision == "stop" and "early-stop boundary" in result.reason
     assert registry.current_champion(champion).version == "2"  # nothing promoted
 
+    with pytest.raises(ExperimentError, match="must come after today"):
+        experiment_store.start(settings, "ab2", [parse_variant("a=champion:50"), parse_variant("b=1:50")],
+                               until=STARTED.date(), now=STARTED)
     until = experiment_store.start(settings, "ab2", [parse_variant("a=champion:50"), parse_variant("b=1:50")],
                                    until=DS, now=STARTED)
+    client = MlflowClient()
+    assert str(client.get_model_version_by_alias(champion, "experiment-ab2-b").version) == "1"  # kept from pruning
     assert until.experiment.until == DS.isoformat()
     result = analyze.run(spark, settings, DS)  # no impressions of ab2 at all
     assert result.decision == "no_difference" and "reached its last day" in result.reason
     assert experiment_store.running(settings) is None
+    assert "experiment-ab2-b" not in client.get_registered_model(champion).aliases
 
 
 def test_the_champion_is_rolled_back_once_when_its_ctr_falls(spark, settings, champion):
@@ -187,7 +193,7 @@ def test_the_champion_is_rolled_back_once_when_its_ctr_falls(spark, settings, ch
     assert result.champion_check == "rollback" and "champion version 2 -> 1" in result.champion_reason
     assert registry.current_champion(champion).version == "1"
     again = analyze.run(spark, settings, DS)  # the same fall on the next look: not walked back further
-    assert again.champion_check == "keep" and "already rolled back on 2026-11-30" in again.champion_reason
+    assert again.champion_check == "keep" and "the champion is now nightrec/1" in again.champion_reason
     assert registry.current_champion(champion).version == "1"
 
 

@@ -68,9 +68,11 @@ def test_a_table_gains_new_columns_but_refuses_other_schema_changes(spark, tmp_p
     with pytest.raises(lake.LakeError, match="refusing to write"):
         lake.replace_partitions(frame(spark, 4, D1).drop("label"), root, [D1])
     assert counts(spark, root) == {(D1, "a"): 4}
-    # a new column, wherever the frame has it: appended to the table, null in the older files
     wider = frame(spark, 2, D2).select(F.lit("r1").alias("request_id"), "*")
-    assert lake.replace_partitions(wider, root, [D2]) == 2
+    with pytest.raises(lake.LakeError, match="refusing to write"):
+        lake.replace_partitions(wider, root, [D2])  # a column nobody declared new: a mistake, not a migration
+    # a declared new column, wherever the frame has it: appended to the table, null in the older files
+    assert lake.replace_partitions(wider, root, [D2], new_columns=["request_id"]) == 2
     rows = {(r.dt, r.request_id) for r in lake.read_table(spark, root).collect()}
     assert rows == {(D1, None), (D2, "r1")}
     assert DeltaTable(root).schema().to_arrow().names == ["user_id", "label", "ts", "dt", "request_id"]

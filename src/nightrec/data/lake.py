@@ -64,17 +64,18 @@ def read_table(spark: SparkSession, root: str, dates: Iterable[dt.date] | None =
     return frame.select(*arrow_schema.names)
 
 
-def replace_partitions(df: DataFrame, root: str, dates: Iterable[dt.date]) -> int:
+def replace_partitions(df: DataFrame, root: str, dates: Iterable[dt.date], new_columns: Iterable[str] = ()) -> int:
     """Make `dates` partitions of the table hold exactly the rows of `df`; returns rows committed.
 
     Partitions of `dates` absent from `df` end up empty. A row dated outside `dates` is an error.
+    A table written before `new_columns` existed gains them; any other schema change is refused.
     """
     dates = sorted(set(dates))
     if PARTITION not in df.columns:
         raise LakeError(f"cannot write {root}: the frame has no {PARTITION!r} partition column")
     exists = table_exists(root)
     if exists:
-        df = _evolve(root, df)
+        df = _evolve(root, df, set(new_columns))
     arrow_schema = _arrow_schema(df)
     fs, base = pafs.FileSystem.from_uri(root)
     before = _files(fs, base)
@@ -126,15 +127,16 @@ def _arrow_schema(df: DataFrame) -> pa.Schema:
     return pa.schema(fields)
 
 
-def _evolve(root: str, df: DataFrame) -> DataFrame:
-    """df with its columns in the table's order. A table gains the frame's new columns (its older
-    files read them as null); any other difference, a missing column or a changed type, is refused."""
+def _evolve(root: str, df: DataFrame, allowed: set[str]) -> DataFrame:
+    """df with its columns in the table's order. A table gains the frame's allowed new columns (its
+    older files read them as null); any other difference (another new column, a missing one, a
+    changed type) is refused."""
     table = DeltaTable(root)
     current = pa.schema(table.schema().to_arrow())
     wanted = _arrow_schema(df)
     have = {f.name: str(f.type) for f in current}
     want = {f.name: str(f.type) for f in wanted}
-    if any(want.get(name) != kind for name, kind in have.items()):
+    if any(want.get(name) != kind for name, kind in have.items()) or set(want) - set(have) - allowed:
         raise LakeError(f"schema of {root} is {list(have.items())}; refusing to write {list(want.items())}")
     added = [f.with_nullable(True) for f in wanted if f.name not in have]
     if added:

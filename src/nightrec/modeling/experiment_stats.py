@@ -342,13 +342,12 @@ def decide_variants(comparisons: dict[str, Comparison], users: dict[str, int], m
                     alpha: float = 0.05, harm_z: float = 3.0, metric: str = "CTR@10") -> tuple[Decision, str | None]:
     """The protocol with one or more treatments, each compared with the control (users: per variant,
     the control's included). Each treatment is judged by decide() at alpha / treatments (Bonferroni),
-    at the sample of the smaller of its arm and the control's. A treatment worse beyond its boundary
-    stops the experiment; while any is undecided it continues; then the treatment that won with the
-    largest lift is promoted, or none. Returns the decision and the winner (when promoting)."""
-    control = next(name for name in users if name not in comparisons)
+    all at the sample of the smallest arm, so that every treatment has its one decisive look on the
+    same night. A treatment worse beyond its boundary stops the experiment; then the treatment that
+    won with the largest lift is promoted, or none. Returns the decision and the winner (when promoting)."""
     adjusted = alpha / max(len(comparisons), 1)
-    decisions = {name: decide(comparison, min(users[name], users[control]), min_users, alpha=adjusted,
-                              harm_z=harm_z, metric=metric)
+    smallest = min(users.values())
+    decisions = {name: decide(comparison, smallest, min_users, alpha=adjusted, harm_z=harm_z, metric=metric)
                  for name, comparison in comparisons.items()}
     said = "; ".join(f"{name}: {decision.reason}" for name, decision in decisions.items())
     if any(d.action == "stop" for d in decisions.values()):

@@ -96,17 +96,40 @@ def start(settings: Settings, name: str, variants: list[Variant], until: dt.date
         raise ExperimentError(f"experiment {current.experiment.name} is running: stop it first "
                               f"(one experiment at a time)")
     now = now or dt.datetime.now(dt.timezone.utc)
-    if until is not None and until < now.date():
-        raise ExperimentError(f"--until {until} lies in the past")
-    experiment = Experiment(name, tuple(pin_models(settings, variants)), now.isoformat(timespec="seconds"),
+    if until is not None and until <= now.date():
+        raise ExperimentError(f"--until {until}: the last day must come after today (the experiment serves from the "
+                              f"next night's version)")
+    experiment = Experiment(name, tuple(pin_models(settings, variants)), now.isoformat(timespec="milliseconds"),
                             until.isoformat() if until else None)
     client = MlflowClient()
     run = client.create_run(_experiment_id(settings), run_name=name, tags={
         DEFINITION_TAG: experiment.to_json(), STATUS_TAG: RUNNING, "started_at": experiment.started_at,
         "until": experiment.until or "", **{f"variant.{v.name}": describe(v) for v in experiment.variants}})
     client.set_terminated(run.info.run_id)  # nightly analyses log to it later; it is not an open process
-    write_redis(settings, experiment)
-    return StoredExperiment(run.info.run_id, experiment, RUNNING)
+    stored = StoredExperiment(run.info.run_id, experiment, RUNNING)
+    try:
+        hold_versions(settings, experiment, True)
+        write_redis(settings, experiment)
+    except Exception as error:  # not half-started: the record says it never ran
+        client.set_tag(run.info.run_id, STATUS_TAG, STOPPED)
+        client.set_tag(run.info.run_id, REASON_TAG, f"could not start: {error!r}")
+        raise
+    return stored
+
+
+def hold_versions(settings: Settings, experiment: Experiment, hold: bool) -> None:
+    """An alias per pinned variant keeps its version from housekeeping's pruning while the experiment runs."""
+    client, name = MlflowClient(), settings.mlflow.registered_model
+    for variant in experiment.variants:
+        if variant.model not in (CHAMPION, CHALLENGER):
+            alias = f"experiment-{experiment.name}-{variant.name}"
+            if hold:
+                client.set_registered_model_alias(name, alias, variant.model)
+            else:
+                try:
+                    client.delete_registered_model_alias(name, alias)
+                except MlflowException:
+                    pass  # already gone
 
 
 def describe(variant: Variant) -> str:
@@ -117,6 +140,7 @@ def describe(variant: Variant) -> str:
 
 def end(settings: Settings, reason: str, status: str = STOPPED, now: dt.datetime | None = None) -> StoredExperiment:
     """Stop the running experiment: users get the champion's lists again within a second or so."""
+    write_redis(settings, None)  # first: users get the champion's lists again even if MLflow fails below
     current = running(settings)
     if current is None:
         raise ExperimentError("no experiment is running")
@@ -124,7 +148,7 @@ def end(settings: Settings, reason: str, status: str = STOPPED, now: dt.datetime
     client = MlflowClient()
     for key, value in ((STATUS_TAG, status), (REASON_TAG, reason), (ENDED_TAG, ended_at)):
         client.set_tag(current.run_id, key, value)
-    write_redis(settings, None)
+    hold_versions(settings, current.experiment, False)
     return StoredExperiment(current.run_id, current.experiment, status, reason, ended_at)
 
 

@@ -44,7 +44,10 @@ def user_outcomes(impressions: DataFrame, events: DataFrame, *, k: int, click_ev
     day, from impressions (request_id, user_id, items, explored, ...) and events (request_id, user_id,
     item_id, event_type, position)."""
     attributed = _attributed(impressions, events)
-    rank = F.coalesce(F.col("position"), F.array_position("items", F.col("item_id")).cast("int"))
+    # the rank the answer gave the item: a position that names another item (or none) is not trusted
+    given = F.col("position").between(1, F.size("items"))
+    rank = F.when(given & (F.element_at("items", F.when(given, F.col("position"))) == F.col("item_id")),
+                  F.col("position")).otherwise(F.array_position("items", F.col("item_id")).cast("int"))
     click = (F.col("event_type").isin(click_events) & rank.between(1, k)
              & ~F.array_contains("explored", rank))
     per_request = attributed.groupBy("request_id").agg(

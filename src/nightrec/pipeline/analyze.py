@@ -23,7 +23,7 @@ import datetime as dt
 import sys
 from dataclasses import dataclass, field
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from nightrec.data import impressions, lake, validation
@@ -63,7 +63,12 @@ def run(spark: SparkSession, settings: Settings, ds: dt.date, lookback_days: int
     with progress.step("impressions into silver"):
         loaded, bad, duplicates, docs = load_impressions(spark, settings, window(ds, lookback_days), ds)
     result = AnalyzeResult(loaded, bad, duplicates, data_docs=docs)
-    if not lake.table_exists(settings.table("silver/impressions")):
+    if not lake.table_exists(settings.table("silver/impressions")):  # the service never recorded an answer
+        stored = experiment_store.running(settings)
+        if stored is not None and stored.experiment.until and ds >= dt.date.fromisoformat(stored.experiment.until):
+            reason = f"reached its last day {stored.experiment.until} without impressions: ended without a decision"
+            experiment_store.end(settings, f"{ds}: no_difference: {reason}", status=experiment_store.ENDED)
+            result.experiment, result.decision, result.reason = stored.experiment.name, "no_difference", reason
         return result
     with progress.step("outcomes per user and day"):
         refresh_outcomes(spark, settings, sorted(set(window(ds, lookback_days)) | {ds - dt.timedelta(days=1)}), ds)
@@ -74,7 +79,7 @@ def run(spark: SparkSession, settings: Settings, ds: dt.date, lookback_days: int
         with progress.step(f"experiment {stored.experiment.name}"):
             analyze_experiment(settings, stored, ds, outcomes, result)
     with progress.step("champion check"):
-        check_champion(settings, ds, outcomes, result)
+        check_champion(spark, settings, ds, outcomes, result)
     if settings.exploration.enabled:
         with progress.step("exploration pool"):
             result.explore_pool = write_explore_pool(spark, settings, ds)
@@ -164,14 +169,13 @@ def promote(settings: Settings, variant) -> str:
     return f"{settings.mlflow.registered_model}/{variant.model} is now the champion"
 
 
-def check_champion(settings: Settings, ds: dt.date, outcomes: DataFrame, result: AnalyzeResult) -> None:
-    """Production traffic (answers not from a variant of their own) tonight vs the nights before."""
+def check_champion(spark: SparkSession, settings: Settings, ds: dt.date, outcomes: DataFrame,
+                   result: AnalyzeResult) -> None:
+    """Production traffic (answers from the main lists) tonight vs the nights before."""
     x = settings.experiments
     first = ds - dt.timedelta(days=x.baseline_nights)
-    stored = experiment_store.running(settings)
-    own = [v.name for v in stored.experiment.keyed] if stored else []
-    production = outcomes.where(F.col("dt").between(F.lit(first), F.lit(ds)) & F.col("personalized")
-                                & (F.col("variant").isNull() | ~F.col("variant").isin(own)))
+    main_lists = served_main_lists(settings)
+    production = outcomes.where(F.col("dt").between(F.lit(first), F.lit(ds)) & F.col("personalized") & main_lists)
     group = F.when(F.col("dt") == F.lit(ds), "today").otherwise("baseline")
     metrics = group_metrics(per_user(production, group), x.alpha)
     if "today" not in metrics or "baseline" not in metrics:
@@ -181,19 +185,49 @@ def check_champion(settings: Settings, ds: dt.date, outcomes: DataFrame, result:
     decision = rollback_check(metrics["today"].ctr, metrics["baseline"].ctr, x.rollback_drop, x.alpha,
                               f"CTR@{x.k}")
     action, reason = decision.action, decision.reason
-    earlier = experiment_store.recent_rollback(settings, first) if action == "rollback" else None
-    if earlier is not None:
-        action = "keep"
-        reason = f"{reason.removesuffix(': rolled back')}; the champion was already rolled back on {earlier}: kept"
-    elif action == "rollback":
-        try:
-            old, new = registry.rollback(settings.mlflow.registered_model)
-            reason += f": champion version {old} -> {new}"
-        except PermanentError as error:
-            reason += f", but there is nothing to roll back to ({error})"
+    if action == "rollback":
+        kept = reason_to_keep(spark, settings, ds, first, main_lists, result)
+        if kept:
+            action, reason = "keep", f"{reason.removesuffix(': rolled back')}; {kept}: kept"
+        else:
+            try:
+                old, new = registry.rollback(settings.mlflow.registered_model)
+                reason += f": champion version {old} -> {new}"
+            except PermanentError as error:
+                reason += f", but there is nothing to roll back to ({error})"
     logged = {**metrics["today"].as_dict("today", x.k), **metrics["baseline"].as_dict("baseline", x.k)}
     experiment_store.log_champion_check(settings, ds, logged, action, reason)
     result.champion_check, result.champion_reason = action, reason
+
+
+def served_main_lists(settings: Settings) -> Column:
+    """Answers from the main lists: outside any experiment, or in a variant that served the champion's."""
+    served = F.col("variant").isNull()
+    for stored in experiment_store.all_experiments(settings):
+        for variant in stored.experiment.variants:
+            if variant.follows_champion:
+                served = served | ((F.col("experiment") == stored.experiment.id) & (F.col("variant") == variant.name))
+    return served
+
+
+def reason_to_keep(spark: SparkSession, settings: Settings, ds: dt.date, first: dt.date, main_lists: Column,
+                   result: AnalyzeResult) -> str | None:
+    """Why a fall must not roll the champion back tonight, if there is a reason: the rollback judges the
+    version that served tonight's answers, once per baseline window."""
+    if result.decision == "promote":
+        return "an experiment promoted a new champion tonight"
+    name = settings.mlflow.registered_model
+    champion = registry.current_champion(name)
+    served = (lake.read_table(spark, settings.table("silver/impressions"), [ds])
+              .where(main_lists & (F.col("source") == "personalized"))
+              .groupBy("model_version").count().orderBy(F.desc("count")).first())
+    if champion is None or served is None or served.model_version != f"{name}/{champion.version}":
+        return (f"tonight's answers came from {served.model_version if served else 'no model'}, and the champion "
+                f"is now {name}/{champion.version if champion else '-'}")
+    earlier = experiment_store.recent_rollback(settings, first)
+    if earlier is not None:
+        return f"the champion was already rolled back on {earlier}"
+    return None
 
 
 def write_explore_pool(spark: SparkSession, settings: Settings, ds: dt.date) -> int:

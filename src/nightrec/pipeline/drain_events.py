@@ -28,7 +28,7 @@ from nightrec.serving.layout import Keys
 from nightrec.settings import Settings
 
 PAGE = 10_000  # events per file at most
-IMPRESSION_PAGE = 200  # impression entries per file: each holds up to 500 answers
+IMPRESSION_PAGE = 20  # impression entries per file: each holds a flush, usually a few hundred answers
 log = logging.getLogger("nightrec.drain_events")
 
 

@@ -18,6 +18,7 @@ from pyspark.sql import functions as F
 
 from nightrec.data import lake
 from nightrec.data.landing import (
+    ADDED_LATER,
     EMPTY,
     OK,
     QUARANTINED,
@@ -77,7 +78,7 @@ def run(spark: SparkSession, settings: Settings, ds: dt.date, lookback_days: int
     readable = sum(f.status == OK for f in files)
     bronze = added_columns_last(read_interactions(spark, files).withColumn("ingested_at", F.current_timestamp()))
     with Progress("ingest", spark).step("read the files into bronze", files=readable, days=len(present)):
-        rows = lake.replace_partitions(bronze, settings.table("bronze/interactions"), present)
+        rows = lake.replace_partitions(bronze, settings.table("bronze/interactions"), present, ADDED_LATER)
     attributes = {}
     for name, key in (("items", "item_id"), ("users", "user_id")):
         frame = read_attributes(spark, landing, name)

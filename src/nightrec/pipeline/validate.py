@@ -14,7 +14,7 @@ from pyspark.sql import functions as F
 
 from nightrec.constants import SILVER_COLUMNS
 from nightrec.data import lake, validation
-from nightrec.data.landing import added_columns_last
+from nightrec.data.landing import ADDED_LATER, added_columns_last
 from nightrec.data.tables import window
 from nightrec.errors import PermanentError
 from nightrec.pipeline.progress import Progress
@@ -71,7 +71,7 @@ def _route(spark, settings, ds, days, checked, event_types, rule_list, progress)
 
     present = sorted(per_day)
     quarantine = added_columns_last(checked.where(bad).select("raw.*", "reasons", "dt"))
-    lake.replace_partitions(quarantine, settings.table("quarantine/interactions"), present)
+    lake.replace_partitions(quarantine, settings.table("quarantine/interactions"), present, ADDED_LATER)
     counted = sum(n for n, _ in per_day.values())
     n_bad = sum(b for _, b in per_day.values())
     threshold = settings.validation.max_bad_fraction
@@ -83,7 +83,7 @@ def _route(spark, settings, ds, days, checked, event_types, rule_list, progress)
                                                 [(r["source_file"], r["count"]) for r in worst_files]))
     silver = checked.where(~bad & ~F.col("duplicate")).select(*SILVER_COLUMNS)
     with progress.step("write silver", days=len(present)):
-        good = lake.replace_partitions(silver, settings.table("silver/interactions"), present)
+        good = lake.replace_partitions(silver, settings.table("silver/interactions"), present, ADDED_LATER)
     return ValidateResult(counted + duplicates, good, n_bad, duplicates, round(n_bad / counted, 6), by_rule,
                           suite.unexpected, suite.data_docs)
 

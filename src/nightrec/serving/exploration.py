@@ -33,7 +33,7 @@ class Explorer:
         draws = self.rng.beta(self.alpha, self.beta)
         taken = {item["item_id"] for item in items}
         chosen = []
-        for index in np.argsort(-draws):
+        for index in best_first(draws, len(positions) + len(taken) + 8):
             item = int(self.ids[index])
             if item not in taken and allowed(item):
                 chosen.append({"item_id": item, "score": round(float(draws[index]), 4), "explored": True})
@@ -47,3 +47,14 @@ class Explorer:
         for rank, item in enumerate(answer, 1):
             item["rank"] = rank
         return answer
+
+
+def best_first(draws: np.ndarray, likely: int):
+    """Indices by draw, best first: the `likely` best sorted (all a fill usually looks at), then the rest."""
+    if likely >= len(draws):
+        yield from np.argsort(-draws)
+        return
+    top = np.argpartition(-draws, likely)[:likely]
+    yield from top[np.argsort(-draws[top])]
+    rest = np.setdiff1d(np.arange(len(draws)), top, assume_unique=True)
+    yield from rest[np.argsort(-draws[rest])]
