@@ -54,18 +54,26 @@ def client(redis_url):
     return redis.Redis.from_url(redis_url)
 
 
+@pytest.fixture
+def in_treatment(redis_url, client) -> int:
+    """A version published for AB, AB running: a user of its treatment."""
+    publish(redis_url)
+    client.set(KEYS.experiment, AB.to_json())
+    return treated(USERS)[0]
+
+
 def ids(body: dict) -> list[int]:
     return [item["item_id"] for item in body["items"]]
 
 
 def test_variant_lists_are_loaded_byte_for_byte_only_for_the_variants_users(redis_url, client):
     result = publish(redis_url)
-    in_treatment = treated(USERS)
-    assert result.variant_users == {"treatment": len(in_treatment)} and 70 < len(in_treatment) < 130
+    treated_users = treated(USERS)
+    assert result.variant_users == {"treatment": len(treated_users)} and 70 < len(treated_users) < 130
     stored = {k.decode() for k in client.scan_iter(match=f"test:v:{result.version}:x:*")}
-    assert stored == {KEYS.variant_user(result.version, "treatment", u) for u in in_treatment}
+    assert stored == {KEYS.variant_user(result.version, "treatment", u) for u in treated_users}
     assert all(client.get(KEYS.variant_user(result.version, "treatment", u)) == treatment_list(u)
-               for u in in_treatment)
+               for u in treated_users)
     assert all(client.get(KEYS.user(result.version, u)) == champion_list(u) for u in USERS)  # everyone keeps it
     meta = client.hgetall(KEYS.meta(result.version))
     assert meta[b"layout"] == b"2"
@@ -124,10 +132,8 @@ def wait_for(predicate, seconds: float = 5.0):
         time.sleep(0.02)
 
 
-def test_answers_are_recorded_as_impressions_and_events_carry_their_request_id(redis_url, client, settings):
-    publish(redis_url)
-    client.set(KEYS.experiment, AB.to_json())
-    user = treated(USERS)[0]
+def test_answers_are_recorded_as_impressions_and_events_carry_their_request_id(in_treatment, client, settings):
+    user = in_treatment
     with TestClient(create_app(settings)) as api:
         answer = api.get(f"/v1/users/{user}/recommendations", params={"k": 4}).json()
         unknown = api.get("/v1/users/100000/recommendations", params={"k": 2}).json()
@@ -201,14 +207,12 @@ def test_a_version_of_a_newer_layout_is_refused_plainly(redis_url, client, setti
     assert response.status_code == 503 and "layout 3" in response.json()["detail"]
 
 
-def test_the_drain_lands_impressions_and_attributed_events(redis_url, client, settings):
+def test_the_drain_lands_impressions_and_attributed_events(in_treatment, client, settings):
     import json
 
     from nightrec.pipeline import drain_events
 
-    publish(redis_url)
-    client.set(KEYS.experiment, AB.to_json())
-    user = treated(USERS)[0]
+    user = in_treatment
     with TestClient(create_app(settings)) as api:
         answer = api.get(f"/v1/users/{user}/recommendations", params={"k": 3}).json()
         wait_for(lambda: recorded(client) == 1)

@@ -138,15 +138,20 @@ def clicks(rng: random.Random, prefix: str, users: range, rate: float, day: dt.d
     return impressions, events
 
 
+def ab_night(spark, settings, seed: int, control_rate: float, treatment_rate: float):
+    """An experiment started, 400 users per arm clicking at their arm's rate, one night analysed."""
+    e = start(settings).experiment
+    rng = random.Random(seed)
+    control = clicks(rng, "a", range(1, 401), control_rate, variant="control", experiment=e.id)
+    treatment = clicks(rng, "b", range(401, 801), treatment_rate, variant="treatment", experiment=e.id)
+    land(settings, {DS: control[0] + treatment[0]}, {DS: control[1] + treatment[1]})
+    return night(spark, settings)
+
+
 def test_a_clearly_better_treatment_is_promoted_and_the_experiment_ends(spark, make_settings, settings, champion,
                                                                         redis_url):
     settings = make_settings(redis_url, EXPERIMENTS__CLICK_EVENTS='["click"]', EXPERIMENTS__MIN_USERS="300")
-    e = start(settings).experiment
-    rng = random.Random(7)
-    control = clicks(rng, "a", range(1, 401), 0.10, variant="control", experiment=e.id)
-    treatment = clicks(rng, "b", range(401, 801), 0.30, variant="treatment", experiment=e.id)
-    land(settings, {DS: control[0] + treatment[0]}, {DS: control[1] + treatment[1]})
-    result = night(spark, settings)
+    result = ab_night(spark, settings, 7, 0.10, 0.30)
     assert result.decision == "promote" and "significantly better" in result.reason
     assert "nightrec/1 is now the champion" in result.reason
     assert registry.current_champion(champion).version == "1"
@@ -159,12 +164,7 @@ def test_a_clearly_better_treatment_is_promoted_and_the_experiment_ends(spark, m
 def test_a_worse_treatment_stops_early_and_an_unclear_one_ends_on_its_last_day(spark, make_settings, champion,
                                                                              redis_url):
     settings = make_settings(redis_url, EXPERIMENTS__CLICK_EVENTS='["click"]')
-    e = start(settings).experiment
-    rng = random.Random(8)
-    control = clicks(rng, "a", range(1, 401), 0.40, variant="control", experiment=e.id)
-    treatment = clicks(rng, "b", range(401, 801), 0.10, variant="treatment", experiment=e.id)
-    land(settings, {DS: control[0] + treatment[0]}, {DS: control[1] + treatment[1]})
-    result = night(spark, settings)
+    result = ab_night(spark, settings, 8, 0.40, 0.10)
     assert result.decision == "stop" and "early-stop boundary" in result.reason
     assert registry.current_champion(champion).version == "2"  # nothing promoted
 

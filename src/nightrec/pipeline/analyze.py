@@ -91,8 +91,8 @@ def refresh_outcomes(spark: SparkSession, settings: Settings, days: list[dt.date
     from their impressions and the events attributed to them up to ds."""
     x = settings.experiments
     shown = lake.read_table(spark, settings.table("silver/impressions"), days)
-    events = (lake.read_table(spark, settings.table("silver/interactions"))
-              .where(F.col("dt").between(F.lit(days[0]), F.lit(ds)) & F.col("request_id").isNotNull()))
+    events = (lake.read_table(spark, settings.table("silver/interactions"), window(ds, (ds - days[0]).days + 1))
+              .where(F.col("request_id").isNotNull()))
     lake.replace_partitions(user_outcomes(shown, events, k=x.k, click_events=x.click_events,
                                           conversion_event=x.conversion_event),
                             settings.table("silver/user_outcomes"), days)

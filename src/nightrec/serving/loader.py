@@ -302,20 +302,15 @@ def publish(users: ValueSource, extras: Extras, *, url: str, prefix: str, ds: dt
         started = dt.datetime.now(dt.timezone.utc).timestamp()
         client.zadd(keys.versions, {version: started})
         options = dict(url=url, cluster=cluster, prefix=prefix, version=version)
-        expected = users.count()
-        written = users.write(partial(write_values, kind="user", **options))
-        if written != expected:
-            raise PublishError(f"version {version}: wrote {written} users, expected {expected}; live version unchanged")
+        expected = write_all(users, partial(write_values, kind="user", **options), version, "users")
         n_similar = 0
         if similar is not None:
             n_similar = similar.write(partial(write_values, kind="similar", **options))
         variant_users = {}
         for name, (rows, _) in (variants.lists.items() if variants else ()):
-            variant_users[name] = rows.write(partial(write_values, kind="user", variant=name, **options))
-            if variant_users[name] != rows.count():
-                raise PublishError(f"version {version}: wrote {variant_users[name]} users of variant {name}, expected "
-                                   f"{rows.count()}; live version unchanged")
-            verify_variant(client, keys, version, name, rows.sample(SAMPLE_SIZE))
+            variant_users[name] = write_all(rows, partial(write_values, kind="user", variant=name, **options),
+                                            version, f"users of variant {name}")
+            verify(client, keys, version, rows.sample(SAMPLE_SIZE), variant=name)
         _write_extras(client, keys, version, extras)
         verify(client, keys, version, users.sample(SAMPLE_SIZE))
         meta = {"ds": ds.isoformat(), "model_version": model_version, "users": expected,
@@ -343,34 +338,32 @@ def _write_extras(client, keys: Keys, version: str, extras: Extras) -> None:
     pipe.execute()
 
 
-def verify(client, keys: Keys, version: str, sample: list[tuple[int, bytes]]) -> None:
-    """A sample of users reads back byte for byte as loaded, and decodes; segment references resolve."""
+def write_all(rows: ValueSource, write_batches, version: str, what: str) -> int:
+    """Every row written, or the load fails; returns how many."""
+    expected = rows.count()
+    written = rows.write(write_batches)
+    if written != expected:
+        raise PublishError(f"version {version}: wrote {written} {what}, expected {expected}; live version unchanged")
+    return written
+
+
+def verify(client, keys: Keys, version: str, sample: list[tuple[int, bytes]], variant: str | None = None) -> None:
+    """A sample of users reads back byte for byte as loaded, and decodes; segment references resolve.
+    A variant's users hold ranked lists only."""
+    of = "" if variant is None else f" of variant {variant}"
     for user_id, loaded in sample:
-        stored = client.get(keys.user(version, user_id))
+        stored = client.get(keys.user(version, user_id) if variant is None
+                            else keys.variant_user(version, variant, user_id))
         if stored != loaded:
-            raise PublishError(f"version {version}: user {user_id} reads back wrong; live version unchanged")
+            raise PublishError(f"version {version}: user {user_id}{of} reads back wrong; live version unchanged")
         try:
-            value = decode_user(stored)
+            value = decode_user(stored) if variant is None else decode(stored)
         except ValueError as error:
-            raise PublishError(f"version {version}: user {user_id} holds an unreadable value ({error}); "
+            raise PublishError(f"version {version}: user {user_id}{of} holds an unreadable value ({error}); "
                                "live version unchanged") from None
         if isinstance(value, str) and not client.exists(keys.fallback(version, value)):
             raise PublishError(f"version {version}: user {user_id} refers to segment {value!r}, "
                                "which has no list; live version unchanged")
-
-
-def verify_variant(client, keys: Keys, version: str, variant: str, sample: list[tuple[int, bytes]]) -> None:
-    """A sample of a variant's users reads back byte for byte, as ranked lists."""
-    for user_id, loaded in sample:
-        stored = client.get(keys.variant_user(version, variant, user_id))
-        if stored != loaded:
-            raise PublishError(f"version {version}: user {user_id} of variant {variant} reads back wrong; "
-                               "live version unchanged")
-        try:
-            decode(stored)
-        except ValueError as error:
-            raise PublishError(f"version {version}: user {user_id} of variant {variant} holds an unreadable list "
-                               f"({error}); live version unchanged") from None
 
 
 def flip(client, keys: Keys, version: str) -> str | None:
