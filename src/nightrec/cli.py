@@ -284,11 +284,14 @@ def rollback(ds: DsOption,
     """Move `champion` back to an earlier version and republish its recommendations for DS."""
     from nightrec.modeling import registry, tracking
     from nightrec.pipeline.orchestration import run_stage
+    from nightrec.serving import audit
 
     day = _date(ds)
     settings = _settings()
     tracking.configure(settings)
     old, new = registry.rollback(settings.mlflow.registered_model, to)
+    audit.record(settings, "rollback", audit.cli_actor(), settings.mlflow.registered_model,
+                 **{"from": old, "to": new, "reason": "by hand"})
     console.print(f"champion: version {old} -> {new}; republishing for {day}", highlight=False)
     for stage_name in ("score", "publish"):
         run_stage(stage_name, day.isoformat())
@@ -373,6 +376,87 @@ def _print_experiment(stored) -> None:
         console.print(f"  {v.name:<16} {v.weight / total:6.1%}  {experiment_store.describe(v)}", highlight=False)
 
 
+keys_app = typer.Typer(help="API keys of the lookup service (docs/security.md).", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+def _redis(settings):
+    from nightrec.serving.client import connect
+    from nightrec.serving.layout import Keys
+
+    return connect(settings.redis.url, settings.redis.cluster), Keys(settings.redis.prefix)
+
+
+@keys_app.command("create")
+def keys_create(name: Annotated[str, typer.Option(help="who uses it, e.g. shop-frontend (unique among live keys)")],
+                scope: Annotated[str, typer.Option(help="read: recommendations; events: POST events and opt-outs; "
+                                                        "admin: everything, erasure too")]):
+    """Create a key and print it, once: only a salted hash of it is stored."""
+    from nightrec.serving import audit, auth
+
+    client, keys = _redis(_settings())
+    try:
+        token, record = auth.create_key(client, keys, name, scope, audit.cli_actor())
+    except auth.KeyCommandError as error:
+        console.print(f"[red]{error}[/]", highlight=False)
+        raise typer.Exit(1) from None
+    console.print(f"key {record.name} (id {record.id}, scope {record.scope}); shown only now, keep it secret:",
+                  highlight=False)
+    typer.echo(token)
+
+
+@keys_app.command("list")
+def keys_list(revoked: Annotated[bool, typer.Option(help="show revoked keys too")] = False):
+    """The keys (never their secrets)."""
+    from nightrec.serving import auth
+
+    client, keys = _redis(_settings())
+    table = Table("id", "name", "scope", "created", "by", "revoked")
+    for key in auth.list_keys(client, keys):
+        if revoked or key.revoked_at is None:
+            table.add_row(key.id, key.name, key.scope, key.created_at, key.created_by,
+                          f"{key.revoked_at} by {key.revoked_by}" if key.revoked_at else "")
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key: Annotated[str, typer.Argument(help="the key's id or name")]):
+    """Revoke a key: every worker refuses it within auth.refresh_seconds."""
+    from nightrec.serving import audit, auth
+
+    settings = _settings()
+    client, keys = _redis(settings)
+    try:
+        record = auth.revoke_key(client, keys, key, audit.cli_actor())
+    except auth.KeyCommandError as error:
+        console.print(f"[red]{error}[/]", highlight=False)
+        raise typer.Exit(1) from None
+    console.print(f"revoked key {record.name} (id {record.id}); refused everywhere within "
+                  f"{settings.auth.refresh_seconds:g} s", highlight=False)
+
+
+@app.command("audit")
+def audit_log(since: Annotated[Optional[str], typer.Option(help="from this day on, YYYY-MM-DD")] = None,
+              action: Annotated[Optional[str], typer.Option(help="only this action, e.g. key_revoked")] = None,
+              limit: Annotated[int, typer.Option(min=1, help="the newest this many")] = 50):
+    """Admin actions: keys, opt-outs, erasures, rollbacks, experiments (the audit/log table and what
+    the nightly drain has not moved there yet)."""
+    from nightrec.pipeline import records
+
+    settings = _settings()
+    client, keys = _redis(settings)
+    rows = records.read(client, keys, records.AUDIT, settings)
+    if since:
+        rows = [r for r in rows if r["at"].date() >= _date(since)]
+    if action:
+        rows = [r for r in rows if r["action"] == action]
+    table = Table("at (UTC)", "action", "actor", "target", "detail")
+    for row in rows[-limit:]:
+        table.add_row(row["at"].isoformat(timespec="seconds").removesuffix("+00:00"), row["action"], row["actor"],
+                      row["target"], row["detail"])
+    console.print(table)
+
+
 @app.command()
 def serve(host: str = "127.0.0.1", port: int = 8000,
           workers: Annotated[int, typer.Option(min=1, help="worker processes (default: one per core)")] = 0,
@@ -382,6 +466,11 @@ def serve(host: str = "127.0.0.1", port: int = 8000,
 
     import uvicorn
 
+    from nightrec.serving.auth import exposure_warning
+
+    warning = exposure_warning(host, _settings().auth)
+    if warning:
+        Console(stderr=True).print(f"[yellow]warning:[/] {warning}", highlight=False)
     workers = workers or os.cpu_count() or 1
     if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # /metrics adds up every worker's counters from files in this folder (prometheus_client multiprocess mode)

@@ -122,6 +122,27 @@ class ServiceSettings(_Section):
                                                                # worker per 50 ms: 1.7M a day each)
 
 
+class RateLimit(_Section):
+    per_second: float = Field(gt=0)   # sustained requests per second of one key, over all workers
+    burst: int = Field(ge=1)          # requests a key may send at once after being quiet
+
+
+class AuthSettings(_Section):
+    enabled: bool = False             # API keys on every route but open_paths (docs/security.md)
+    open_paths: list[str] = ["/healthz", "/metrics"]  # reachable without a key (probes, scrapers)
+    refresh_seconds: float = Field(1.0, gt=0, le=2)   # a worker re-reads the keys this often: revocation delay
+    rate_limits: dict[str, RateLimit] = {"read": RateLimit(per_second=1000, burst=2000),
+                                         "events": RateLimit(per_second=1000, burst=2000),
+                                         "admin": RateLimit(per_second=10, burst=20)}
+
+    @field_validator("rate_limits")
+    @classmethod
+    def _every_scope(cls, limits: dict[str, RateLimit]) -> dict[str, RateLimit]:
+        if sorted(limits) != ["admin", "events", "read"]:
+            raise ValueError(f"rate_limits needs exactly the scopes read, events and admin, got {sorted(limits)}")
+        return limits
+
+
 class ExperimentSettings(_Section):
     mlflow_experiment: str = "nightrec_online"  # MLflow experiment holding one run per online experiment
     k: int = Field(10, ge=1, le=100)            # CTR@k: a click counts when the item was shown at rank <= k
@@ -157,6 +178,7 @@ class Settings(_Section):
     lake: LakeSettings = LakeSettings()
     experiments: ExperimentSettings = ExperimentSettings()
     exploration: ExplorationSettings = ExplorationSettings()
+    auth: AuthSettings = AuthSettings()
 
     def path(self, name: str) -> str:
         """A `paths` entry as an absolute path (URIs such as s3a://... are kept as they are)."""

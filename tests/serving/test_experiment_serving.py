@@ -194,7 +194,7 @@ def test_impressions_are_sampled_by_user_and_off_for_the_services_own_checks(red
     assert sorted(seen) == sorted(2 * list(users))  # a sampled user's every answer, no one else's
     assert client.xlen(KEYS.impressions) < len(seen) / 3  # written in batches (every 50 ms), not one per answer
     client.delete(KEYS.impressions)
-    with TestClient(create_app(sampled, record_impressions=False)) as api:
+    with TestClient(create_app(sampled, internal=True)) as api:
         api.get("/v1/users/1/recommendations")
     assert client.xlen(KEYS.impressions) == 0
 

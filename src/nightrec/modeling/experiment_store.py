@@ -19,6 +19,7 @@ from mlflow.exceptions import MlflowException
 
 from nightrec.errors import PermanentError
 from nightrec.modeling import registry, reports, tracking
+from nightrec.serving import audit
 from nightrec.serving.client import connect
 from nightrec.serving.experiments import CHALLENGER, CHAMPION, Experiment, ExperimentError, Variant
 from nightrec.serving.layout import Keys
@@ -90,7 +91,7 @@ def pin_models(settings: Settings, variants: list[Variant]) -> list[Variant]:
 
 
 def start(settings: Settings, name: str, variants: list[Variant], until: dt.date | None = None,
-          now: dt.datetime | None = None) -> StoredExperiment:
+          now: dt.datetime | None = None, actor: str = "") -> StoredExperiment:
     current = running(settings)
     if current is not None:
         raise ExperimentError(f"experiment {current.experiment.name} is running: stop it first "
@@ -114,6 +115,8 @@ def start(settings: Settings, name: str, variants: list[Variant], until: dt.date
         client.set_tag(run.info.run_id, STATUS_TAG, STOPPED)
         client.set_tag(run.info.run_id, REASON_TAG, f"could not start: {error!r}")
         raise
+    audit.record(settings, "experiment_started", actor or audit.cli_actor(), name, run_id=run.info.run_id,
+                 until=experiment.until, variants={v.name: describe(v) for v in experiment.variants})
     return stored
 
 
@@ -138,7 +141,8 @@ def describe(variant: Variant) -> str:
     return f"{model}, weight {variant.weight}{rules}"
 
 
-def end(settings: Settings, reason: str, status: str = STOPPED, now: dt.datetime | None = None) -> StoredExperiment:
+def end(settings: Settings, reason: str, status: str = STOPPED, now: dt.datetime | None = None,
+        actor: str = "") -> StoredExperiment:
     """Stop the running experiment: users get the champion's lists again within a second or so."""
     write_redis(settings, None)  # first: users get the champion's lists again even if MLflow fails below
     current = running(settings)
@@ -149,6 +153,8 @@ def end(settings: Settings, reason: str, status: str = STOPPED, now: dt.datetime
     for key, value in ((STATUS_TAG, status), (REASON_TAG, reason), (ENDED_TAG, ended_at)):
         client.set_tag(current.run_id, key, value)
     hold_versions(settings, current.experiment, False)
+    audit.record(settings, "experiment_stopped", actor or audit.cli_actor(), current.experiment.name,
+                 run_id=current.run_id, status=status, reason=reason)
     return StoredExperiment(current.run_id, current.experiment, status, reason, ended_at)
 
 

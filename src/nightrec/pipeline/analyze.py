@@ -35,6 +35,7 @@ from nightrec.modeling.experiment_stats import compare, decide_variants, rollbac
 from nightrec.modeling.online import group_metrics, item_outcomes, per_user, user_outcomes
 from nightrec.pipeline.progress import Progress
 from nightrec.pipeline.runtime import stage_main
+from nightrec.serving import audit
 from nightrec.serving.client import connect
 from nightrec.serving.experiments import CHAMPION
 from nightrec.serving.layout import Keys, encode_item_stats
@@ -67,7 +68,8 @@ def run(spark: SparkSession, settings: Settings, ds: dt.date, lookback_days: int
         stored = experiment_store.running(settings)
         if stored is not None and stored.experiment.until and ds >= dt.date.fromisoformat(stored.experiment.until):
             reason = f"reached its last day {stored.experiment.until} without impressions: ended without a decision"
-            experiment_store.end(settings, f"{ds}: no_difference: {reason}", status=experiment_store.ENDED)
+            experiment_store.end(settings, f"{ds}: no_difference: {reason}", status=experiment_store.ENDED,
+                           actor=audit.night_actor(ds.isoformat()))
             result.experiment, result.decision, result.reason = stored.experiment.name, "no_difference", reason
         return result
     with progress.step("outcomes per user and day"):
@@ -150,7 +152,8 @@ def analyze_experiment(settings: Settings, stored: experiment_store.StoredExperi
     if action == "promote":
         reason += "; " + promote(settings, e.variant(winner))
     if action != "continue":
-        experiment_store.end(settings, f"{ds}: {action}: {reason}", status=experiment_store.ENDED)
+        experiment_store.end(settings, f"{ds}: {action}: {reason}", status=experiment_store.ENDED,
+                           actor=audit.night_actor(ds.isoformat()))
     experiment_store.log_night(settings, stored, ds, logged, action, reason, metric)
     result.experiment, result.decision, result.reason = e.name, action, reason
     result.variants = {name: {"users": m.users, "impressions": m.impressions, metric: round(m.ctr.value, 6),
@@ -193,6 +196,8 @@ def check_champion(spark: SparkSession, settings: Settings, ds: dt.date, outcome
             try:
                 old, new = registry.rollback(settings.mlflow.registered_model)
                 reason += f": champion version {old} -> {new}"
+                audit.record(settings, "rollback", audit.night_actor(ds.isoformat()), settings.mlflow.registered_model,
+                             **{"from": old, "to": new, "reason": reason})
             except PermanentError as error:
                 reason += f", but there is nothing to roll back to ({error})"
     logged = {**metrics["today"].as_dict("today", x.k), **metrics["baseline"].as_dict("baseline", x.k)}

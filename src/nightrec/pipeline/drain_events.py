@@ -1,6 +1,7 @@
 """Drain events: what the lookup service appended to its Redis streams -> landing JSONL files per
 day: events (POST /v1/events) into interactions/, which the ingest stage then reads like any other
-file, and impressions (the answers it gave) into impressions/, for the nightly analysis.
+file, and impressions (the answers it gave) into impressions/, for the nightly analysis. The audit
+stream of admin actions goes into the audit/log table (nightrec.pipeline.records).
 
 Safe to re-run, to kill, and to run more often than nightly (at high traffic, hourly keeps Redis
 small): the streams are read a page at a time, each page's files are named after its first stream
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nightrec.data.landing import day_folder
+from nightrec.pipeline import records
 from nightrec.pipeline.runtime import stage_main
 from nightrec.serving import impressions
 from nightrec.serving.client import connect
@@ -39,6 +41,7 @@ class DrainResult:
     drained_to: str | None = None
     impressions: int = 0
     impression_files: list[str] = field(default_factory=list)
+    audit_entries: int = 0
 
 
 @dataclass(frozen=True)
@@ -114,7 +117,8 @@ def run(settings: Settings, ds: dt.date) -> DrainResult:
             client, Stream(keys.impressions, keys.impressions_drained, "impressions", as_impression_rows,
                    IMPRESSION_PAGE),
             settings.path("landing"))
-        return DrainResult(events, files, last, impressions, impression_files)
+        audited = records.drain(client, keys, records.AUDIT, settings)
+        return DrainResult(events, files, last, impressions, impression_files, audited)
     finally:
         client.close()
 

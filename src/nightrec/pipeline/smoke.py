@@ -43,7 +43,7 @@ def run(settings: Settings, ds: dt.date) -> SmokeResult:
     if unknown > MAX_ID:
         taken = set(users.to_pylist())
         unknown = next(u for u in range(1, MAX_ID) if u not in taken)
-    with TestClient(create_app(settings, record_impressions=False)) as client:
+    with TestClient(create_app(settings, internal=True)) as client:
         health = client.get("/healthz").json()
         personal = client.get(f"/v1/users/{known}/recommendations", params={"k": 10})
         fallback = client.get(f"/v1/users/{unknown}/recommendations", params={"k": 10})

@@ -19,7 +19,9 @@ from pydantic import BaseModel, Field, ValidationError
 from redis.exceptions import RedisError
 
 from nightrec.constants import MAX_ID
+from nightrec.serving.auth import Guard
 from nightrec.serving.fastpath import FastRecommendations
+from nightrec.serving.layout import Keys
 from nightrec.serving.lookup import MAX_CATEGORY_CHARS, MAX_EXCLUDE_CHARS, MAX_K, Event, Lookup, LookupFailed
 from nightrec.serving.metrics import Metrics, Observe
 from nightrec.settings import Settings, load_settings
@@ -70,16 +72,18 @@ def json_response(body: dict, status: int = 200) -> Response:
 
 
 
-def create_app(settings: Settings | None = None, record_impressions: bool = True) -> FastRecommendations:
-    """The ASGI app: the FastAPI service behind its fast path (see FastRecommendations). Checks of the
-    service itself (the smoke stage) record no impressions: they are not users' traffic."""
+def create_app(settings: Settings | None = None, internal: bool = False):
+    """The ASGI app: the FastAPI service behind its fast path (see FastRecommendations), both behind
+    the API key check when auth is on (nightrec.serving.auth.Guard). An internal app (the smoke
+    stage's in-process checks of the service itself) records no impressions, as its answers are not
+    users' traffic, and needs no key, as it takes no requests from outside."""
     settings = settings or load_settings()
     metrics = Metrics()
     max_body = settings.service.max_body_bytes
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        app.state.lookup = Lookup(settings, record_impressions, metrics.count_impressions)
+        app.state.lookup = Lookup(settings, not internal, metrics.count_impressions)
         yield
         await app.state.lookup.aclose()
 
@@ -145,4 +149,8 @@ def create_app(settings: Settings | None = None, record_impressions: bool = True
         version = await lookup.redis.get(lookup.keys.live)
         return {"status": "ok", "live_version": version.decode() if version else None}
 
-    return FastRecommendations(app, metrics)
+    service = FastRecommendations(app, metrics)
+    if internal or not settings.auth.enabled:
+        return service
+    return Guard(service, settings.auth, Keys(settings.redis.prefix), lambda: app.state.lookup.redis,
+                 metrics.count_rejection)

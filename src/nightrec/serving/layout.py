@@ -95,6 +95,20 @@ class Keys:
         """String: the last impression stream id already written to the landing zone."""
         return f"{{{self.prefix}}}:impressions:drained"
 
+    @property
+    def api_keys(self) -> str:
+        """Hash: API key id -> its record as JSON (name, scope, salt, salted SHA-256 of the secret, times)."""
+        return f"{{{self.prefix}}}:keys"
+
+    def rate(self, key_id: str) -> str:
+        """Hash: an API key's token bucket (tokens left, when), shared by every worker."""
+        return f"{{{self.prefix}}}:rate:{key_id}"
+
+    @property
+    def audit(self) -> str:
+        """Stream: admin actions (keys, opt-outs, erasures, rollbacks, experiments), drained nightly."""
+        return f"{{{self.prefix}}}:audit"
+
     def consumed(self, user_id: int) -> str:
         """String of int32 item ids the user took lately (posted events): filtered out until published.
         Shares the user's hash tag with the user's list, so one MGET reads both, on a cluster too."""

@@ -25,8 +25,15 @@ class Metrics:
         self.impressions = Counter("nightrec_impressions", "Answers recorded as impressions, or dropped (buffer full) "
                                    "or failed (Redis error)", ["outcome"], registry=registry)
 
+        self.auth_rejections = Counter("nightrec_auth_rejections", "Requests turned away: no key (missing), an "
+                                       "unknown or revoked key, a key without the scope, over the rate limit",
+                                       ["reason"], registry=registry)
+
     def count_impressions(self, outcome: str, n: int) -> None:
         self.impressions.labels(outcome).inc(n)
+
+    def count_rejection(self, reason: str) -> None:
+        self.auth_rejections.labels(reason).inc()
 
     def exposition(self) -> bytes:
         if self.multiprocess:

@@ -1,0 +1,227 @@
+"""API keys, scopes and rate limits of the lookup service, against a real redis-server: in process
+(both the fast path and FastAPI's routes) and as `nightrec serve --workers 2`."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+from fastapi.testclient import TestClient
+
+from conftest import settings_environ
+from helpers import publish_sample
+from nightrec.serving import audit, auth
+from nightrec.serving.api import create_app
+from nightrec.serving.layout import Keys
+from nightrec.serving.redis_server import free_port
+
+KEYS = Keys("test")
+LIMITS = {"read": {"per_second": 5, "burst": 10}, "events": {"per_second": 1000, "burst": 2000},
+          "admin": {"per_second": 1000, "burst": 2000}}
+ACTOR = "cli:test@host"
+# Plain queries take the fast path; a percent-escape sends the same request through FastAPI.
+FAST, FASTAPI = "/v1/users/2/recommendations?k=3", "/v1/users/2/recommendations?k=%33"
+EVENT = {"user_id": 2, "item_id": 9, "event_type": "click"}
+
+
+@pytest.fixture
+def client(redis_url):
+    publish_sample(redis_url)
+    return redis.Redis.from_url(redis_url)
+
+
+@pytest.fixture
+def settings(redis_url, make_settings):
+    return make_settings(redis_url, service__live_cache_seconds=0, auth__enabled="true",
+                         auth__refresh_seconds=0.2, auth__rate_limits=json.dumps(LIMITS))
+
+
+def bearer(token: str) -> dict:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def new_key(client, scope: str, name: str | None = None) -> str:
+    return auth.create_key(client, KEYS, name or f"{scope}-app", scope, ACTOR)[0]
+
+
+def test_a_key_is_shown_once_and_stored_only_as_a_salted_hash(client):
+    token, record = auth.create_key(client, KEYS, "shop", "read", ACTOR)
+    other, _ = auth.create_key(client, KEYS, "shop2", "read", ACTOR)
+    assert auth.TOKEN.match(f"Bearer {token}".encode()) and token != other
+    stored = b"".join(client.hvals(KEYS.api_keys))
+    secret = token[len("nrk_") + 13:]  # nrk_<12 hex id>_<secret>
+    assert secret.encode() not in stored and token.encode() not in stored
+    assert record.sha256 == auth.digest(record.salt, secret.encode()) and len(record.salt) == 32
+    with pytest.raises(auth.KeyCommandError, match="already named 'shop'"):
+        auth.create_key(client, KEYS, "shop", "admin", ACTOR)
+    with pytest.raises(auth.KeyCommandError, match="unknown scope 'write'"):
+        auth.create_key(client, KEYS, "writer", "write", ACTOR)
+    with pytest.raises(auth.KeyCommandError, match="invalid key name"):
+        auth.create_key(client, KEYS, "two words", "read", ACTOR)
+    auth.revoke_key(client, KEYS, "shop", ACTOR)
+    auth.create_key(client, KEYS, "shop", "read", ACTOR)  # the name is free again
+    actions = [(f[b"action"], f[b"target"]) for _, f in client.xrange(KEYS.audit)]
+    assert actions == [(b"key_created", b"shop"), (b"key_created", b"shop2"), (b"key_revoked", b"shop"),
+                       (b"key_created", b"shop")]
+
+
+@pytest.mark.parametrize("path", [FAST, FASTAPI, "/v1/items/10/similar", "/docs"])
+def test_no_key_or_an_unknown_one_gets_401(client, settings, path):
+    valid = new_key(client, "read")
+    forged = valid[:-4] + ("AAAA" if not valid.endswith("AAAA") else "BBBB")
+    with TestClient(create_app(settings)) as api:
+        for headers in ({}, bearer(forged), bearer("nrk_000000000000_" + "x" * 43), {"Authorization": valid},
+                        {"Authorization": f"Basic {valid}"}):
+            response = api.get(path, headers=headers)
+            assert response.status_code == 401, (headers, response.text)
+            assert response.headers["www-authenticate"].startswith("Bearer")
+            assert "API key" in response.json()["detail"]
+        assert api.get(path, headers=bearer(valid)).status_code == 200
+
+
+def test_each_scope_reaches_its_routes_only(client, settings):
+    read, events, admin = new_key(client, "read"), new_key(client, "events"), new_key(client, "admin")
+    with TestClient(create_app(settings)) as api:
+        for path in (FAST, FASTAPI):
+            assert api.get(path, headers=bearer(read)).status_code == 200
+            assert api.get(path, headers=bearer(admin)).status_code == 200
+            refused = api.get(path, headers=bearer(events))
+            assert refused.status_code == 403
+            assert refused.json()["detail"] == f"key 'events-app' has scope events; GET {path.split('?')[0]} needs read"
+        assert api.post("/v1/events", json=EVENT, headers=bearer(events)).status_code == 202
+        assert api.post("/v1/events", json=EVENT, headers=bearer(admin)).status_code == 202
+        assert api.post("/v1/events", json=EVENT, headers=bearer(read)).status_code == 403
+        metrics = api.get("/metrics").text  # open, as is /healthz
+        assert api.get("/healthz").status_code == 200
+    assert client.xlen(KEYS.events) == 2  # the refused event was not stored
+    assert 'nightrec_auth_rejections_total{reason="scope"} 3.0' in metrics
+
+
+def test_open_paths_are_configurable(client, make_settings, redis_url):
+    closed = make_settings(redis_url, auth__enabled="true", auth__open_paths='["/healthz"]')
+    with TestClient(create_app(closed)) as api:
+        assert api.get("/healthz").status_code == 200
+        assert api.get("/metrics").status_code == 401
+
+
+@pytest.mark.parametrize("path", [FAST, FASTAPI])
+def test_over_the_rate_limit_gets_429_with_retry_after(client, settings, path):
+    read = new_key(client, "read")
+    with TestClient(create_app(settings)) as api:
+        statuses = [api.get(path, headers=bearer(read)) for _ in range(14)]
+        assert [r.status_code for r in statuses[:10]] == [200] * 10  # the burst
+        refused = statuses[-1]
+        assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
+        body = refused.json()
+        assert body["detail"] == "key 'read-app' is over its rate limit (5/s, burst 10)"
+        assert 0 < body["retry_after_seconds"] <= 0.2 + 1e-3  # one token comes every 0.2 s
+        time.sleep(0.25)
+        assert api.get(path, headers=bearer(read)).status_code == 200
+        other = new_key(client, "read", "other-app")  # limits are per key
+        time.sleep(settings.auth.refresh_seconds)  # a new key, like a revoked one, is seen after a refresh
+        assert api.get(path, headers=bearer(other)).status_code == 200
+
+
+def test_a_revoked_key_is_refused_after_the_refresh(client, settings):
+    read = new_key(client, "read")
+    with TestClient(create_app(settings)) as api:
+        assert api.get(FAST, headers=bearer(read)).status_code == 200
+        auth.revoke_key(client, KEYS, "read-app", ACTOR)
+        time.sleep(settings.auth.refresh_seconds + 0.05)
+        assert api.get(FAST, headers=bearer(read)).status_code == 401
+        assert api.get(FASTAPI, headers=bearer(read)).status_code == 401
+
+
+def test_auth_off_lets_everyone_in_and_warns_off_loopback(client, make_settings, redis_url):
+    with TestClient(create_app(make_settings(redis_url))) as api:
+        assert api.get(FAST).status_code == 200
+    off, on = make_settings(redis_url).auth, make_settings(redis_url, auth__enabled="true").auth
+    assert auth.exposure_warning("127.0.0.1", off) is None and auth.exposure_warning("0.0.0.0", on) is None
+    assert "auth is off" in auth.exposure_warning("0.0.0.0", off)
+
+
+def test_the_shipped_settings_turn_auth_on_for_clusters_only():
+    from nightrec.settings import load_settings
+
+    assert not load_settings("local", {}).auth.enabled
+    assert load_settings("cluster", {}).auth.enabled
+
+
+# --- `nightrec serve --workers 2` --------------------------------------------------------------------
+
+
+@pytest.fixture
+def two_workers(client, redis_url, tmp_path):
+    """The service as deployed: two worker processes; yields (base URL, folder of per-worker metric files)."""
+    port, metrics = free_port(), tmp_path / "metrics"
+    metrics.mkdir()
+    env = {**os.environ, **settings_environ(tmp_path, redis_url), "PROMETHEUS_MULTIPROC_DIR": str(metrics),
+           "NIGHTREC_AUTH__ENABLED": "true", "NIGHTREC_AUTH__RATE_LIMITS": json.dumps(LIMITS)}
+    nightrec = str(Path(sys.executable).with_name("nightrec"))
+    service = subprocess.Popen([nightrec, "serve", "--port", str(port), "--workers", "2", "--log-level", "warning"],
+                               env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{base}/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline and service.poll() is None, "the service did not come up"
+            time.sleep(0.1)
+        yield base, metrics
+    finally:
+        service.terminate()
+        service.wait(30)
+
+
+def fresh_connections(base: str, token: str, n: int) -> list[int]:
+    """n GETs, each on a new connection (so the kernel spreads them over the workers), 8 at a time."""
+    def one(_):
+        return httpx.get(f"{base}{FAST}", headers=bearer(token)).status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        return list(pool.map(one, range(n)))
+
+
+def workers_seen(metrics: Path) -> set[str]:
+    return {path.stem.rsplit("_", 1)[1] for path in metrics.glob("counter_*.db")}
+
+
+def test_revocation_reaches_every_worker_within_2_seconds(client, two_workers):
+    base, metrics = two_workers
+    admin = new_key(client, "admin")  # admin's limit is out of the way here
+    assert set(fresh_connections(base, admin, 40)) == {200}
+    assert len(workers_seen(metrics)) == 2
+    auth.revoke_key(client, KEYS, "admin-app", ACTOR)
+    time.sleep(2)
+    assert set(fresh_connections(base, admin, 40)) == {401}
+
+
+def test_a_rate_limit_holds_across_two_workers(client, two_workers):
+    base, metrics = two_workers
+    read = new_key(client, "read")  # 5/s, burst 10
+    started = time.monotonic()
+    statuses = fresh_connections(base, read, 60)
+    elapsed = time.monotonic() - started
+    allowed = statuses.count(200)
+    assert set(statuses) == {200, 429} and len(workers_seen(metrics)) == 2
+    # Per worker, the two would let through about twice as many.
+    assert 10 <= allowed <= 10 + 5 * elapsed + 1, (allowed, elapsed)
+
+
+def test_audit_entries_name_who_did_what(client):
+    token, record = auth.create_key(client, KEYS, "ops", "admin", audit.cli_actor())
+    (_, fields), = client.xrange(KEYS.audit)
+    row = audit.as_row(fields)
+    assert row["action"] == "key_created" and row["target"] == "ops" and row["actor"].startswith("cli:")
+    assert json.loads(row["detail"]) == {"id": record.id, "scope": "admin"}
+    assert token not in json.dumps(row)
