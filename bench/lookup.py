@@ -2,11 +2,13 @@
 
     .venv/bin/python bench/lookup.py --users 100000 --workers 2
     .venv/bin/python bench/lookup.py --users 100000 --workers 2 --impressions-off-and-on --rounds 3
+    .venv/bin/python bench/lookup.py --users 100000 --workers 2 --auth-off-and-on --rounds 3
 
 Starts its own redis-server and publishes a version of `--users` random top-100 lists into it,
 then starts `nightrec serve --workers N` on it. With --impressions-off-and-on the service runs with
-impression recording off (service.impression_sample_rate = 0) and on (1.0), alternating, --rounds
-times each, and the table gives the median and the range of each figure.
+impression recording off (service.impression_sample_rate = 0) and on (1.0); with --auth-off-and-on
+without and with API keys (every request sends a read key, rate-limited at AUTH_RATE/s); alternating,
+--rounds times each, and the table gives the median and the range of each figure.
 
 Latency: an open-loop load generator in a separate process sends `--rate` requests/s over 32
 keep-alive connections for `--seconds` and times each from its scheduled send (so a stall counts
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import re
 import shutil
@@ -30,13 +33,14 @@ from pathlib import Path
 import numpy as np
 import redis
 
-from nightrec.serving import impressions
+from nightrec.serving import auth, impressions
 from nightrec.serving import loader as publisher
 from nightrec.serving.layout import Keys, encode, encode_id_set
 from nightrec.serving.redis_server import free_port, private_redis
 
 PREFIX = "bench"
 CONNECTIONS = 64
+AUTH_RATE = 50_000  # the bench key's limit (requests/s): above what this box serves, so nothing is refused
 
 
 def wait_until(check, what: str, seconds: float = 30) -> None:
@@ -68,12 +72,13 @@ def publish_random(client: redis.Redis, users: int) -> str:
     return version
 
 
-async def open_loop(port: int, users: int, rate: int, seconds: float) -> list[float]:
+async def open_loop(port: int, users: int, rate: int, seconds: float, token: str = "") -> list[float]:
     """Latencies (s) of rate*seconds GETs sent on schedule over 32 keep-alive connections."""
     rng = np.random.default_rng(1)
     total = int(rate * seconds)
     queue: asyncio.Queue = asyncio.Queue()
     latencies: list[float] = []
+    header = f"Authorization: Bearer {token}\r\n" if token else ""
 
     async def connection():
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -82,7 +87,7 @@ async def open_loop(port: int, users: int, rate: int, seconds: float) -> list[fl
             if user is None:
                 writer.close()
                 return
-            writer.write(f"GET /v1/users/{user}/recommendations?k=10 HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
+            writer.write(f"GET /v1/users/{user}/recommendations?k=10 HTTP/1.1\r\nHost: bench\r\n{header}\r\n".encode())
             head = await reader.readuntil(b"\r\n\r\n")
             if not head.startswith(b"HTTP/1.1 200"):
                 raise RuntimeError(head[:100])
@@ -105,9 +110,10 @@ async def open_loop(port: int, users: int, rate: int, seconds: float) -> list[fl
     return latencies
 
 
-def wrk_rate(port: int, users: int, seconds: int) -> float:
+def wrk_rate(port: int, users: int, seconds: int, token: str = "") -> float:
     script = Path(tempfile.mkdtemp()) / "users.lua"
-    script.write_text(f'request = function() return wrk.format("GET", '
+    headers = f'wrk.headers["Authorization"] = "Bearer {token}"\n' if token else ""
+    script.write_text(f'{headers}request = function() return wrk.format("GET", '
                       f'"/v1/users/" .. math.random(1, {users}) .. "/recommendations?k=10") end\n')
     out = subprocess.run(["wrk", "-t", "1", "-c", str(CONNECTIONS), "-d", f"{seconds}s", "-s", str(script),
                           f"http://127.0.0.1:{port}"], capture_output=True, text=True, check=True).stdout
@@ -123,11 +129,11 @@ def redis_get_rate(port: int, requests: int, value_bytes: int) -> float:
     return float(re.findall(r"GET: ([\d.]+) requests per second", out.replace("\r", "\n"))[-1])
 
 
-def start_service(redis_port: int, http_port: int, workers: int, impression_rate: float) -> subprocess.Popen:
+def start_service(redis_port: int, http_port: int, workers: int, settings: dict[str, str]) -> subprocess.Popen:
     import httpx
 
     env = {**os.environ, "NIGHTREC_REDIS__URL": f"redis://127.0.0.1:{redis_port}/0", "NIGHTREC_REDIS__PREFIX": PREFIX,
-           "NIGHTREC_SERVICE__IMPRESSION_SAMPLE_RATE": str(impression_rate)}
+           **settings}
     nightrec = str(Path(sys.executable).with_name("nightrec"))
     service = subprocess.Popen([nightrec, "serve", "--port", str(http_port), "--workers", str(workers),
                                 "--log-level", "warning"], env=env)
@@ -135,20 +141,20 @@ def start_service(redis_port: int, http_port: int, workers: int, impression_rate
     return service
 
 
-def measure(redis_port: int, args, impression_rate: float) -> dict:
+def measure(redis_port: int, args, settings: dict[str, str], token: str = "") -> dict:
     """p50/p99 at --rate (open loop) and wrk throughput of one service start; impressions written."""
     http_port = free_port()
-    service = start_service(redis_port, http_port, args.workers, impression_rate)
+    service = start_service(redis_port, http_port, args.workers, settings)
     try:
-        wrk_rate(http_port, args.users, 2)  # warm-up: every worker connected
+        wrk_rate(http_port, args.users, 2, token)  # warm-up: every worker connected
         client, key = redis.Redis(port=redis_port), Keys(PREFIX).impressions
         time.sleep(0.5)  # the warm-up's last impressions leave the buffer
         client.delete(key)
-        latencies = np.array(asyncio.run(open_loop(http_port, args.users, args.rate, args.seconds))) * 1000
+        latencies = np.array(asyncio.run(open_loop(http_port, args.users, args.rate, args.seconds, token))) * 1000
         time.sleep(0.5)
         recorded = sum(len(impressions.rows(fields)) for _, fields in client.xrange(key))
         client.delete(key)  # the stream would grow by every wrk request
-        rate = wrk_rate(http_port, args.users, 10)
+        rate = wrk_rate(http_port, args.users, 10, token)
     finally:
         service.terminate()
         service.wait(30)
@@ -156,30 +162,43 @@ def measure(redis_port: int, args, impression_rate: float) -> dict:
     return {"p50": p50, "p99": p99, "rate": rate, "recorded": recorded / len(latencies)}
 
 
-def compare_impressions(args) -> None:
+def compare(args, what: str) -> None:
+    """The service without and with impressions (or API keys), alternating, --rounds times each."""
+    sample_rate = "NIGHTREC_SERVICE__IMPRESSION_SAMPLE_RATE"
     runs: dict[str, list[dict]] = {"off": [], "on": []}
     with private_redis() as redis_port:
-        publish_random(redis.Redis(port=redis_port), args.users)
+        client = redis.Redis(port=redis_port)
+        publish_random(client, args.users)
+        token = ""
+        if what == "auth":
+            token = auth.create_key(client, Keys(PREFIX), "bench", "read", "bench")[0]
+            limits = {scope: {"per_second": AUTH_RATE, "burst": AUTH_RATE // 10} for scope in auth.SCOPES}
+            on = {"NIGHTREC_AUTH__ENABLED": "true", "NIGHTREC_AUTH__RATE_LIMITS": json.dumps(limits),
+                  sample_rate: "0"}
+            configs = {"off": ({sample_rate: "0"}, ""), "on": (on, token)}
+        else:
+            configs = {"off": ({sample_rate: "0"}, ""), "on": ({sample_rate: "1"}, "")}
         for _ in range(args.rounds):
-            for label, impression_rate in (("off", 0.0), ("on", 1.0)):
-                runs[label].append(measure(redis_port, args, impression_rate))
+            for label, (settings, key) in configs.items():
+                runs[label].append(measure(redis_port, args, settings, key))
 
     def cell(label: str, figure: str, fmt: str) -> str:
         values = sorted(run[figure] for run in runs[label])
         return f"{np.median(values):{fmt}} ({values[0]:{fmt}}-{values[-1]:{fmt}})"
 
     print(f"\n$ .venv/bin/python bench/lookup.py --users {args.users} --workers {args.workers} --rate {args.rate} "
-          f"--seconds {args.seconds} --impressions-off-and-on --rounds {args.rounds}")
+          f"--seconds {args.seconds} --{what}-off-and-on --rounds {args.rounds}")
     print(f"{args.users} users, `nightrec serve --workers {args.workers}`, off and on alternating, median (range) of "
-          f"{args.rounds} runs each, {os.cpu_count()} cores shared by service, Redis and load\n")
-    print(f"| impressions | p50 ms at {args.rate}/s | p99 ms at {args.rate}/s | requests/s (wrk) | impressions "
+          f"{args.rounds} runs each, {os.cpu_count()} cores shared by service, Redis and load"
+          + (f"; auth on: a read key limited to {AUTH_RATE}/s" if what == "auth" else "") + "\n")
+    print(f"| {what} | p50 ms at {args.rate}/s | p99 ms at {args.rate}/s | requests/s (wrk) | impressions "
           f"per request |")
     print("|---|---:|---:|---:|---:|")
     for label in ("off", "on"):
         print(f"| {label} | {cell(label, 'p50', '.2f')} | {cell(label, 'p99', '.2f')} | {cell(label, 'rate', '.0f')} | "
               f"{cell(label, 'recorded', '.2f')} |")
     ratio = np.median([r["rate"] for r in runs["on"]]) / np.median([r["rate"] for r in runs["off"]])
-    print(f"\nthroughput with impressions on: {ratio:.0%} of off (medians)")
+    print(f"\nthroughput with {what} on: {ratio:.0%} of off (medians)")
 
 
 def main(argv: list[str]) -> None:
@@ -190,12 +209,14 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--seconds", type=int, default=20)
     parser.add_argument("--impressions-off-and-on", action="store_true",
                         help="compare the service with impression recording off and on")
+    parser.add_argument("--auth-off-and-on", action="store_true",
+                        help="compare the service without and with API keys (and their rate limit)")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: apt-get install wrk")
-    if args.impressions_off_and_on:
-        return compare_impressions(args)
+    if args.impressions_off_and_on or args.auth_off_and_on:
+        return compare(args, "impressions" if args.impressions_off_and_on else "auth")
 
     with private_redis() as redis_port:
         http_port, service = free_port(), None
