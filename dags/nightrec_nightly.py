@@ -19,6 +19,12 @@ def drain_events(ds=None) -> dict:
 
 
 @task
+def privacy(ds=None) -> dict:
+    from nightrec.pipeline.privacy import main
+    return airflow_task(main, ds)
+
+
+@task
 def ingest(ds=None, params=None) -> dict:
     from nightrec.pipeline.ingest import main
     return airflow_task(main, ds, params["lookback_days"])
@@ -81,7 +87,8 @@ def housekeeping(ds=None) -> dict:
     doc_md=__doc__,
 )
 def nightrec_nightly():
-    chain(drain_events(), ingest(), validate(), analyze(), train(), score(), publish(), smoke(), housekeeping())
+    chain(drain_events(), privacy(), ingest(), validate(), analyze(), train(), score(), publish(), smoke(),
+          housekeeping())
 
 
 nightrec_nightly()

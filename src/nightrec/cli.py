@@ -142,8 +142,8 @@ def _follow(command: list[str], env: dict, log_path: Path) -> int:
 
 
 @app.command()
-def stage(name: Annotated[str, typer.Argument(help="drain_events|ingest|validate|analyze|train|score|publish|smoke|"
-                                                   "housekeeping, or tune")],
+def stage(name: Annotated[str, typer.Argument(help="drain_events|privacy|ingest|validate|analyze|train|score|"
+                                                   "publish|smoke|housekeeping, or tune")],
           ds: DsOption,
           lookback_days: Annotated[int, typer.Option(min=1)] = 1):
     """Run one stage directly (no Airflow), e.g. to debug or re-run a single step."""
@@ -433,6 +433,54 @@ def keys_revoke(key: Annotated[str, typer.Argument(help="the key's id or name")]
         raise typer.Exit(1) from None
     console.print(f"revoked key {record.name} (id {record.id}); refused everywhere within "
                   f"{settings.auth.refresh_seconds:g} s", highlight=False)
+
+
+@app.command()
+def forget(user_ids: Annotated[list[int], typer.Argument(min=1, max=2**31 - 1, help="user ids to erase")]):
+    """Request erasure of users: at once they get only the global list and their events are dropped;
+    the next night deletes their rows everywhere (docs/privacy.md)."""
+    from nightrec.serving import audit, privacy
+
+    client, keys = _redis(_settings())
+    actor = audit.cli_actor()
+    for user_id, request_id in zip(user_ids, privacy.request(client, keys, "erasure", user_ids, actor, actor)):
+        console.print(f"user {user_id}: erasure requested ({request_id}); the next night carries it out",
+                      highlight=False)
+
+
+privacy_app = typer.Typer(help="Opt-out and erasure requests (docs/privacy.md).", no_args_is_help=True)
+app.add_typer(privacy_app, name="privacy")
+
+
+@privacy_app.command("status")
+def privacy_status(user_id: int):
+    """A user's requests, and for each erasure carried out what was removed, where and when."""
+    from deltalake import DeltaTable
+
+    from nightrec.data.lake import table_exists
+    from nightrec.pipeline import records
+    from nightrec.pipeline.privacy import REPORTS
+
+    settings = _settings()
+    client, keys = _redis(settings)
+    requests = [r for r in records.read(client, keys, records.PRIVACY, settings) if r["user_id"] == user_id]
+    reports = {}
+    if table_exists(settings.table(REPORTS)):
+        reports = {r["request_id"]: r for r in DeltaTable(settings.table(REPORTS)).to_pyarrow_table().to_pylist()
+                   if r["user_id"] == user_id}
+    if not requests:
+        console.print(f"user {user_id}: no opt-out or erasure requested")
+        return
+    mark = client.get(keys.opted_out(user_id))
+    console.print(f"user {user_id}: " + (f"marked {mark.decode()} in Redis (global list, events dropped)" if mark
+                                         else "no mark in Redis"), highlight=False)
+    for r in requests:
+        line = f"  {r['at'].isoformat(timespec='seconds')}  {r['kind']:<8} by {r['requester']}  request {r['id']}"
+        if r["kind"] == "erasure":
+            report = reports.get(r["id"])
+            line += (f"\n    done {report['done_at'].isoformat(timespec='seconds')}: removed {report['removed']}"
+                     if report else "\n    pending: the next night carries it out")
+        console.print(line, highlight=False)
 
 
 @app.command("audit")

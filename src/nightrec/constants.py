@@ -9,7 +9,8 @@ SEGMENT_PREFIX = "segment:"
 GLOBAL_SOURCE = f"popular:{GLOBAL_SEGMENT}"
 
 # The nightly DAG's tasks, in order; `tune` is the weekly DAG's one task.
-STAGES = ("drain_events", "ingest", "validate", "analyze", "train", "score", "publish", "smoke", "housekeeping")
+STAGES = ("drain_events", "privacy", "ingest", "validate", "analyze", "train", "score", "publish", "smoke",
+          "housekeeping")
 TUNE = "tune"
 
 # a validated event; request_id and position (null when absent) tie it to the answer it came from

@@ -12,6 +12,7 @@ from deltalake import DeltaTable
 
 from conftest import settings_environ
 from helpers import days_ending, write_landing
+from nightrec.constants import STAGES
 from nightrec.serving.layout import Keys, decode_user
 
 DAY = dt.date(2024, 6, 30)
@@ -43,7 +44,7 @@ def test_nightly_dag_runs_end_to_end_and_a_rerun_changes_nothing(tmp_path, redis
     env = {**os.environ, **settings_environ(tmp_path, redis_url)}
     first = run_dag(env)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    for task in ("drain_events", "ingest", "validate", "analyze", "train", "score", "publish", "smoke", "housekeeping"):
+    for task in STAGES:
         assert f"task {task}" in first.stdout
     client = redis.Redis.from_url(redis_url)
     counts, recs = snapshot(tmp_path, client)

@@ -57,6 +57,10 @@ class LandingFile:
     signature: tuple = ()             # files sharing it are read by Spark together
 
 
+# The landing files nightrec writes itself (drained service streams), as a glob under the landing zone.
+MANAGED_PATTERN = "*/dt=*/stream-*.jsonl"
+
+
 def day_folder(landing: str, day: dt.date, kind: str = "interactions") -> Path:
     """Where a day's files of a kind go: interactions, or the service's impressions."""
     return Path(landing) / kind / f"dt={day.isoformat()}"

@@ -36,3 +36,25 @@ def attributes(spark: SparkSession, settings: Settings, name: str, ds: dt.date) 
     frame = lake.read_table(spark, root, [ds])
     frame = frame.select(F.expr(f"try_cast({key} AS INT)").alias(key), "attributes").where(F.col(key).isNotNull())
     return frame if frame.limit(1).count() else None
+
+
+def privacy_requests(spark: SparkSession, settings: Settings, kinds: tuple[str, ...]) -> DataFrame | None:
+    """Users with a request of these kinds (privacy/requests): user_id and when they last asked."""
+    root = settings.table("privacy/requests")
+    if not lake.table_exists(root):
+        return None
+    return (lake.read_table(spark, root).where(F.col("kind").isin(*kinds))
+            .groupBy(F.col("user_id").cast("int").alias("user_id")).agg(F.max("at").alias("requested_at")))
+
+
+def without_erased(spark: SparkSession, settings: Settings, rows: DataFrame, ts: str | None = "ts") -> DataFrame:
+    """Rows (user_id as it arrived) minus those of users who asked for erasure since the row's time
+    (`ts`; None: any row of theirs). Their later events are a new start."""
+    erased = privacy_requests(spark, settings, ("erasure",))
+    if erased is None:
+        return rows
+    user = F.expr("try_cast(trim(user_id) AS BIGINT)")
+    when = F.expr(f"try_cast({ts} AS TIMESTAMP)") if ts else None
+    before = F.lit(True) if when is None else when.isNull() | (when < F.col("requested_at"))
+    erased = F.broadcast(erased.withColumnRenamed("user_id", "erased_user"))
+    return rows.join(erased, (user == F.col("erased_user")) & before, "left_anti")

@@ -31,7 +31,7 @@ from nightrec.data.landing import (
     read_interactions,
     stray_folders,
 )
-from nightrec.data.tables import window
+from nightrec.data.tables import window, without_erased
 from nightrec.pipeline.progress import Progress
 from nightrec.pipeline.runtime import stage_main
 from nightrec.settings import Settings
@@ -77,6 +77,7 @@ def run(spark: SparkSession, settings: Settings, ds: dt.date, lookback_days: int
 
     readable = sum(f.status == OK for f in files)
     bronze = added_columns_last(read_interactions(spark, files).withColumn("ingested_at", F.current_timestamp()))
+    bronze = without_erased(spark, settings, bronze)  # files we do not manage may still hold them
     with Progress("ingest", spark).step("read the files into bronze", files=readable, days=len(present)):
         rows = lake.replace_partitions(bronze, settings.table("bronze/interactions"), present, ADDED_LATER)
     attributes = {}
@@ -92,6 +93,8 @@ def run(spark: SparkSession, settings: Settings, ds: dt.date, lookback_days: int
                                         for x in (F.lit(c), F.col(c).cast("string"))])
         snapshot = frame.select(F.col(key).cast("string").alias(key),
                                 attributes_map.cast("map<string,string>").alias("attributes"), F.lit(ds).alias("dt"))
+        if name == "users":
+            snapshot = without_erased(spark, settings, snapshot, ts=None)
         attributes[name] = lake.replace_partitions(snapshot, settings.table(f"bronze/{name}"), [ds])
     return IngestResult(
         rows, len(present), present[0].isoformat(), present[-1].isoformat(),

@@ -15,7 +15,7 @@ import pyarrow as pa
 from deltalake import DeltaTable, write_deltalake
 
 from nightrec.data.lake import table_exists
-from nightrec.serving import audit
+from nightrec.serving import audit, privacy
 from nightrec.serving.layout import Keys
 from nightrec.settings import Settings
 
@@ -34,6 +34,10 @@ class Ledger:
         return f"{self.stream(keys)}:drained"
 
 
+PRIVACY = Ledger("privacy/requests", "privacy", pa.schema([
+    ("id", pa.string()), ("at", pa.timestamp("ms", tz="UTC")), ("kind", pa.string()), ("user_id", pa.int64()),
+    ("requester", pa.string())]), lambda fields: {name: fields.get(name.encode(), b"").decode()
+                                                 for name in privacy.COLUMNS})
 AUDIT = Ledger("audit/log", "audit", pa.schema([("id", pa.string()), ("at", pa.timestamp("ms", tz="UTC")),
                                        ("action", pa.string()), ("actor", pa.string()), ("target", pa.string()),
                                        ("detail", pa.string())]), audit.as_row)
@@ -43,6 +47,8 @@ def _arrow(ledger: Ledger, entries: list[tuple[bytes, dict]]) -> pa.Table:
     rows = [{"id": stream_id.decode(), **ledger.as_row(fields)} for stream_id, fields in entries]
     for row in rows:
         row["at"] = dt.datetime.fromisoformat(row["at"])
+        if "user_id" in row:
+            row["user_id"] = int(row["user_id"])
     return pa.Table.from_pylist(rows, schema=ledger.schema)
 
 
@@ -66,7 +72,10 @@ def drain(client, keys: Keys, ledger: Ledger, settings: Settings) -> int:
     if entries:
         write_deltalake(root, _arrow(ledger, entries), mode="append")
     client.set(ledger.drained(keys), last)
-    client.xtrim(ledger.stream(keys), minid=last, approximate=False)  # the newest stays: the stream keeps its id
+    # Entries may name users (opt-outs, erasures): none stays once in the table. The stream keeps its
+    # last id when emptied, so later entries still sort after the drained position.
+    client.xtrim(ledger.stream(keys), minid=last, approximate=False)
+    client.xdel(ledger.stream(keys), last)
     return len(entries)
 
 

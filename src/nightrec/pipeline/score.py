@@ -18,7 +18,7 @@ from pyspark.sql import functions as F
 
 from nightrec.data import lake
 from nightrec.data.feedback import implicit_feedback
-from nightrec.data.tables import attributes, start_of, training_events
+from nightrec.data.tables import attributes, privacy_requests, start_of, training_events
 from nightrec.modeling import experiment_store, registry, tracking
 from nightrec.modeling.dataset import ItemFacts
 from nightrec.modeling.fallbacks import fallback_lists, new_user_recs
@@ -48,7 +48,11 @@ def run(spark: SparkSession, settings: Settings, ds: dt.date) -> ScoreResult:
     tracking.configure(settings)
     bundle, model_version = registry.load_champion(settings.mlflow.registered_model)
     as_of = start_of(ds + dt.timedelta(days=1))
-    feedback = implicit_feedback(training_events(spark, settings, ds), settings.events.weights).cache()
+    feedback = implicit_feedback(training_events(spark, settings, ds), settings.events.weights)
+    opted_out = privacy_requests(spark, settings, ("opt_out", "erasure"))
+    if opted_out is not None:  # no list from their history, for them or anyone (docs/privacy.md)
+        feedback = feedback.join(F.broadcast(opted_out.select("user_id")), "user_id", "left_anti")
+    feedback = feedback.cache()
     users = attributes(spark, settings, "users", ds)
     items = attributes(spark, settings, "items", ds)
     facts = ItemFacts.read(items)

@@ -220,9 +220,10 @@ def _log_reports(name: str, evaluation: training.Evaluation, data: dataset.Train
                                    f"{name}: scores of top-10 items", out / "score_distribution.png")
         reports.popularity_vs_catalog(recommended, catalog, f"{name}: popularity of top-10 items vs catalog",
                                       out / "popularity_vs_catalog.png")
-        reports.sample_json([{"user_id": int(row.user_id), "items": [
+        # Examples, not users: artifacts are kept for months and must not name anyone (docs/privacy.md).
+        reports.sample_json([{"example": n, "items": [
             {"item_id": int(i), "title": titles.get(int(i)), "score": round(float(s), 4)}
-            for i, s in zip(row.item_ids, row.scores)]} for row in sample.itertuples()],
+            for i, s in zip(row.item_ids, row.scores)]} for n, row in enumerate(sample.itertuples(), 1)],
                             out / "sample_recommendations.json")
         mlflow.log_artifacts(folder, "reports")
 

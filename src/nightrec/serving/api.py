@@ -63,7 +63,14 @@ class SimilarItems(BaseModel):
 
 
 class Accepted(BaseModel):
-    id: str
+    id: str | None = Field(description="the event's stream id; null when it was dropped (the user opted out)")
+    stored: bool
+
+
+class PrivacyRequest(BaseModel):
+    request_id: str = Field(description="names the request in privacy/requests and `nightrec privacy status`")
+    user_id: int
+    kind: Literal["opt_out", "erasure"]
 
 
 def json_response(body: dict, status: int = 200) -> Response:
@@ -136,7 +143,25 @@ def create_app(settings: Settings | None = None, internal: bool = False):
         except ValidationError as error:
             details = [{"loc": ["body", *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in error.errors()]
             raise LookupFailed(422, details) from None
-        return json_response({"id": await request.app.state.lookup.record(event)}, status=202)
+        stream_id = await request.app.state.lookup.record(event)
+        return json_response({"id": stream_id, "stored": stream_id is not None}, status=202)
+
+    async def privacy_request(request: Request, kind: str, user_id: int) -> Response:
+        key = request.scope.get("nightrec.key")  # absent when auth is off
+        request_id = await request.app.state.lookup.privacy_request(kind, user_id, key.name if key else "-")
+        return json_response({"request_id": request_id, "user_id": user_id, "kind": kind}, status=202)
+
+    @app.post("/v1/users/{user_id}/opt-out", status_code=202, response_model=PrivacyRequest)
+    async def opt_out(request: Request, user_id: UserId):
+        """The user opts out of personalisation: from now on they get the global list, their events
+        are dropped, their lists and consumed items are deleted (docs/privacy.md). Scope events."""
+        return await privacy_request(request, "opt_out", user_id)
+
+    @app.delete("/v1/users/{user_id}", status_code=202, response_model=PrivacyRequest)
+    async def erase(request: Request, user_id: UserId):
+        """Erase the user: an opt-out at once, and the next night deletes every row of theirs from
+        the lake, the landing zone and Redis (docs/privacy.md). Scope admin."""
+        return await privacy_request(request, "erasure", user_id)
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus():

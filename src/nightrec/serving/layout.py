@@ -109,6 +109,16 @@ class Keys:
         """Stream: admin actions (keys, opt-outs, erasures, rollbacks, experiments), drained nightly."""
         return f"{{{self.prefix}}}:audit"
 
+    @property
+    def privacy(self) -> str:
+        """Stream: opt-out and erasure requests, drained nightly into the privacy/requests table."""
+        return f"{{{self.prefix}}}:privacy"
+
+    def opted_out(self, user_id: int) -> str:
+        """String: opt_out or erasure; the user gets no personal list and their events are dropped.
+        Shares the user's hash tag: the lookup reads it in its one MGET. Gone once an erasure is done."""
+        return f"{self.prefix}:optout:{{{int(user_id)}}}"
+
     def consumed(self, user_id: int) -> str:
         """String of int32 item ids the user took lately (posted events): filtered out until published.
         Shares the user's hash tag with the user's list, so one MGET reads both, on a cluster too."""

@@ -29,6 +29,7 @@ from redis.exceptions import AskError, ClusterDownError, MovedError, RedisCluste
 from redis.retry import Retry
 
 from nightrec.constants import GLOBAL_SEGMENT
+from nightrec.serving import privacy
 from nightrec.serving.client import RETRIES, connect
 from nightrec.serving.layout import LAYOUT, Keys, decode, decode_user, encode, encode_id_set
 
@@ -321,6 +322,8 @@ def publish(users: ValueSource, extras: Extras, *, url: str, prefix: str, ds: dt
             meta["experiment"] = json.dumps({"id": variants.experiment_id,
                                              "variants": {name: model for name, (_, model) in variants.lists.items()}})
         client.hset(keys.meta(version), mapping=meta)
+        # Users who opted out while tonight's lists were computed: not in the version that goes live.
+        privacy.sweep(client, keys, version, variants.lists if variants else (), privacy.pending_users(client, keys))
         previous = flip(client, keys, version)
         deleted = delete_stale_versions(client, keys, started_before=started)
     finally:

@@ -10,6 +10,7 @@ id itself is re-read at most every `service.live_cache_seconds`.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import itertools
 import json
@@ -24,6 +25,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from redis.asyncio.cluster import RedisCluster
 
 from nightrec.constants import GLOBAL_SEGMENT, MAX_ID, REQUEST_ID
+from nightrec.serving import privacy
+from nightrec.serving.audit import key_actor
+from nightrec.serving.client import connect
 from nightrec.serving.experiments import Experiment
 from nightrec.serving.exploration import REFRESH_SECONDS, Explorer
 from nightrec.serving.impressions import FIELD_NAMES, ImpressionLog, row
@@ -49,13 +53,16 @@ MAX_CATEGORY_CHARS = 100
 FUTURE_SLACK = dt.timedelta(minutes=5)  # clocks differ: events a little ahead of ours are accepted
 MAX_EVENT_AGE = dt.timedelta(days=30)    # older events belong in landing files (a backfill), not the stream
 REDIS_TIMEOUT = 1.0  # seconds; a slower Redis is reported as unavailable (503)
-# Append an item to a user's consumed list, keep the newest MAX_CONSUMED, restart the expiry.
+# Unless the user opted out (KEYS[2] exists: then 0, and nothing is stored), append an item to their
+# consumed list, keep the newest MAX_CONSUMED and restart the expiry (1).
 CONSUMED_SCRIPT = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 redis.call('APPEND', KEYS[1], ARGV[1])
 local size = redis.call('STRLEN', KEYS[1])
 local limit = tonumber(ARGV[2])
 if size > limit then redis.call('SET', KEYS[1], redis.call('GETRANGE', KEYS[1], size - limit, -1)) end
-return redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return 1
 """
 log = logging.getLogger("nightrec.serving")
 
@@ -163,6 +170,7 @@ class Lookup:
     def __init__(self, settings: Settings, record_impressions: bool = False,
                  count_impressions: Callable[[str, int], None] | None = None):
         self.keys = Keys(settings.redis.prefix)
+        self.url, self.cluster = settings.redis.url, settings.redis.cluster
         self.options = settings.service
         self.event_types = sorted(settings.events.weights)
         if settings.redis.cluster:
@@ -273,14 +281,19 @@ class Lookup:
         # An experiment serves from the first version published for it (which holds its variants' lists).
         variant = experiment.assign(user_id) if experiment is not None and experiment.id == data.experiment else None
         model_version = data.model_version
+        # One MGET: the user's keys share a hash tag. An opted-out user's keys are deleted when they
+        # opt out; their mark also covers a list a load wrote meanwhile.
         if variant is not None and variant.name in data.variant_models:
-            value, variant_value, consumed = await self.hot.mget(
+            value, variant_value, consumed, opted_out = await self.hot.mget(
                 self.keys.user(version, user_id), self.keys.variant_user(version, variant.name, user_id),
-                self.keys.consumed(user_id))
+                self.keys.consumed(user_id), self.keys.opted_out(user_id))
             if variant_value is not None:  # users without history have none: their segment's list is the same
                 value, model_version = variant_value, data.variant_models[variant.name]
         else:
-            value, consumed = await self.hot.mget(self.keys.user(version, user_id), self.keys.consumed(user_id))
+            value, consumed, opted_out = await self.hot.mget(
+                self.keys.user(version, user_id), self.keys.consumed(user_id), self.keys.opted_out(user_id))
+        if opted_out is not None:  # the global list, outside any experiment, not recorded
+            value, variant, model_version = None, None, data.model_version
         drops = (drop, data.unavailable, decode_consumed(consumed))
         # Without a category filter the first k + (items that may be dropped) entries are enough.
         needed = k + sum(map(len, drops)) if keep_only is None else None
@@ -304,7 +317,7 @@ class Lookup:
                   "model_version": model_version, "experiment": experiment.name if variant else None,
                   "variant": variant.name if variant else None, "request_id": next(self.request_ids),
                   "items": items}
-        if self.impressions is not None:
+        if self.impressions is not None and opted_out is None:
             explored = [item["rank"] for item in items if item.get("explored")] if self.explorer else []
             self.impressions.add(user_id, lambda: row(answer, variant and experiment.id, explored))
         return answer
@@ -336,8 +349,9 @@ class Lookup:
         return {"item_id": item_id, "version": version,
                 "items": ranked(ids, scores, k, (drop, data.unavailable), keep_only)}
 
-    async def record(self, event: Event) -> str:
-        """Append to the stream; the item leaves the user's lists at once. Returns the stream id."""
+    async def record(self, event: Event) -> str | None:
+        """Append to the stream; the item leaves the user's lists at once. Returns the stream id, or
+        None when the user opted out (the event is dropped)."""
         ts = event.ts or dt.datetime.now(dt.timezone.utc)
         if event.event_type.lower() not in self.event_types:
             raise invalid("event_type", f"unknown event type {event.event_type!r}; use one of {self.event_types}",
@@ -347,8 +361,23 @@ class Lookup:
         if event.request_id is not None:
             fields |= {"request_id": event.request_id, "position": "" if event.position is None else event.position}
         # Filter first: repeating it is harmless, while a 503 after the XADD would invite a duplicate event.
-        await self.redis.eval(CONSUMED_SCRIPT, 1, self.keys.consumed(event.user_id), encode_consumed(event.item_id),
-                              4 * MAX_CONSUMED, int(self.options.consumed_ttl_days * 86400))
+        stored = await self.redis.eval(CONSUMED_SCRIPT, 2, self.keys.consumed(event.user_id),
+                                       self.keys.opted_out(event.user_id), encode_consumed(event.item_id),
+                                       4 * MAX_CONSUMED, int(self.options.consumed_ttl_days * 86400))
+        if not stored:
+            return None
         stream_id = await self.redis.xadd(self.keys.events, fields, maxlen=self.options.events_max_len,
                                           approximate=True)
         return stream_id.decode()
+
+    async def privacy_request(self, kind: str, user_id: int, requester: str) -> str:
+        """An opt-out or erasure (nightrec.serving.privacy); returns the request id. Rare: it runs on
+        a thread with a client of its own rather than duplicating the steps for the async client."""
+        def run() -> str:
+            client = connect(self.url, self.cluster)
+            try:
+                return privacy.request(client, self.keys, kind, [user_id], requester, key_actor(requester))[0]
+            finally:
+                client.close()
+
+        return await asyncio.to_thread(run)

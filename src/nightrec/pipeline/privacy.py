@@ -1,0 +1,153 @@
+"""Privacy: the night's second task, right after the streams are drained and before anything reads
+the data, carries out opt-out and erasure requests (docs/privacy.md).
+
+- The `{p}:privacy` stream goes into the `privacy/requests` table (id, at, kind, user_id, requester).
+- Each erasure not done yet is carried out for all its users at once:
+  - every Delta table under the lake with a `user_id` column loses their rows (delta-rs DELETE), and
+    is then vacuumed with no retention and its log cut at a new checkpoint, so no file and no log
+    entry of an earlier version (whose statistics may name an id) keeps them: time travel of those
+    tables restarts here;
+  - the landing files the product writes (drained streams: `stream-*.jsonl` of interactions and
+    impressions) are rewritten without their rows; files delivered by others are not ours to edit,
+    so ingest leaves out erased users' rows older than the request instead (a backfill included);
+  - Redis: the entries of theirs left in the event and impression streams, their lists and
+    consumed items in every version, and at last their opt-out mark.
+  - Models need nothing: no artifact holds per-user data (ALS folds users in at scoring time), and
+    every model trained from now on reads the lake without them.
+- A report per request goes into `privacy/reports` (what was removed, where, when) and the audit log.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+from deltalake import DeltaTable, write_deltalake
+
+from nightrec.data import lake
+from nightrec.data.landing import MANAGED_PATTERN
+from nightrec.pipeline import records
+from nightrec.pipeline.runtime import stage_main
+from nightrec.serving import audit, impressions
+from nightrec.serving.client import connect
+from nightrec.serving.layout import Keys
+from nightrec.serving.privacy import user_keys
+from nightrec.settings import Settings
+
+REPORTS = "privacy/reports"
+REPORT_SCHEMA = pa.schema([("request_id", pa.string()), ("user_id", pa.int64()),
+                           ("done_at", pa.timestamp("ms", tz="UTC")), ("removed", pa.string())])
+# The records of requests keep the user id on purpose: they prove what was asked and done.
+RECORDS = ("privacy/requests", REPORTS, "audit/log")
+log = logging.getLogger("nightrec.privacy")
+
+
+@dataclass
+class PrivacyResult:
+    requests: int                                         # drained tonight
+    erased_users: list[int] = field(default_factory=list)
+    removed: dict[str, int] = field(default_factory=dict)  # where -> rows, files or keys removed
+
+
+def pending_erasures(settings: Settings) -> dict[str, int]:
+    """Erasure requests without a report: request id -> user id."""
+    requests = DeltaTable(settings.table(records.PRIVACY.table)).to_pyarrow_table().to_pylist()
+    done = set()
+    if lake.table_exists(settings.table(REPORTS)):
+        done = set(DeltaTable(settings.table(REPORTS)).to_pyarrow_table(columns=["request_id"])["request_id"]
+                   .to_pylist())
+    return {r["id"]: r["user_id"] for r in requests if r["kind"] == "erasure" and r["id"] not in done}
+
+
+def erase_from_lake(settings: Settings, users: set[int]) -> dict[str, int]:
+    """Rows deleted per table; each table that held user rows is vacuumed at once, log included."""
+    removed = {}
+    ids = ", ".join(str(u) for u in sorted(users))
+    for name in lake.find_tables(settings.path("lake")):
+        root = settings.table(name)
+        table = DeltaTable(root)
+        column = next((f for f in table.schema().fields if f.name == "user_id"), None)
+        if column is None or name in RECORDS:
+            continue
+        # Raw tables keep the id as text as it arrived: compare it as a number, as ingest reads it.
+        predicate = (f"user_id IN ({ids})" if getattr(column.type, "type", "") in ("integer", "long")
+                     else f"TRY_CAST(TRIM(user_id) AS BIGINT) IN ({ids})")
+        deleted = table.delete(predicate).get("num_deleted_rows", 0)
+        lake.vacuum(root, dt.timedelta(0))  # older versions' files and log entries may name them too
+        removed[f"lake:{name}"] = int(deleted)
+    return removed
+
+
+def erase_from_landing(settings: Settings, users: set[int]) -> dict[str, int]:
+    """Rows removed from the landing files the product wrote (drained streams), rewritten in place."""
+    removed = 0
+    files = 0
+    for path in sorted(Path(settings.path("landing")).glob(MANAGED_PATTERN)):
+        lines = path.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if int(json.loads(line)["user_id"]) not in users]
+        if len(kept) == len(lines):
+            continue
+        removed += len(lines) - len(kept)
+        files += 1
+        if kept:
+            temporary = path.with_name(f".{path.name}.tmp")
+            temporary.write_text("".join(kept))
+            temporary.replace(path)
+        else:
+            path.unlink()
+    return {"landing:rows": removed, "landing:files": files}
+
+
+def erase_from_redis(client, keys: Keys, users: set[int]) -> dict[str, int]:
+    """Their entries left in the streams (drained ones, and any since), their keys in every version."""
+    events = [i for i, f in client.xrange(keys.events) if int(f.get(b"user_id", b"0")) in users]
+    # An impression entry is a batch of many answers: it goes whole (others' drained rows are in landing).
+    shown = [i for i, f in client.xrange(keys.impressions)
+             if any(answer["user_id"] in users for answer in impressions.rows(f))]
+    for stream, ids in ((keys.events, events), (keys.impressions, shown)):
+        if ids:
+            client.xdel(stream, *ids)
+    user_key_count = sum(client.delete(*user_keys(client, keys, u)) for u in users)
+    return {"redis:events": len(events), "redis:impression_batches": len(shown), "redis:keys": user_key_count}
+
+
+def run(settings: Settings, ds: dt.date) -> PrivacyResult:
+    keys = Keys(settings.redis.prefix)
+    client = connect(settings.redis.url, settings.redis.cluster)
+    try:
+        drained = records.drain(client, keys, records.PRIVACY, settings)
+        if not lake.table_exists(settings.table(records.PRIVACY.table)):
+            return PrivacyResult(drained)
+        pending = pending_erasures(settings)
+        if not pending:
+            return PrivacyResult(drained)
+        users = set(pending.values())
+        removed = {**erase_from_lake(settings, users), **erase_from_landing(settings, users),
+                   **erase_from_redis(client, keys, users)}
+        done_at = dt.datetime.now(dt.timezone.utc)
+        write_deltalake(settings.table(REPORTS), pa.Table.from_pylist(
+            [{"request_id": request, "user_id": user, "done_at": done_at, "removed": json.dumps(removed)}
+             for request, user in pending.items()], schema=REPORT_SCHEMA), mode="append")
+        for request, user in pending.items():
+            client.xadd(keys.audit, audit.entry("erasure_done", audit.night_actor(ds.isoformat()), user,
+                                                request=request, removed=removed))
+        for user in users:  # nothing of theirs is left: the mark goes last
+            client.delete(keys.opted_out(user))
+        records.drain(client, keys, records.AUDIT, settings)  # the reports' audit rows name them: into the table
+        log.info("erased users %s: %s", sorted(users), removed)
+        return PrivacyResult(drained, sorted(users), removed)
+    finally:
+        client.close()
+
+
+def main(argv=None) -> dict:
+    return stage_main("privacy", run, argv, needs_spark=False)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
