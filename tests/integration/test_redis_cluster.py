@@ -64,6 +64,26 @@ def test_publish_serve_and_drain_on_a_cluster(spark, cluster_settings):
     assert drained.events == 1 and len(drained.files) == 1
 
 
+def test_keys_rate_limits_and_opt_outs_on_a_cluster(cluster_settings):
+    from nightrec.serving import auth
+
+    url = cluster_settings.redis.url
+    publish_sample(url, cluster=True)
+    client = redis.RedisCluster.from_url(url)
+    token = auth.create_key(client, KEYS, "shop", "admin", "test")[0]
+    limited = cluster_settings.model_copy(update={"auth": cluster_settings.auth.model_copy(update={
+        "enabled": True, "rate_limits": {**cluster_settings.auth.rate_limits,
+                                         "admin": auth.RateLimit(per_second=1, burst=3)}})})
+    headers = {"Authorization": f"Bearer {token}"}
+    with TestClient(create_app(limited)) as api:
+        assert api.get("/v1/users/2/recommendations").status_code == 401
+        assert api.post("/v1/users/2/opt-out", headers=headers).status_code == 202
+        assert api.get("/v1/users/2/recommendations", headers=headers).json()["source"] == "trending"
+        assert api.get("/v1/users/3/recommendations", headers=headers).status_code == 200
+        assert api.get("/v1/users/3/recommendations", headers=headers).status_code == 429
+    assert client.get(KEYS.opted_out(2)) == b"opt_out" and client.xlen(KEYS.privacy) == 1
+
+
 def user_values(ids) -> dict[int, bytes]:
     """Lists of varying length (1-100 items), and a segment reference every 97th user."""
     return {u: encode_segment_ref("gender=F") if u % 97 == 0 else

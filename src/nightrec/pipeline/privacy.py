@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from deltalake import DeltaTable, write_deltalake
 
 from nightrec.data import lake
@@ -49,8 +50,8 @@ log = logging.getLogger("nightrec.privacy")
 
 @dataclass
 class PrivacyResult:
-    requests: int                                         # drained tonight
-    erased_users: list[int] = field(default_factory=list)
+    requests: int                                          # drained tonight
+    erased_users: int = 0                                  # a count: task logs and XComs name no one
     removed: dict[str, int] = field(default_factory=dict)  # where -> rows, files or keys removed
 
 
@@ -64,20 +65,27 @@ def pending_erasures(settings: Settings) -> dict[str, int]:
     return {r["id"]: r["user_id"] for r in requests if r["kind"] == "erasure" and r["id"] not in done}
 
 
+def as_user_id(raw: str | None) -> int | None:
+    """A raw table's text id as ingest reads it (trimmed, digits); None when it is no id."""
+    text = (raw or "").strip().removeprefix("+")
+    return int(text) if text.isascii() and text.isdigit() else None
+
+
 def erase_from_lake(settings: Settings, users: set[int]) -> dict[str, int]:
     """Rows deleted per table; each table that held user rows is vacuumed at once, log included."""
     removed = {}
-    ids = ", ".join(str(u) for u in sorted(users))
     for name in lake.find_tables(settings.path("lake")):
         root = settings.table(name)
         table = DeltaTable(root)
         column = next((f for f in table.schema().fields if f.name == "user_id"), None)
         if column is None or name in RECORDS:
             continue
-        # Raw tables keep the id as text as it arrived: compare it as a number, as ingest reads it.
-        predicate = (f"user_id IN ({ids})" if getattr(column.type, "type", "") in ("integer", "long")
-                     else f"TRY_CAST(TRIM(user_id) AS BIGINT) IN ({ids})")
-        deleted = table.delete(predicate).get("num_deleted_rows", 0)
+        if getattr(column.type, "type", "") in ("integer", "long"):
+            values = sorted(users)
+        else:  # raw tables keep the id as text as it arrived: match every spelling of it
+            found = pc.unique(table.to_pyarrow_dataset().to_table(columns=["user_id"])["user_id"]).to_pylist()
+            values = sorted(f"'{v}'" for v in found if as_user_id(v) in users)
+        deleted = table.delete(f"user_id IN ({', '.join(map(str, values))})")["num_deleted_rows"] if values else 0
         lake.vacuum(root, dt.timedelta(0))  # older versions' files and log entries may name them too
         removed[f"lake:{name}"] = int(deleted)
     return removed
@@ -139,8 +147,8 @@ def run(settings: Settings, ds: dt.date) -> PrivacyResult:
         for user in users:  # nothing of theirs is left: the mark goes last
             client.delete(keys.opted_out(user))
         records.drain(client, keys, records.AUDIT, settings)  # the reports' audit rows name them: into the table
-        log.info("erased users %s: %s", sorted(users), removed)
-        return PrivacyResult(drained, sorted(users), removed)
+        log.info("erased %d users: %s", len(users), removed)
+        return PrivacyResult(drained, len(users), removed)
     finally:
         client.close()
 

@@ -1,0 +1,188 @@
+"""Erasure end to end, with real Spark, MLflow (sqlite), Redis and the lookup service: a user with
+events in landing files, the event stream, the lake, Redis and a registered model; `nightrec forget`
+and one night; then nothing under the lake (every file, every version), the MLflow store or a dump of
+Redis names them, but the records of the request itself."""
+
+import datetime as dt
+import json
+import os
+import struct
+from pathlib import Path
+from unittest import mock
+
+import pyarrow.parquet as pq
+import pytest
+import redis
+from deltalake import DeltaTable
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from conftest import settings_environ
+from helpers import days_ending, write_csv, write_landing
+from nightrec.cli import app as cli
+from nightrec.data.landing import MANAGED_PATTERN
+from nightrec.pipeline import analyze, drain_events, ingest, publish, records, score, train, validate
+from nightrec.pipeline import privacy as privacy_stage
+from nightrec.serving.api import create_app
+from nightrec.serving.layout import Keys
+from nightrec.settings import load_settings
+
+USER = 987654321  # an id no other number in the test data spells
+USERS, ITEMS = 60, 200
+TODAY = dt.date.today()
+NEEDLES = (str(USER).encode(), struct.pack("<i", USER), struct.pack(">i", USER), struct.pack("<q", USER))
+KEYS = Keys("test")
+EXEMPT = ("privacy/requests", "privacy/reports", "audit/log")  # the request's own records keep the id
+
+
+def night(spark, settings, stages: list[str]) -> dict:
+    modules = {"drain_events": drain_events, "privacy": privacy_stage, "ingest": ingest, "validate": validate,
+               "analyze": analyze, "train": train, "score": score, "publish": publish}
+    results = {}
+    for stage in stages:
+        module = modules[stage]
+        if stage in ("drain_events", "privacy"):
+            results[stage] = module.run(settings, TODAY)
+        elif stage in ("ingest", "validate", "analyze"):
+            results[stage] = module.run(spark, settings, TODAY, lookback_days=10)
+        else:
+            results[stage] = module.run(spark, settings, TODAY)
+    return results
+
+
+def traffic(settings, clicks: list[int]) -> None:
+    """The user and others read their lists (impressions); the user clicks items (the event stream)."""
+    with TestClient(create_app(settings)) as api:
+        for user in (USER, *range(1, 21)):
+            assert api.get(f"/v1/users/{user}/recommendations").status_code == 200
+        for item in clicks:
+            event = {"user_id": USER, "item_id": item, "event_type": "click"}
+            assert api.post("/v1/events", json=event).json()["stored"]
+
+
+def holds_user(path: Path) -> bool:
+    data = path.read_bytes()
+    if any(needle in data for needle in NEEDLES):
+        return True
+    if data[:4] == b"PAR1":  # compressed pages hide values from a byte search: decode them too
+        return str(USER) in json.dumps(pq.read_table(path).to_pylist(), default=str)
+    return False
+
+
+def files_holding_user(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and holds_user(p))
+
+
+def redis_dump(client) -> bytes:
+    """Every key's name and value, read by type (a logical dump: RDB files compress values)."""
+    read = {"string": client.get, "hash": client.hgetall, "set": client.smembers, "stream": client.xrange,
+            "zset": lambda key: client.zrange(key, 0, -1, withscores=True),
+            "list": lambda key: client.lrange(key, 0, -1)}
+    parts = []
+    for key in client.scan_iter(count=1000):
+        parts.append(key + b"=" + repr(read[client.type(key).decode()](key)).encode())
+    return b"\n".join(parts)
+
+
+def personal_lists(settings) -> dict[int, bytes]:
+    table = DeltaTable(settings.table("gold/recommendations")).to_pyarrow_table(
+        columns=["user_id", "value"], partitions=[("dt", "=", TODAY.isoformat())])
+    return dict(zip(table["user_id"].to_pylist(), table["value"].to_pylist()))
+
+
+@pytest.fixture(scope="module")
+def erasure(spark, redis_server, tmp_path_factory):
+    home = tmp_path_factory.mktemp("erasure")
+    environ = settings_environ(home, redis_server)
+    settings = load_settings("local", environ)
+    client = redis.Redis.from_url(redis_server)
+    client.flushall()
+    landing = Path(settings.path("landing"))
+    days = days_ending(TODAY, 10)
+    write_landing(landing, days, users=USERS, items=ITEMS)
+    liked = [i for i in range(1, ITEMS + 1) if i % 4 == USER % 4]
+    for n, day in enumerate(days):  # the user's history in files delivered by others, one bad row with it
+        at = f"{day}T12:00:0{n % 10}Z"
+        rows = [(USER, liked[n], "click", 1, at), (USER, liked[n + 10], "view", 1, at), (USER, 3, "teleport", 1, at)]
+        write_csv(landing / "interactions" / f"dt={day}" / "user.csv", rows)
+    with open(landing / "users.csv", "a") as users:
+        users.write(f"{USER},33,F\n")
+
+    night(spark, settings, ["ingest", "validate", "analyze", "train", "score", "publish"])
+    traffic(settings, liked[20:23])
+    night(spark, settings, ["drain_events", "ingest", "validate", "analyze"])  # e.g. a rerun: the stream lands
+    traffic(settings, liked[23:24])  # still in the stream at the night
+    before = {
+        "tables": {name: DeltaTable(settings.table(name)).to_pyarrow_table(columns=["user_id"])["user_id"]
+                   .to_pylist().count(USER if name.startswith(("silver", "gold")) else str(USER))
+                   for name in ("bronze/interactions", "bronze/users", "silver/interactions", "quarantine/interactions",
+                                "silver/impressions", "silver/user_outcomes", "gold/recommendations")},
+        "landing": [str(p) for p in landing.glob(MANAGED_PATTERN) if holds_user(p)],
+        "stream": sum(int(f[b"user_id"]) == USER for _, f in client.xrange(KEYS.events)),
+        "lists": personal_lists(settings),
+    }
+
+    with mock.patch.dict(os.environ, environ):
+        forgot = CliRunner().invoke(cli, ["forget", str(USER)])
+    assert forgot.exit_code == 0, forgot.output
+    results = night(spark, settings, ["drain_events", "privacy", "ingest", "validate", "analyze", "score", "publish"])
+    after_lists = personal_lists(settings)
+    results |= night(spark, settings, ["train"])  # a model trained after the erasure
+    return settings, client, before, after_lists, results
+
+
+def test_the_user_was_everywhere_before(erasure):
+    _, _, before, _, _ = erasure
+    assert all(count > 0 for count in before["tables"].values()), before["tables"]
+    # In the stream: the event posted after the drain, and the drained one the stream keeps as its newest.
+    assert before["landing"] and before["stream"] == 2 and USER in before["lists"]
+
+
+def test_nothing_under_the_lake_names_the_user_in_any_version(erasure):
+    settings, _, _, _, results = erasure
+    lake = Path(settings.path("lake"))
+    found = files_holding_user(lake)
+    assert found and all(path.startswith(EXEMPT) for path in found), found  # the request's records only
+    assert USER in DeltaTable(settings.table("privacy/requests")).to_pyarrow_table()["user_id"].to_pylist()
+    removed = results["privacy"].removed
+    assert results["privacy"].erased_users == 1
+    assert removed["lake:silver/interactions"] > 0 and removed["lake:bronze/users"] == 1
+    assert removed["landing:rows"] > 0 and removed["redis:events"] == 1  # the night's drain kept one
+
+
+def test_the_managed_landing_files_and_the_mlflow_store_hold_nothing_of_theirs(erasure):
+    settings, _, _, _, _ = erasure
+    landing = Path(settings.path("landing"))
+    assert not [p for p in landing.glob(MANAGED_PATTERN) if holds_user(p)]
+    assert files_holding_user(Path(settings.mlflow.artifact_root)) == []
+    assert not holds_user(Path(settings.mlflow.tracking_uri.removeprefix("sqlite:///")))
+
+
+def test_a_dump_of_redis_names_them_nowhere(erasure):
+    _, client, _, _, _ = erasure
+    dump = redis_dump(client)
+    assert b"nightrec" in dump or b"test:" in dump  # the dump read something
+    assert not any(needle in dump for needle in NEEDLES)
+
+
+def test_their_lists_are_non_personalised_and_everyone_elses_unchanged(erasure):
+    settings, _, before, after_lists, _ = erasure
+    assert USER not in after_lists
+    others = {u: v for u, v in before["lists"].items() if u != USER}
+    assert after_lists == others
+    with TestClient(create_app(settings)) as api:
+        assert api.get(f"/v1/users/{USER}/recommendations").json()["source"] == "trending"
+        assert api.get("/v1/users/1/recommendations").json()["source"] == "personalized"
+
+
+def test_privacy_status_reports_what_went_where(erasure):
+    settings, client, _, _, _ = erasure
+    environ = settings_environ(Path(settings.path("lake")).parent, settings.redis.url)
+    with mock.patch.dict(os.environ, environ):
+        status = CliRunner().invoke(cli, ["privacy", "status", str(USER)]).output
+        audit = CliRunner().invoke(cli, ["audit", "--action", "erasure_done"]).output
+    assert "erasure" in status and "done" in status and "lake:silver/interactions" in status
+    assert "no mark in Redis" in status
+    assert "erasure_done" in audit and str(USER) in audit
+    rows = records.read(client, KEYS, records.AUDIT, settings)
+    assert [r["action"] for r in rows if r["target"] == str(USER)] == ["erasure_requested", "erasure_done"]
