@@ -61,3 +61,17 @@ CREATE TABLE IF NOT EXISTS nightrec.gold_variant_recommendations (
   user_id INT, item_ids ARRAY<INT>, scores ARRAY<FLOAT>, value BINARY, variant STRING, model_version STRING,
   experiment STRING, dt DATE
 ) USING DELTA PARTITIONED BY (dt) LOCATION '${lake}/gold/variant_recommendations';
+
+-- Records of requests and admin actions (nightrec.pipeline.records, privacy): they keep user ids on
+-- purpose, as proof of what was asked and done (docs/privacy.md).
+CREATE TABLE IF NOT EXISTS nightrec.privacy_requests (
+  id STRING, at TIMESTAMP, kind STRING, user_id BIGINT, requester STRING
+) USING DELTA LOCATION '${lake}/privacy/requests';
+
+CREATE TABLE IF NOT EXISTS nightrec.privacy_reports (
+  request_id STRING, user_id BIGINT, done_at TIMESTAMP, removed STRING
+) USING DELTA LOCATION '${lake}/privacy/reports';
+
+CREATE TABLE IF NOT EXISTS nightrec.audit_log (
+  id STRING, at TIMESTAMP, action STRING, actor STRING, target STRING, detail STRING
+) USING DELTA LOCATION '${lake}/audit/log';

@@ -18,9 +18,9 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from conftest import settings_environ
-from helpers import days_ending, write_csv, write_landing
+from helpers import assert_table_matches_ddl, days_ending, write_csv, write_landing
 from nightrec.cli import app as cli
-from nightrec.data.landing import MANAGED_PATTERN
+from nightrec.data.landing import MANAGED_PATTERNS
 from nightrec.pipeline import analyze, drain_events, ingest, publish, records, score, train, validate
 from nightrec.pipeline import privacy as privacy_stage
 from nightrec.serving.api import create_app
@@ -73,6 +73,10 @@ def files_holding_user(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and holds_user(p))
 
 
+def managed_files_holding_user(landing: Path) -> list[str]:
+    return sorted(str(p) for pattern in MANAGED_PATTERNS for p in landing.glob(pattern) if holds_user(p))
+
+
 def redis_dump(client) -> bytes:
     """Every key's name and value, read by type (a logical dump: RDB files compress values)."""
     read = {"string": client.get, "hash": client.hgetall, "set": client.smembers, "stream": client.xrange,
@@ -110,14 +114,21 @@ def erasure(spark, redis_server, tmp_path_factory):
 
     night(spark, settings, ["ingest", "validate", "analyze", "train", "score", "publish"])
     traffic(settings, liked[20:23])
-    night(spark, settings, ["drain_events", "ingest", "validate", "analyze"])  # e.g. a rerun: the stream lands
+    night(spark, settings, ["drain_events"])  # e.g. a rerun: the stream lands
+    drained, = landing.glob(f"impressions/dt={TODAY}/stream-*.jsonl")
+    with open(drained, "a") as lines:  # one of their answers goes to quarantine (a request id no lookup made)
+        bad = {"request_id": "not-hex", "user_id": USER, "items": [1], "ts": f"{TODAY}T01:00:00Z"}
+        lines.write(json.dumps(bad) + "\n")
+    night(spark, settings, ["ingest", "validate", "analyze"])
     traffic(settings, liked[23:24])  # still in the stream at the night
     before = {
         "tables": {name: DeltaTable(settings.table(name)).to_pyarrow_table(columns=["user_id"])["user_id"]
                    .to_pylist().count(USER if name.startswith(("silver", "gold")) else str(USER))
                    for name in ("bronze/interactions", "bronze/users", "silver/interactions", "quarantine/interactions",
-                                "silver/impressions", "silver/user_outcomes", "gold/recommendations")},
-        "landing": [str(p) for p in landing.glob(MANAGED_PATTERN) if holds_user(p)],
+                                "silver/impressions", "silver/user_outcomes", "gold/recommendations")}
+        | {"quarantine/impressions": sum(str(USER) in raw for raw in DeltaTable(settings.table(
+            "quarantine/impressions")).to_pyarrow_table(columns=["raw"])["raw"].to_pylist())},
+        "landing": managed_files_holding_user(landing),
         "stream": sum(int(f[b"user_id"]) == USER for _, f in client.xrange(KEYS.events)),
         "lists": personal_lists(settings),
     }
@@ -153,7 +164,7 @@ def test_nothing_under_the_lake_names_the_user_in_any_version(erasure):
 def test_the_managed_landing_files_and_the_mlflow_store_hold_nothing_of_theirs(erasure):
     settings, _, _, _, _ = erasure
     landing = Path(settings.path("landing"))
-    assert not [p for p in landing.glob(MANAGED_PATTERN) if holds_user(p)]
+    assert managed_files_holding_user(landing) == []
     assert files_holding_user(Path(settings.mlflow.artifact_root)) == []
     assert not holds_user(Path(settings.mlflow.tracking_uri.removeprefix("sqlite:///")))
 
@@ -173,6 +184,11 @@ def test_their_lists_are_non_personalised_and_everyone_elses_unchanged(erasure):
     with TestClient(create_app(settings)) as api:
         assert api.get(f"/v1/users/{USER}/recommendations").json()["source"] == "trending"
         assert api.get("/v1/users/1/recommendations").json()["source"] == "personalized"
+
+
+def test_the_records_match_their_table_definitions(spark, erasure):
+    for name in ("privacy_requests", "privacy_reports", "audit_log"):
+        assert_table_matches_ddl(spark, erasure[0], name)
 
 
 def test_privacy_status_reports_what_went_where(erasure):

@@ -57,8 +57,9 @@ class LandingFile:
     signature: tuple = ()             # files sharing it are read by Spark together
 
 
-# The landing files nightrec writes itself (drained service streams), as a glob under the landing zone.
-MANAGED_PATTERN = "*/dt=*/stream-*.jsonl"
+# The landing files nightrec writes itself (the drained service streams; impressions come only from
+# there), as globs under the landing zone.
+MANAGED_PATTERNS = ("interactions/dt=*/stream-*.jsonl", "impressions/dt=*/*.jsonl")
 
 
 def day_folder(landing: str, day: dt.date, kind: str = "interactions") -> Path:

@@ -3,7 +3,8 @@ the data, carries out opt-out and erasure requests (docs/privacy.md).
 
 - The `{p}:privacy` stream goes into the `privacy/requests` table (id, at, kind, user_id, requester).
 - Each erasure not done yet is carried out for all its users at once:
-  - every Delta table under the lake with a `user_id` column loses their rows (delta-rs DELETE), and
+  - every Delta table under the lake with a `user_id` column, or a `raw` one (quarantined lines),
+    loses their rows (delta-rs DELETE, or MERGE on the values found), and
     is then vacuumed with no retention and its log cut at a new checkpoint, so no file and no log
     entry of an earlier version (whose statistics may name an id) keeps them: time travel of those
     tables restarts here;
@@ -22,6 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +33,7 @@ import pyarrow.compute as pc
 from deltalake import DeltaTable, write_deltalake
 
 from nightrec.data import lake
-from nightrec.data.landing import MANAGED_PATTERN
+from nightrec.data.landing import MANAGED_PATTERNS
 from nightrec.pipeline import records
 from nightrec.pipeline.runtime import stage_main
 from nightrec.serving import audit, impressions
@@ -71,21 +73,36 @@ def as_user_id(raw: str | None) -> int | None:
     return int(text) if text.isascii() and text.isdigit() else None
 
 
+def names_user(raw: str | None, users: set[int]) -> bool:
+    """A quarantined raw line (JSON, or anything unreadable) that is, or mentions, one of the users."""
+    try:
+        return as_user_id(str(json.loads(raw or "").get("user_id"))) in users
+    except (ValueError, AttributeError):  # not a JSON object: any mention of the id counts
+        return any(int(n) in users for n in re.findall(r"(?<![0-9])[0-9]{1,10}(?![0-9])", raw or ""))
+
+
 def erase_from_lake(settings: Settings, users: set[int]) -> dict[str, int]:
-    """Rows deleted per table; each table that held user rows is vacuumed at once, log included."""
+    """Rows deleted per table; each table that held user rows is vacuumed at once, log included.
+    Integer ids are deleted by predicate; text (raw ids, quarantined lines) by matching the values
+    found, which needs no quoting of arbitrary text."""
     removed = {}
     for name in lake.find_tables(settings.path("lake")):
         root = settings.table(name)
         table = DeltaTable(root)
-        column = next((f for f in table.schema().fields if f.name == "user_id"), None)
-        if column is None or name in RECORDS:
+        columns = {f.name: getattr(f.type, "type", "") for f in table.schema().fields}
+        if name in RECORDS or not {"user_id", "raw"} & columns.keys():
             continue
-        if getattr(column.type, "type", "") in ("integer", "long"):
-            values = sorted(users)
-        else:  # raw tables keep the id as text as it arrived: match every spelling of it
-            found = pc.unique(table.to_pyarrow_dataset().to_table(columns=["user_id"])["user_id"]).to_pylist()
-            values = sorted(f"'{v}'" for v in found if as_user_id(v) in users)
-        deleted = table.delete(f"user_id IN ({', '.join(map(str, values))})")["num_deleted_rows"] if values else 0
+        column = "user_id" if "user_id" in columns else "raw"
+        if columns[column] in ("integer", "long"):
+            deleted = table.delete(f"user_id IN ({', '.join(map(str, sorted(users)))})")["num_deleted_rows"]
+        else:
+            found = pc.unique(table.to_pyarrow_dataset().to_table(columns=[column])[column]).to_pylist()
+            theirs = [v for v in found if (as_user_id(v) in users if column == "user_id" else names_user(v, users))]
+            deleted = 0
+            if theirs:
+                deleted = (table.merge(pa.table({column: pa.array(theirs, pa.string())}),
+                                       f"target.{column} = source.{column}", source_alias="source",
+                                       target_alias="target").when_matched_delete().execute()["num_target_rows_deleted"])
         lake.vacuum(root, dt.timedelta(0))  # older versions' files and log entries may name them too
         removed[f"lake:{name}"] = int(deleted)
     return removed
@@ -93,17 +110,16 @@ def erase_from_lake(settings: Settings, users: set[int]) -> dict[str, int]:
 
 def erase_from_landing(settings: Settings, users: set[int]) -> dict[str, int]:
     """Rows removed from the landing files the product wrote (drained streams), rewritten in place."""
-    removed = 0
-    files = 0
-    for path in sorted(Path(settings.path("landing")).glob(MANAGED_PATTERN)):
+    landing = Path(settings.path("landing"))
+    removed = files = 0
+    for path in sorted(p for pattern in MANAGED_PATTERNS for p in landing.glob(pattern)):
         lines = path.read_text().splitlines(keepends=True)
-        kept = [line for line in lines if int(json.loads(line)["user_id"]) not in users]
+        kept = [line for line in lines if not names_user(line, users)]
         if len(kept) == len(lines):
             continue
-        removed += len(lines) - len(kept)
-        files += 1
+        removed, files = removed + len(lines) - len(kept), files + 1
         if kept:
-            temporary = path.with_name(f".{path.name}.tmp")
+            temporary = path.with_name(f".{path.name}.tmp")  # hidden: ingest skips dot files
             temporary.write_text("".join(kept))
             temporary.replace(path)
         else:
