@@ -427,12 +427,13 @@ def keys_revoke(key: Annotated[str, typer.Argument(help="the key's id or name")]
     settings = _settings()
     client, keys = _redis(settings)
     try:
-        record = auth.revoke_key(client, keys, key, audit.cli_actor())
+        revoked = auth.revoke_key(client, keys, key, audit.cli_actor())
     except auth.KeyCommandError as error:
         console.print(f"[red]{error}[/]", highlight=False)
         raise typer.Exit(1) from None
-    console.print(f"revoked key {record.name} (id {record.id}); refused everywhere within "
-                  f"{settings.auth.refresh_seconds:g} s", highlight=False)
+    for record in revoked:
+        console.print(f"revoked key {record.name} (id {record.id}); refused everywhere within "
+                      f"{settings.auth.refresh_seconds:g} s", highlight=False)
 
 
 @app.command()

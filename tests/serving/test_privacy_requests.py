@@ -79,15 +79,17 @@ def test_a_list_loaded_after_the_opt_out_is_not_served(client, versions, setting
     assert answer["source"] == "trending"
 
 
-def test_erasure_needs_the_admin_scope_and_wins_over_an_opt_out(client, versions, settings):
+def test_erasure_needs_the_admin_scope_and_the_mark_names_the_latest_request(client, versions, settings):
     read, events, admin = (bearer(client, scope) for scope in ("read", "events", "admin"))
     with TestClient(create_app(settings)) as api:
         assert api.post("/v1/users/2/opt-out", headers=read).status_code == 403
         assert api.delete("/v1/users/2", headers=events).status_code == 403
-        assert api.delete("/v1/users/2", headers=admin).json()["kind"] == "erasure"
-        assert api.post("/v1/users/2/opt-out", headers=admin).status_code == 202
+        erasure = api.delete("/v1/users/2", headers=admin).json()
+        assert erasure["kind"] == "erasure"
+        assert client.get(KEYS.opted_out(2)).decode() == f"erasure:{erasure['request_id']}"
+        opt_out = api.post("/v1/users/2/opt-out", headers=admin).json()
         assert api.delete("/v1/users/0", headers=admin).status_code == 422
-    assert client.get(KEYS.opted_out(2)) == b"erasure"  # until the night has carried it out
+    assert client.get(KEYS.opted_out(2)).decode() == f"opt_out:{opt_out['request_id']}"
     assert [f[b"kind"] for _, f in client.xrange(KEYS.privacy)] == [b"erasure", b"opt_out"]
 
 
@@ -98,7 +100,7 @@ def test_nightrec_forget_requests_erasure(client, versions, redis_url, tmp_path,
     assert result.exit_code == 0, result.output
     assert "user 2: erasure requested" in result.output and "user 3: erasure requested" in result.output
     assert {f[b"user_id"] for _, f in client.xrange(KEYS.privacy)} == {b"2", b"3"}
-    assert client.get(KEYS.opted_out(3)) == b"erasure" and not client.exists(KEYS.user(versions[1], 3))
+    assert client.get(KEYS.opted_out(3)).startswith(b"erasure:") and not client.exists(KEYS.user(versions[1], 3))
     status = CliRunner().invoke(cli, ["privacy", "status", "2"]).output
     assert "marked erasure" in status and "pending: the next night carries it out" in status
     assert "no opt-out or erasure requested" in CliRunner().invoke(cli, ["privacy", "status", "1"]).output
@@ -111,3 +113,19 @@ def test_the_loader_leaves_out_users_who_opted_out_during_the_night(client, redi
     result = publish_sample(redis_url)
     assert not client.exists(KEYS.user(result.version, 1)) and client.exists(KEYS.user(result.version, 2))
     assert json.loads(client.hget(KEYS.meta(result.version), "users")) == 4  # what was loaded, then swept
+
+
+def test_an_erasure_done_leaves_a_later_request_and_an_earlier_opt_out_marked(client, make_settings, redis_url):
+    from nightrec.pipeline import privacy as privacy_stage
+    from nightrec.pipeline import records
+
+    settings = make_settings(redis_url)
+    privacy.request(client, KEYS, "opt_out", [5], "test", "test")     # opted out, then erased
+    erase_5, erase_6 = (privacy.request(client, KEYS, "erasure", [u], "test", "test")[0] for u in (5, 6))
+    later = privacy.request(client, KEYS, "opt_out", [6], "test", "test")[0]  # asked again meanwhile
+    erase_7 = privacy.request(client, KEYS, "erasure", [7], "test", "test")[0]
+    records.drain(client, KEYS, records.PRIVACY, settings)
+    privacy_stage.unmark(client, KEYS, settings, {erase_5: 5, erase_6: 6, erase_7: 7})
+    assert client.get(KEYS.opted_out(5)).startswith(b"opt_out:")  # their opt-out outlives the erasure
+    assert client.get(KEYS.opted_out(6)).decode() == f"opt_out:{later}"
+    assert not client.exists(KEYS.opted_out(7))  # nothing of theirs is left

@@ -48,13 +48,23 @@ def privacy_requests(spark: SparkSession, settings: Settings, kinds: tuple[str, 
 
 
 def without_erased(spark: SparkSession, settings: Settings, rows: DataFrame, ts: str | None = "ts") -> DataFrame:
-    """Rows (user_id as it arrived) minus those of users who asked for erasure since the row's time
-    (`ts`; None: any row of theirs). Their later events are a new start."""
+    """Rows (user_id as it arrived) minus those of users with an erasure request, from before it was
+    carried out (`ts`; None: any row of theirs). What comes after is a new start."""
     erased = privacy_requests(spark, settings, ("erasure",))
     if erased is None:
         return rows
+    reports = settings.table("privacy/reports")
+    if lake.table_exists(reports):  # done: the new start is when it was done; pending: everything goes
+        done = lake.read_table(spark, reports).groupBy(F.col("user_id").cast("int").alias("user_id")).agg(
+            F.max("done_at").alias("done_at"))
+        erased = erased.join(done, "user_id", "left")
+    else:
+        erased = erased.withColumn("done_at", F.lit(None).cast("timestamp"))
+    # Their latest request done: rows from before it was done go. Still pending: all of theirs go.
+    until = F.when(F.col("done_at") >= F.col("requested_at"), F.col("done_at")).otherwise(
+        F.lit("9999-12-31").cast("timestamp"))
+    erased = erased.select(F.col("user_id").alias("erased_user"), until.alias("until"))
     user = F.expr("try_cast(trim(user_id) AS BIGINT)")
     when = F.expr(f"try_cast({ts} AS TIMESTAMP)") if ts else None
-    before = F.lit(True) if when is None else when.isNull() | (when < F.col("requested_at"))
-    erased = F.broadcast(erased.withColumnRenamed("user_id", "erased_user"))
-    return rows.join(erased, (user == F.col("erased_user")) & before, "left_anti")
+    before = F.lit(True) if when is None else when.isNull() | (when < F.col("until"))
+    return rows.join(F.broadcast(erased), (user == F.col("erased_user")) & before, "left_anti")

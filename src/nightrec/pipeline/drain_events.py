@@ -55,11 +55,6 @@ class Stream:
     page: int                                # entries read and written at a time
 
 
-def stream_id(value: bytes) -> tuple[int, int]:
-    millis, _, seq = value.partition(b"-")
-    return int(millis), int(seq or 0)
-
-
 def pages(client, stream: Stream):
     """Pages of the entries after the drained position, up to the newest one now (later ones wait for
     the next drain)."""
@@ -69,7 +64,7 @@ def pages(client, stream: Stream):
     last = newest[0][0]
     start = client.get(stream.drained)
     oldest = client.xrange(stream.key, count=1)[0][0]
-    if start and stream_id(oldest) > stream_id(start):
+    if start and records.order(oldest.decode()) > records.order(start.decode()):
         # The stream's cap (service.*_max_*) trimmed entries nobody drained: say so, keep going.
         log.error("%s between stream ids %s and %s were trimmed before they were drained: they are lost",
                   stream.kind, start.decode(), oldest.decode())

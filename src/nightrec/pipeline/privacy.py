@@ -128,16 +128,43 @@ def erase_from_landing(settings: Settings, users: set[int]) -> dict[str, int]:
 
 
 def erase_from_redis(client, keys: Keys, users: set[int]) -> dict[str, int]:
-    """Their entries left in the streams (drained ones, and any since), their keys in every version."""
+    """Their entries left in the streams, their keys in every version."""
     events = [i for i, f in client.xrange(keys.events) if int(f.get(b"user_id", b"0")) in users]
-    # An impression entry is a batch of many answers: it goes whole (others' drained rows are in landing).
-    shown = [i for i, f in client.xrange(keys.impressions)
-             if any(answer["user_id"] in users for answer in impressions.rows(f))]
-    for stream, ids in ((keys.events, events), (keys.impressions, shown)):
-        if ids:
-            client.xdel(stream, *ids)
+    if events:
+        client.xdel(keys.events, *events)
+    # An impression entry is a batch of many users' answers. A drained one goes whole (the landing
+    # files hold the others'); one not drained yet is written again without theirs, then deleted.
+    drained = records.order((client.get(keys.impressions_drained) or b"0-0").decode())
+    batches = 0
+    for stream_id, fields in client.xrange(keys.impressions):
+        lines = fields[b"rows"].split(b"\n")
+        kept = [line for line, answer in zip(lines, impressions.rows(fields)) if answer["user_id"] not in users]
+        if len(kept) == len(lines):
+            continue
+        if kept and records.order(stream_id.decode()) > drained:
+            client.xadd(keys.impressions, {b"fields": fields[b"fields"], b"rows": b"\n".join(kept)})
+        client.xdel(keys.impressions, stream_id)
+        batches += 1
     user_key_count = sum(client.delete(*user_keys(client, keys, u)) for u in users)
-    return {"redis:events": len(events), "redis:impression_batches": len(shown), "redis:keys": user_key_count}
+    return {"redis:events": len(events), "redis:impression_batches": batches, "redis:keys": user_key_count}
+
+
+# Remove an erasure's mark only while it still names that erasure (a later request keeps its own);
+# ARGV[2], when given, is the user's earlier opt-out, which outlives the erasure.
+UNMARK_SCRIPT = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[2] == '' then return redis.call('DEL', KEYS[1]) end
+redis.call('SET', KEYS[1], ARGV[2])
+return 1
+"""
+
+
+def unmark(client, keys: Keys, settings: Settings, pending: dict[str, int]) -> None:
+    requests = DeltaTable(settings.table(records.PRIVACY.table)).to_pyarrow_table().to_pylist()
+    opted_out = {r["user_id"]: f"opt_out:{r['id']}" for r in sorted(requests, key=lambda r: records.order(r["id"]))
+                 if r["kind"] == "opt_out"}
+    for request, user in pending.items():
+        client.eval(UNMARK_SCRIPT, 1, keys.opted_out(user), f"erasure:{request}", opted_out.get(user, ""))
 
 
 def run(settings: Settings, ds: dt.date) -> PrivacyResult:
@@ -153,16 +180,16 @@ def run(settings: Settings, ds: dt.date) -> PrivacyResult:
         users = set(pending.values())
         removed = {**erase_from_lake(settings, users), **erase_from_landing(settings, users),
                    **erase_from_redis(client, keys, users)}
+        unmark(client, keys, settings, pending)  # nothing of theirs is left: the mark goes last
+        for request, user in pending.items():
+            client.xadd(keys.audit, audit.entry("erasure_done", audit.night_actor(ds.isoformat()), user,
+                                                request=request, removed=removed))
+        records.drain(client, keys, records.AUDIT, settings)  # those rows name them: into the table now
+        # The reports commit the erasure: a run killed before them does it all again (idempotent).
         done_at = dt.datetime.now(dt.timezone.utc)
         write_deltalake(settings.table(REPORTS), pa.Table.from_pylist(
             [{"request_id": request, "user_id": user, "done_at": done_at, "removed": json.dumps(removed)}
              for request, user in pending.items()], schema=REPORT_SCHEMA), mode="append")
-        for request, user in pending.items():
-            client.xadd(keys.audit, audit.entry("erasure_done", audit.night_actor(ds.isoformat()), user,
-                                                request=request, removed=removed))
-        for user in users:  # nothing of theirs is left: the mark goes last
-            client.delete(keys.opted_out(user))
-        records.drain(client, keys, records.AUDIT, settings)  # the reports' audit rows name them: into the table
         log.info("erased %d users: %s", len(users), removed)
         return PrivacyResult(drained, len(users), removed)
     finally:

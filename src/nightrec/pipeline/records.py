@@ -52,7 +52,8 @@ def _arrow(ledger: Ledger, entries: list[tuple[bytes, dict]]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=ledger.schema)
 
 
-def _order(stream_id: str) -> tuple[int, int]:
+def order(stream_id: str) -> tuple[int, int]:
+    """A Redis stream id ("<ms>-<seq>") as a sortable pair."""
     millis, _, seq = stream_id.partition("-")
     return int(millis), int(seq or 0)
 
@@ -67,8 +68,8 @@ def drain(client, keys: Keys, ledger: Ledger, settings: Settings) -> int:
     last = entries[-1][0]
     if table_exists(root):  # a drain killed after its commit: leave out what the table has
         stored = DeltaTable(root).to_pyarrow_table(columns=["id"])["id"].to_pylist()
-        newest = max(stored, key=_order, default="0-0")
-        entries = [(i, f) for i, f in entries if _order(i.decode()) > _order(newest)]
+        newest = max(stored, key=order, default="0-0")
+        entries = [(i, f) for i, f in entries if order(i.decode()) > order(newest)]
     if entries:
         write_deltalake(root, _arrow(ledger, entries), mode="append")
     client.set(ledger.drained(keys), last)
@@ -86,4 +87,4 @@ def read(client, keys: Keys, ledger: Ledger, settings: Settings) -> list[dict]:
     start = client.get(ledger.drained(keys))
     pending = client.xrange(ledger.stream(keys), min=b"(" + start if start else b"-")
     rows += _arrow(ledger, pending).to_pylist() if pending else []
-    return sorted(rows, key=lambda row: _order(row["id"]))
+    return sorted(rows, key=lambda row: order(row["id"]))

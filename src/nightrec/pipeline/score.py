@@ -49,7 +49,7 @@ def run(spark: SparkSession, settings: Settings, ds: dt.date) -> ScoreResult:
     bundle, model_version = registry.load_champion(settings.mlflow.registered_model)
     as_of = start_of(ds + dt.timedelta(days=1))
     feedback = implicit_feedback(training_events(spark, settings, ds), settings.events.weights)
-    opted_out = privacy_requests(spark, settings, ("opt_out", "erasure"))
+    opted_out = privacy_requests(spark, settings, ("opt_out",))  # erased users' rows are gone already
     if opted_out is not None:  # no list from their history, for them or anyone (docs/privacy.md)
         feedback = feedback.join(F.broadcast(opted_out.select("user_id")), "user_id", "left_anti")
     feedback = feedback.cache()

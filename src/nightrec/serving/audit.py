@@ -10,7 +10,10 @@ from __future__ import annotations
 import datetime as dt
 import getpass
 import json
+import logging
 import socket
+
+from redis.exceptions import RedisError
 
 from nightrec.serving.client import connect
 from nightrec.serving.layout import Keys
@@ -18,6 +21,7 @@ from nightrec.serving.layout import Keys
 ACTIONS = ("key_created", "key_revoked", "opt_out", "erasure_requested", "erasure_done", "rollback",
            "experiment_started", "experiment_stopped")
 COLUMNS = ("at", "action", "actor", "target", "detail")
+log = logging.getLogger("nightrec.audit")
 
 
 def entry(action: str, actor: str, target: str, **detail) -> dict[str, str]:
@@ -29,12 +33,17 @@ def entry(action: str, actor: str, target: str, **detail) -> dict[str, str]:
 
 
 def record(settings, action: str, actor: str, target: str, **detail) -> None:
-    """Append one action to the audit stream (its own connection: for callers without a client)."""
-    client = connect(settings.redis.url, settings.redis.cluster)
+    """Append one action to the audit stream (its own connection: for callers without a client).
+    Best effort, after the action: a Redis error is logged, never raised, so a retry of the caller
+    does not do the action (a rollback, say) twice."""
     try:
-        client.xadd(Keys(settings.redis.prefix).audit, entry(action, actor, target, **detail))
-    finally:
-        client.close()
+        client = connect(settings.redis.url, settings.redis.cluster)
+        try:
+            client.xadd(Keys(settings.redis.prefix).audit, entry(action, actor, target, **detail))
+        finally:
+            client.close()
+    except RedisError as error:
+        log.error("audit entry %s %s by %s not recorded: %r (detail %s)", action, target, actor, error, detail)
 
 
 def cli_actor() -> str:

@@ -5,11 +5,12 @@ random salt and the SHA-256 of salt + secret, never the secret itself (it is sho
 creation). The secret is 256 random bits, so a fast hash is safe here and costs the hot path
 about a microsecond; slow password hashes exist for guessable secrets.
 
-Each worker re-reads the key records at most every `auth.refresh_seconds` (one HGETALL), so a
+Each worker re-reads the key records at most every `auth.refresh_seconds` (one HVALS), so a
 request costs no Redis command for its key, and a revoked key stops working on every worker
 within that time. Rate limits are token buckets in Redis shared by all workers; a worker takes
-tokens in slices of LEASE_SECONDS of the key's rate, so a busy key costs one Redis call per slice,
-not one per request (docs/security.md says what that means for accuracy).
+tokens in slices sized to its share of the key's traffic (up to LEASE_SECONDS of the key's rate)
+and gives back what it did not spend within LEASE_SECONDS, so a busy key costs one Redis call per
+slice, not one per request, and never gets more than its limit (docs/security.md).
 """
 
 from __future__ import annotations
@@ -38,15 +39,18 @@ SCOPES = ("read", "events", "admin")
 LEASE_SECONDS = 0.05  # a worker's slice of a key's bucket: this much of its rate, used within this time
 TOKEN = re.compile(rb"^Bearer nrk_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
 KEY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-# A key's token bucket: refill by elapsed time (Redis's clock, so every worker agrees), take up to
-# ARGV[3] tokens; returns {tokens granted, seconds until one is available when none was}.
+KEY_ID = re.compile(r"^[0-9a-f]{12}$")
+# A key's token bucket: refill by elapsed time (Redis's clock, so every worker agrees) and by the
+# ARGV[4] tokens a worker gives back unspent, take up to ARGV[3]; returns {tokens granted, seconds
+# until one is available when none was}.
 TAKE_SCRIPT = """
 local rate, burst, wanted = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
 local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
 local tokens = burst
-if state[1] then tokens = math.min(burst, tonumber(state[1]) + math.max(0, now - tonumber(state[2])) * rate) end
+if state[1] then tokens = tonumber(state[1]) + math.max(0, now - tonumber(state[2])) * rate end
+tokens = math.min(burst, tokens + tonumber(ARGV[4]))
 local granted = math.min(wanted, math.floor(tokens))
 tokens = tokens - granted
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now))
@@ -98,8 +102,9 @@ def required_scope(method: str) -> str:
 
 def create_key(client, keys: Keys, name: str, scope: str, actor: str) -> tuple[str, ApiKey]:
     """A new key: (the token, shown once; its stored record). Names are unique among live keys."""
-    if not KEY_NAME.match(name):
-        raise KeyCommandError(f"invalid key name {name!r}: 1-64 of A-Z a-z 0-9 . _ -, starting with a letter or digit")
+    if not KEY_NAME.match(name) or KEY_ID.match(name):
+        raise KeyCommandError(f"invalid key name {name!r}: 1-64 of A-Z a-z 0-9 . _ -, starting with a letter or digit, "
+                              "and not 12 hex digits (that is how ids look)")
     if scope not in SCOPES:
         raise KeyCommandError(f"unknown scope {scope!r}: use one of {', '.join(SCOPES)}")
     if any(k.name == name for k in list_keys(client, keys) if k.revoked_at is None):
@@ -119,18 +124,21 @@ def list_keys(client, keys: Keys) -> list[ApiKey]:
     return sorted(records, key=lambda k: (k.created_at, k.id))
 
 
-def revoke_key(client, keys: Keys, id_or_name: str, actor: str) -> ApiKey:
-    """Revoke the live key with this id or name; every worker refuses it within auth.refresh_seconds."""
-    live = [k for k in list_keys(client, keys) if k.revoked_at is None and id_or_name in (k.id, k.name)]
-    if not live:
+def revoke_key(client, keys: Keys, id_or_name: str, actor: str) -> list[ApiKey]:
+    """Revoke the live key with this id (or every live key with this name); every worker refuses it
+    within auth.refresh_seconds."""
+    live = [k for k in list_keys(client, keys) if k.revoked_at is None]
+    matches = [k for k in live if k.id == id_or_name] or [k for k in live if k.name == id_or_name]
+    if not matches:
         raise KeyCommandError(f"no live key has the id or name {id_or_name!r} (nightrec keys list)")
-    record = ApiKey(**{**asdict(live[0]), "revoked_at": now_iso(), "revoked_by": actor})
+    revoked = [ApiKey(**{**asdict(k), "revoked_at": now_iso(), "revoked_by": actor}) for k in matches]
     pipe = client.pipeline(transaction=False)
-    pipe.hset(keys.api_keys, record.id, json.dumps(asdict(record)))
-    pipe.delete(keys.rate(record.id))
-    pipe.xadd(keys.audit, entry("key_revoked", actor, record.name, id=record.id, scope=record.scope))
+    for record in revoked:
+        pipe.hset(keys.api_keys, record.id, json.dumps(asdict(record)))
+        pipe.delete(keys.rate(record.id))
+        pipe.xadd(keys.audit, entry("key_revoked", actor, record.name, id=record.id, scope=record.scope))
     pipe.execute()
-    return record
+    return revoked
 
 
 # --- the service (asynchronous Redis client) ---------------------------------------------------------
@@ -156,18 +164,27 @@ class Keyring:
         return key if key is not None and key.matches(match[2]) else None
 
     async def _read(self) -> None:
+        started = time.monotonic()  # what is read is at least this old: revocation stays within refresh_seconds
         try:
-            records = [ApiKey(**json.loads(value)) for value in await self.redis.hvals(self.hash_key)]
-            self.live = {k.id: k for k in records if k.revoked_at is None}
-            self.read_at = time.monotonic()
+            live = {}
+            for value in await self.redis.hvals(self.hash_key):
+                try:
+                    key = ApiKey(**json.loads(value))
+                except (ValueError, TypeError) as error:  # one bad record must not lock everyone out
+                    log.error("%s holds an unreadable key record, skipped: %r", self.hash_key, error)
+                    continue
+                if key.revoked_at is None:
+                    live[key.id] = key
+            self.live, self.read_at = live, started
         finally:
             self.reading = None
 
 
 @dataclass
 class Lease:
-    tokens: int
-    expires: float
+    tokens: int      # left to spend
+    expires: float   # monotonic time after which they go back to the bucket
+    size: int        # what was taken: the next slice doubles when this one ran out, halves when it did not
 
 
 class RateLimiter:
@@ -180,7 +197,7 @@ class RateLimiter:
         self.blocked: dict[str, float] = {}  # key id -> until when this worker turns it away without asking
         self.locks: dict[str, asyncio.Lock] = {}
 
-    def slice(self, scope: str) -> int:
+    def max_slice(self, scope: str) -> int:
         limit = self.limits[scope]
         return max(1, min(limit.burst, int(limit.per_second * LEASE_SECONDS)))
 
@@ -202,14 +219,19 @@ class RateLimiter:
             now = time.monotonic()
             if self._spend(key, now):
                 return 0.0
+            # A slice follows this worker's share of the traffic: a busy worker asks for more, a quiet
+            # one for less, and gives back what it did not spend, so other workers can have it.
+            old = self.leases.pop(key.id, None)
+            size = 1 if old is None else min(self.max_slice(key.scope), old.size * 2) if old.tokens == 0 \
+                else max(1, old.size // 2)
             limit = self.limits[key.scope]
-            granted, wait = await self.take(keys=[self.keys.rate(key.id)],
-                                            args=[limit.per_second, limit.burst, self.slice(key.scope)])
+            granted, wait = await self.take(keys=[self.keys.rate(key.id)], args=[
+                limit.per_second, limit.burst, size, old.tokens if old else 0])
             if int(granted) == 0:
                 wait = float(wait)
                 self.blocked[key.id] = now + min(wait, LEASE_SECONDS)
                 return max(wait, 0.001)
-            self.leases[key.id] = Lease(int(granted) - 1, now + LEASE_SECONDS)
+            self.leases[key.id] = Lease(int(granted) - 1, now + LEASE_SECONDS, size)
             return 0.0
 
 

@@ -114,9 +114,15 @@ class Keys:
         """Stream: opt-out and erasure requests, drained nightly into the privacy/requests table."""
         return f"{{{self.prefix}}}:privacy"
 
+    @property
+    def privacy_drained(self) -> str:
+        """String: the last request stream id already in the privacy/requests table."""
+        return f"{self.privacy}:drained"
+
     def opted_out(self, user_id: int) -> str:
-        """String: opt_out or erasure; the user gets no personal list and their events are dropped.
-        Shares the user's hash tag: the lookup reads it in its one MGET. Gone once an erasure is done."""
+        """String `<kind>:<request id>` of the user's latest opt-out or erasure: the user gets no
+        personal list and their events are dropped. Shares the user's hash tag: the lookup reads it
+        in its one MGET. Gone once an erasure is done (unless the user had opted out before)."""
         return f"{self.prefix}:optout:{{{int(user_id)}}}"
 
     def consumed(self, user_id: int) -> str:

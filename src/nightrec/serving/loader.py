@@ -311,9 +311,10 @@ def publish(users: ValueSource, extras: Extras, *, url: str, prefix: str, ds: dt
         for name, (rows, _) in (variants.lists.items() if variants else ()):
             variant_users[name] = write_all(rows, partial(write_values, kind="user", variant=name, **options),
                                             version, f"users of variant {name}")
-            verify(client, keys, version, rows.sample(SAMPLE_SIZE), variant=name)
+            verify(client, keys, version, rows.sample(SAMPLE_SIZE), variant=name,
+                   opted_out=privacy.pending_users(client, keys))
         _write_extras(client, keys, version, extras)
-        verify(client, keys, version, users.sample(SAMPLE_SIZE))
+        verify(client, keys, version, users.sample(SAMPLE_SIZE), opted_out=privacy.pending_users(client, keys))
         meta = {"ds": ds.isoformat(), "model_version": model_version, "users": expected,
                 "similar_items": n_similar, "layout": LAYOUT,
                 "segments": json.dumps(sorted(extras.fallbacks)), "categories": json.dumps(sorted(extras.categories)),
@@ -350,11 +351,14 @@ def write_all(rows: ValueSource, write_batches, version: str, what: str) -> int:
     return written
 
 
-def verify(client, keys: Keys, version: str, sample: list[tuple[int, bytes]], variant: str | None = None) -> None:
+def verify(client, keys: Keys, version: str, sample: list[tuple[int, bytes]], variant: str | None = None,
+           opted_out: set[int] = frozenset()) -> None:
     """A sample of users reads back byte for byte as loaded, and decodes; segment references resolve.
-    A variant's users hold ranked lists only."""
+    A variant's users hold ranked lists only. Users who opted out meanwhile may have lost theirs."""
     of = "" if variant is None else f" of variant {variant}"
     for user_id, loaded in sample:
+        if user_id in opted_out:
+            continue
         stored = client.get(keys.user(version, user_id) if variant is None
                             else keys.variant_user(version, variant, user_id))
         if stored != loaded:

@@ -374,7 +374,7 @@ class Lookup:
         """An opt-out or erasure (nightrec.serving.privacy); returns the request id. Rare: it runs on
         a thread with a client of its own rather than duplicating the steps for the async client."""
         def run() -> str:
-            client = connect(self.url, self.cluster)
+            client = connect(self.url, self.cluster, timeout=REDIS_TIMEOUT)
             try:
                 return privacy.request(client, self.keys, kind, [user_id], requester, key_actor(requester))[0]
             finally:

@@ -44,22 +44,23 @@ def user_keys(client, keys: Keys, user_id: int) -> list[str]:
 
 
 def request(client, keys: Keys, kind: str, user_ids: list[int], requester: str, actor: str) -> list[str]:
-    """Mark the users, delete their keys and record the requests; returns the request ids (stream ids).
-    Erasure wins over an earlier opt-out (its mark says erasure until the night has carried it out)."""
+    """Record the requests, mark the users and delete their keys; returns the request ids (stream ids).
+    The mark names the latest request (`<kind>:<request id>`): the night removes an erasure's mark
+    only while it still names that erasure, so a request that came later is never lost."""
     ids = []
     for user_id in user_ids:
-        client.set(keys.opted_out(user_id), kind if kind == "erasure" else "opt_out",
-                   nx=kind == "opt_out")  # an opt-out never downgrades a pending erasure
-        ids.append(client.xadd(keys.privacy, request_fields(kind, user_id, requester)).decode())
+        request_id = client.xadd(keys.privacy, request_fields(kind, user_id, requester)).decode()
+        client.set(keys.opted_out(user_id), f"{kind}:{request_id}")
         client.delete(*user_keys(client, keys, user_id))
         client.xadd(keys.audit, entry("opt_out" if kind == "opt_out" else "erasure_requested", actor, user_id,
-                                      request=ids[-1]))
+                                      request=request_id))
+        ids.append(request_id)
     return ids
 
 
 def pending_users(client, keys: Keys) -> set[int]:
     """Users whose requests the nightly privacy stage has not drained yet."""
-    start = client.get(f"{keys.privacy}:drained")  # records.Ledger.drained
+    start = client.get(keys.privacy_drained)
     entries = client.xrange(keys.privacy, min=b"(" + start if start else b"-")
     return {int(fields[b"user_id"]) for _, fields in entries}
 
