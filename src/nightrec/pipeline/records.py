@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import pyarrow as pa
 from deltalake import DeltaTable, write_deltalake
@@ -36,8 +37,7 @@ class Ledger:
 
 PRIVACY = Ledger("privacy/requests", "privacy", pa.schema([
     ("id", pa.string()), ("at", pa.timestamp("ms", tz="UTC")), ("kind", pa.string()), ("user_id", pa.int64()),
-    ("requester", pa.string())]), lambda fields: {name: fields.get(name.encode(), b"").decode()
-                                                 for name in privacy.COLUMNS})
+    ("requester", pa.string())]), partial(audit.as_row, columns=privacy.COLUMNS))
 AUDIT = Ledger("audit/log", "audit", pa.schema([("id", pa.string()), ("at", pa.timestamp("ms", tz="UTC")),
                                        ("action", pa.string()), ("actor", pa.string()), ("target", pa.string()),
                                        ("detail", pa.string())]), audit.as_row)

@@ -64,6 +64,6 @@ def night_actor(ds: str) -> str:
     return f"night:{ds}"
 
 
-def as_row(fields: dict) -> dict[str, str]:
-    """A stream entry's fields (bytes) as a row of the audit table."""
-    return {name: fields.get(name.encode(), b"").decode() for name in COLUMNS}
+def as_row(fields: dict, columns: tuple[str, ...] = COLUMNS) -> dict[str, str]:
+    """A stream entry's fields (bytes) as a row of the audit table (or of another ledger's columns)."""
+    return {name: fields.get(name.encode(), b"").decode() for name in columns}
