@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import datetime as dt
 import random
 from pathlib import Path
@@ -22,12 +23,15 @@ def synthetic_rows(day: dt.date, users: int = 60, items: int = 40, per_user: int
     return rows
 
 
-def write_csv(path: Path, rows, header=HEADER) -> Path:
+def write_csv(path: Path, rows, header=HEADER, delivered: dt.datetime | None = None) -> Path:
+    """A CSV landing file; `delivered`: when it reached the landing zone (its modification time)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)
         writer.writerows(rows)
+    if delivered is not None:
+        os.utime(path, (delivered.timestamp(), delivered.timestamp()))
     return path
 
 

@@ -51,6 +51,8 @@ class ValidationSettings(_Section):
     max_bad_fraction: float = Field(0.05, ge=0.0, le=1.0)       # of a day's rows
     max_bad_file_fraction: float = Field(0.5, ge=0.0, le=1.0)   # of a day's non-empty files, quarantined
     max_line_bytes: int = Field(1_000_000, ge=1024)             # a longer line in a CSV/JSON file quarantines it
+    clock_skew_seconds: float = Field(900, ge=0)                # events dated further after their file's delivery
+                                                                # are quarantined (clients' clocks run ahead)
 
 
 class EventSettings(_Section):

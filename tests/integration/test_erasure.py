@@ -29,7 +29,7 @@ from nightrec.settings import load_settings
 
 USER = 987654321  # an id no other number in the test data spells
 USERS, ITEMS = 60, 200
-TODAY = dt.date.today()
+TODAY = dt.datetime.now(dt.timezone.utc).date()  # the service stamps what it records with the real clock
 NEEDLES = (str(USER).encode(), struct.pack("<i", USER), struct.pack(">i", USER), struct.pack("<q", USER))
 KEYS = Keys("test")
 EXEMPT = ("privacy/requests", "privacy/reports", "audit/log")  # the request's own records keep the id
@@ -44,7 +44,7 @@ def night(spark, settings, stages: list[str]) -> dict:
         if stage in ("drain_events", "privacy"):
             results[stage] = module.run(settings, TODAY)
         elif stage in ("ingest", "validate", "analyze"):
-            results[stage] = module.run(spark, settings, TODAY, lookback_days=10)
+            results[stage] = module.run(spark, settings, TODAY, lookback_days=11)
         else:
             results[stage] = module.run(spark, settings, TODAY)
     return results
@@ -102,13 +102,20 @@ def erasure(spark, redis_server, tmp_path_factory):
     client = redis.Redis.from_url(redis_server)
     client.flushall()
     landing = Path(settings.path("landing"))
-    days = days_ending(TODAY, 10)
+    # Delivered files end yesterday, so no event they hold is dated after their delivery at any hour.
+    days = days_ending(TODAY - dt.timedelta(days=1), 10)
     write_landing(landing, days, users=USERS, items=ITEMS)
     liked = [i for i in range(1, ITEMS + 1) if i % 4 == USER % 4]
     for n, day in enumerate(days):  # the user's history in files delivered by others, one bad row with it
         at = f"{day}T12:00:0{n % 10}Z"
         rows = [(USER, liked[n], "click", 1, at), (USER, liked[n + 10], "view", 1, at), (USER, 3, "teleport", 1, at)]
         write_csv(landing / "interactions" / f"dt={day}" / "user.csv", rows)
+    # Delivered at midnight, before the erasure whenever this runs, with events dated after it: the
+    # erasure judges by delivery, never by the times a file claims (quarantined as future until then).
+    held_back = [(user, 1 + user % ITEMS, "view", 1, f"{TODAY}T00:0{user % 10}:00Z") for user in range(1, USERS + 1)]
+    held_back += [(USER, liked[n], "click", 1, f"{TODAY}T23:59:5{n}Z") for n in range(3)]
+    write_csv(landing / "interactions" / f"dt={TODAY}" / "held-back.csv", held_back,
+              delivered=dt.datetime.combine(TODAY, dt.time(), tzinfo=dt.timezone.utc))
     with open(landing / "users.csv", "a") as users:
         users.write(f"{USER},33,F\n")
 
@@ -130,6 +137,8 @@ def erasure(spark, redis_server, tmp_path_factory):
             "quarantine/impressions")).to_pyarrow_table(columns=["raw"])["raw"].to_pylist())},
         "landing": managed_files_holding_user(landing),
         "stream": sum(int(f[b"user_id"]) == USER for _, f in client.xrange(KEYS.events)),
+        "held_back_quarantined": sum(r["user_id"] == str(USER) and r["reasons"] == ["ts_not_future"] for r in DeltaTable(
+            settings.table("quarantine/interactions")).to_pyarrow_table(columns=["user_id", "reasons"]).to_pylist()),
         "lists": personal_lists(settings),
     }
 
@@ -147,6 +156,7 @@ def test_the_user_was_everywhere_before(erasure):
     assert all(count > 0 for count in before["tables"].values()), before["tables"]
     # In the stream: the event posted after the drain, and the drained one the stream keeps as its newest.
     assert before["landing"] and before["stream"] == 2 and USER in before["lists"]
+    assert before["held_back_quarantined"] == 3  # dated after their delivery: quarantined, not learnt from
 
 
 def test_nothing_under_the_lake_names_the_user_in_any_version(erasure):

@@ -12,6 +12,7 @@ from nightrec.data.landing import LandingError
 from nightrec.pipeline import ingest, validate
 
 DAY = dt.date(2024, 3, 10)
+NEXT_MORNING = dt.datetime(2024, 3, 11, 2, tzinfo=dt.timezone.utc)  # when the day's files were delivered
 
 
 def test_csv_jsonl_and_parquet_files_of_a_day_land_in_bronze(spark, make_settings):
@@ -46,18 +47,23 @@ def test_bad_rows_are_quarantined_with_reasons_matching_great_expectations(spark
         (9, 3, "click", 1, "2024-03-09T23:59:59Z"),          # ts outside the day
         good[0],                                             # exact duplicate of a good row
     ]
-    write_csv(Path(settings.path("landing")) / "interactions" / f"dt={DAY}" / "day.csv", good + bad)
+    folder = Path(settings.path("landing")) / "interactions" / f"dt={DAY}"
+    write_csv(folder / "day.csv", good + bad, delivered=NEXT_MORNING)
+    # delivered at 10:00, an event dated after it by more than validation.clock_skew_seconds (900)
+    write_csv(folder / "early.csv", [(10, 3, "click", 1, f"{DAY}T10:15:00Z"), (11, 3, "click", 1, f"{DAY}T10:16:00Z")],
+              delivered=dt.datetime(DAY.year, DAY.month, DAY.day, 10, tzinfo=dt.timezone.utc))
     ingest.run(spark, settings, DAY)
     result = validate.run(spark, settings, DAY)
     # the exact repeat of a good row is dropped and counted, not quarantined
-    assert (result.rows, result.good_rows, result.quarantined_rows, result.duplicates_dropped) == (28, 20, 7, 1)
+    assert (result.rows, result.good_rows, result.quarantined_rows, result.duplicates_dropped) == (30, 21, 8, 1)
     assert result.bad_rows_by_rule == {"user_id_valid": 1, "item_id_valid": 1, "event_type_known": 1,
-                                       "value_valid": 2, "ts_valid": 1, "ts_inside_day": 1, "request_id_valid": 0,
-                                       "position_valid": 0, "no_conflicting_copy": 0}
+                                       "value_valid": 2, "ts_valid": 1, "ts_inside_day": 1, "ts_not_future": 1,
+                                       "request_id_valid": 0, "position_valid": 0, "no_conflicting_copy": 0}
     assert result.gx_unexpected == result.bad_rows_by_rule
     quarantine = lake.read_table(spark, settings.table("quarantine/interactions")).collect()
     reasons = {r.user_id: r.reasons for r in quarantine}
     assert reasons["abc"] == ["user_id_valid"] and reasons["9"] == ["ts_inside_day"]
+    assert reasons["11"] == ["ts_not_future"] and "10" not in reasons  # 15 minutes ahead: within the skew
     assert Path(result.data_docs).is_file()
 
 

@@ -7,14 +7,13 @@ quarantine/impressions with their reasons. A request id seen twice (a drain repe
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
-from typing import Callable
 
-from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from nightrec.constants import MAX_ID, REQUEST_ID
 from nightrec.data.landing import day_folder
+from nightrec.data.validation import Rule
 
 FIELDS = ("request_id", "user_id", "experiment", "variant", "version", "model_version", "source", "items",
           "explored", "ts")
@@ -24,14 +23,6 @@ LANDING_SCHEMA = ("request_id string, user_id long, experiment string, variant s
 SILVER_COLUMNS = (*FIELDS, "dt")
 SUITE_COLUMNS = ("corrupt", "request_id", "user_id", "items", "experiment_given", "variant_given", "ts",
                  "seconds_into_day")
-
-
-@dataclass(frozen=True)
-class Rule:
-    name: str
-    message: str
-    is_bad: Callable[[], Column]      # true when the row breaks the rule
-    expectation: Callable[[], object]  # the great_expectations expectation saying the same
 
 
 def landing_files(landing: str, days: list[dt.date]) -> list[str]:

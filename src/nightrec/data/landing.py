@@ -25,7 +25,9 @@ from nightrec.errors import PermanentError
 
 # request_id and position (optional) attribute an event to an answer of the lookup service
 INTERACTION_COLUMNS = ("user_id", "item_id", "event_type", "value", "ts", "request_id", "position")
-ADDED_LATER = ("request_id", "position")  # last in every table, where tables written before them gained them
+# Last in every table that has them, where tables written before them gained them: the lookup's
+# request columns, then when the row's file reached the landing zone (bronze only).
+ADDED_LATER = ("request_id", "position", "delivered_at")
 REQUIRED_COLUMNS = ("user_id", "item_id", "event_type", "ts")
 FORMATS = {".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 # Names writers give a file until it is complete: skipped tonight, read once renamed.
@@ -36,7 +38,7 @@ CHUNK = 1 << 23
 
 OK, EMPTY, QUARANTINED, SKIPPED = "ok", "empty", "quarantined", "skipped"
 RAW_SCHEMA = ("user_id string, item_id string, event_type string, value string, ts string, request_id string, "
-              "position string, source_file string, dt date")
+              "position string, source_file string, delivered_at timestamp, dt date")
 
 
 class LandingError(PermanentError):
@@ -226,8 +228,9 @@ def _first_line(error: Exception) -> str:
 
 
 def read_interactions(spark: SparkSession, files: list[LandingFile]) -> DataFrame:
-    """The readable files as raw text columns plus source_file and dt (their folder's day); groups
-    of files sharing format and header are read together, each on its own terms."""
+    """The readable files as raw text columns plus source_file, delivered_at (the file's last
+    modification: when it reached the landing zone) and dt (its folder's day); groups of files
+    sharing format and header are read together, each on its own terms."""
     groups: dict[tuple, list[LandingFile]] = {}
     for f in files:
         if f.status == OK:
@@ -256,7 +259,7 @@ def _read_group(spark: SparkSession, group: list[LandingFile]) -> DataFrame:
     if first.fmt == "json":  # Spark saw every line: optional keys the first lines lack count too
         columns = _match_columns(frame.columns)[0] or columns
     return frame.select(*[_as_text(frame, columns.get(c), c) for c in INTERACTION_COLUMNS],
-                        F.input_file_name().alias("source_file"))
+                        F.input_file_name().alias("source_file"), delivered_at())
 
 
 def _as_text(frame: DataFrame, name: str | None, column: str) -> Column:
@@ -269,9 +272,15 @@ def _as_text(frame: DataFrame, name: str | None, column: str) -> Column:
     return source.cast("string").alias(column)
 
 
+def delivered_at() -> Column:
+    """When a row's file reached us (its last modification time), of a frame read from files."""
+    return F.col("_metadata.file_modification_time").alias("delivered_at")
+
+
 def added_columns_last(frame: DataFrame) -> DataFrame:
     """The columns a table gained after its first version go last, in new tables as in old ones."""
-    return frame.select(*[c for c in frame.columns if c not in ADDED_LATER], *ADDED_LATER)
+    return frame.select(*[c for c in frame.columns if c not in ADDED_LATER],
+                        *[c for c in ADDED_LATER if c in frame.columns])
 
 
 def read_attributes(spark: SparkSession, landing: str, name: str) -> DataFrame | None:

@@ -47,9 +47,11 @@ def privacy_requests(spark: SparkSession, settings: Settings, kinds: tuple[str, 
             .groupBy(F.col("user_id").cast("int").alias("user_id")).agg(F.max("at").alias("requested_at")))
 
 
-def without_erased(spark: SparkSession, settings: Settings, rows: DataFrame, ts: str | None = "ts") -> DataFrame:
-    """Rows (user_id as it arrived) minus those of users with an erasure request, from before it was
-    carried out (`ts`; None: any row of theirs). What comes after is a new start."""
+def without_erased(spark: SparkSession, settings: Settings, rows: DataFrame) -> DataFrame:
+    """Rows (user_id as it arrived, `delivered_at`: when their file reached us) minus those of users
+    with an erasure request that reached us before it was carried out. Only a file delivered after
+    the erasure was done is a new start: an event's own time is the client's claim, and a file
+    delivered before the erasure may hold events dated after it."""
     erased = privacy_requests(spark, settings, ("erasure",))
     if erased is None:
         return rows
@@ -60,11 +62,10 @@ def without_erased(spark: SparkSession, settings: Settings, rows: DataFrame, ts:
         erased = erased.join(done, "user_id", "left")
     else:
         erased = erased.withColumn("done_at", F.lit(None).cast("timestamp"))
-    # Their latest request done: rows from before it was done go. Still pending: all of theirs go.
+    # Their latest request done: rows delivered before it was done go. Still pending: all of theirs go.
     until = F.when(F.col("done_at") >= F.col("requested_at"), F.col("done_at")).otherwise(
         F.lit("9999-12-31").cast("timestamp"))
     erased = erased.select(F.col("user_id").alias("erased_user"), until.alias("until"))
     user = F.expr("try_cast(trim(user_id) AS BIGINT)")
-    when = F.expr(f"try_cast({ts} AS TIMESTAMP)") if ts else None
-    before = F.lit(True) if when is None else when.isNull() | (when < F.col("until"))
+    before = F.col("delivered_at").isNull() | (F.col("delivered_at") < F.col("until"))
     return rows.join(F.broadcast(erased), (user == F.col("erased_user")) & before, "left_anti")

@@ -16,7 +16,7 @@ from nightrec.constants import EVENT_KEY, MAX_ID, MAX_POSITION, REQUEST_ID, SILV
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 
-TYPED_COLUMNS = (*SILVER_COLUMNS, "seconds_into_day")  # what the suite sees
+TYPED_COLUMNS = (*SILVER_COLUMNS, "seconds_into_day", "seconds_after_delivery")  # what the suite sees
 
 
 @dataclass(frozen=True)
@@ -24,11 +24,15 @@ class Rule:
     name: str
     message: str
     is_bad: Callable[[], Column]          # row-level condition, true when the row breaks the rule
-    expectation: Callable[[list[str]], object]  # the matching great_expectations expectation
+    expectation: Callable[[], object]     # the matching great_expectations expectation
 
 
 def typed(bronze: DataFrame) -> DataFrame:
-    """Raw landing text -> typed columns; what cannot be parsed becomes null (and fails a rule)."""
+    """Raw landing text -> typed columns; what cannot be parsed becomes null (and fails a rule).
+
+    `seconds_after_delivery` is how far an event's time lies after its file reached us (rows of
+    tables written before delivery times were kept: after their ingest): a time the client claims,
+    checked against one we saw."""
     def positive_id(column: str) -> Column:
         value = F.expr(f"try_cast(trim({column}) AS BIGINT)")
         return F.when((value >= 1) & (value <= MAX_ID), value.cast("int"))
@@ -38,6 +42,7 @@ def typed(bronze: DataFrame) -> DataFrame:
     raw_request = F.trim(F.col("request_id"))
     raw_position = F.trim(F.col("position"))
     position = F.coalesce(F.expr("try_cast(trim(position) AS INT)"), F.lit(-1))
+    arrived = [F.col(c) for c in ("delivered_at", "ingested_at") if c in bronze.columns] or [F.lit(None)]
     raw_ts = F.trim(F.col("ts"))
     ts = F.when(raw_ts.rlike(r"^\d{9,11}$"), F.timestamp_seconds(raw_ts.cast("bigint"))).otherwise(
         F.expr("try_cast(trim(ts) AS TIMESTAMP)"))
@@ -54,6 +59,7 @@ def typed(bronze: DataFrame) -> DataFrame:
         # great_expectations) sees
         F.when(raw_position != "", F.when(raw_request != "", position).otherwise(-1)).alias("position"),
         (F.unix_timestamp(ts) - F.unix_timestamp(F.col("dt").cast("timestamp"))).alias("seconds_into_day"),
+        (F.unix_timestamp(ts) - F.unix_timestamp(F.coalesce(*arrived))).alias("seconds_after_delivery"),
         F.struct(*[F.col(c) for c in ("user_id", "item_id", "event_type", "value", "ts", "request_id", "position",
                                       "source_file")]).alias("raw"),
     )
@@ -72,34 +78,40 @@ def mark_repeats(typed_rows: DataFrame) -> DataFrame:
                         & (F.col("value") == F.col("kept_value")) & (F.row_number().over(event) > 1)))
 
 
-def rules(event_types: list[str]) -> list[Rule]:
+def rules(event_types: list[str], clock_skew_seconds: float) -> list[Rule]:
+    """Every row rule; an event may be dated at most `clock_skew_seconds` after its file reached us."""
     import great_expectations.expectations as gxe
+
+    skew = int(clock_skew_seconds)
 
     return [
         Rule("user_id_valid", "user_id missing or not an integer in 1..2^31-1",
-             lambda: F.col("user_id").isNull(), lambda _: gxe.ExpectColumnValuesToNotBeNull(column="user_id")),
+             lambda: F.col("user_id").isNull(), lambda: gxe.ExpectColumnValuesToNotBeNull(column="user_id")),
         Rule("item_id_valid", "item_id missing or not an integer in 1..2^31-1",
-             lambda: F.col("item_id").isNull(), lambda _: gxe.ExpectColumnValuesToNotBeNull(column="item_id")),
+             lambda: F.col("item_id").isNull(), lambda: gxe.ExpectColumnValuesToNotBeNull(column="item_id")),
         Rule("event_type_known", f"event_type not one of {event_types}",
              lambda: ~F.col("event_type").isin(event_types),
-             lambda types: gxe.ExpectColumnValuesToBeInSet(column="event_type", value_set=types)),
+             lambda: gxe.ExpectColumnValuesToBeInSet(column="event_type", value_set=event_types)),
         Rule("value_valid", "value is not a non-negative number",
-             lambda: F.col("value").isNull(), lambda _: gxe.ExpectColumnValuesToNotBeNull(column="value")),
+             lambda: F.col("value").isNull(), lambda: gxe.ExpectColumnValuesToNotBeNull(column="value")),
         Rule("ts_valid", "ts missing or not an ISO-8601 timestamp / epoch seconds",
-             lambda: F.col("ts").isNull(), lambda _: gxe.ExpectColumnValuesToNotBeNull(column="ts")),
+             lambda: F.col("ts").isNull(), lambda: gxe.ExpectColumnValuesToNotBeNull(column="ts")),
         Rule("ts_inside_day", "ts outside the landing day dt (UTC)",
              lambda: F.col("seconds_into_day").isNotNull() & ~F.col("seconds_into_day").between(0, 86399),
-             lambda _: gxe.ExpectColumnValuesToBeBetween(column="seconds_into_day", min_value=0, max_value=86399)),
+             lambda: gxe.ExpectColumnValuesToBeBetween(column="seconds_into_day", min_value=0, max_value=86399)),
+        Rule("ts_not_future", f"ts more than {skew} s (validation.clock_skew_seconds) after its file was delivered",
+             lambda: F.col("seconds_after_delivery") > skew,
+             lambda: gxe.ExpectColumnValuesToBeBetween(column="seconds_after_delivery", max_value=skew)),
         Rule("request_id_valid", "request_id is not 1-32 hexadecimal digits (the lookup answer's request_id)",
              lambda: F.col("request_id").isNotNull() & ~F.col("request_id").rlike(REQUEST_ID),
-             lambda _: gxe.ExpectColumnValuesToMatchRegex(column="request_id", regex=REQUEST_ID)),
+             lambda: gxe.ExpectColumnValuesToMatchRegex(column="request_id", regex=REQUEST_ID)),
         Rule("position_valid", f"position is not a whole number in 1..{MAX_POSITION}, or comes without a request_id",
              lambda: F.col("position").isNotNull() & ~F.col("position").between(1, MAX_POSITION),
-             lambda _: gxe.ExpectColumnValuesToBeBetween(column="position", min_value=1, max_value=MAX_POSITION)),
+             lambda: gxe.ExpectColumnValuesToBeBetween(column="position", min_value=1, max_value=MAX_POSITION)),
         Rule("no_conflicting_copy", "the same user_id, item_id, event_type and ts as another row, with another value",
              lambda: F.col("user_id").isNotNull() & F.col("item_id").isNotNull() & F.col("ts").isNotNull()
              & F.col("value").isNotNull() & (F.col("value") != F.col("kept_value")),
-             lambda _: gxe.ExpectCompoundColumnsToBeUnique(column_list=list(EVENT_KEY),
+             lambda: gxe.ExpectCompoundColumnsToBeUnique(column_list=list(EVENT_KEY),
                                                            ignore_row_if="any_value_is_missing")),
     ]
 
@@ -126,7 +138,7 @@ class Check:
     frame: DataFrame
 
 
-def run_suite(typed_rows: DataFrame, unreadable_files: DataFrame, event_types: list[str], docs_dir: str,
+def run_suite(typed_rows: DataFrame, unreadable_files: DataFrame, rule_list: list[Rule], docs_dir: str,
               run_name: str) -> SuiteResult:
     """Run the great_expectations suites on the typed rows and on the landing files the ingest could
     not read (quarantine/files: `path`, `reason`), and build Data Docs into docs_dir: the page lists
@@ -134,7 +146,7 @@ def run_suite(typed_rows: DataFrame, unreadable_files: DataFrame, event_types: l
     import great_expectations.expectations as gxe
 
     return run_checks([
-        Check("interactions", [(rule.name, rule.expectation(event_types)) for rule in rules(event_types)],
+        Check("interactions", [(rule.name, rule.expectation()) for rule in rule_list],
               typed_rows.select(*TYPED_COLUMNS)),
         Check("landing_files", [(None, gxe.ExpectColumnValuesToBeNull(column="unreadable"))],
               unreadable_files.select(F.concat_ws(": ", "path", "reason").alias("unreadable"))),

@@ -26,6 +26,7 @@ from nightrec.data.landing import (
     LandingError,
     LandingFile,
     added_columns_last,
+    delivered_at,
     inspect_day,
     read_attributes,
     read_interactions,
@@ -92,9 +93,11 @@ def run(spark: SparkSession, settings: Settings, ds: dt.date, lookback_days: int
         attributes_map = F.create_map(*[x for c in frame.columns if c != key
                                         for x in (F.lit(c), F.col(c).cast("string"))])
         snapshot = frame.select(F.col(key).cast("string").alias(key),
-                                attributes_map.cast("map<string,string>").alias("attributes"), F.lit(ds).alias("dt"))
+                                attributes_map.cast("map<string,string>").alias("attributes"), F.lit(ds).alias("dt"),
+                                delivered_at())
         if name == "users":
-            snapshot = without_erased(spark, settings, snapshot, ts=None)
+            snapshot = without_erased(spark, settings, snapshot)
+        snapshot = snapshot.drop("delivered_at")
         attributes[name] = lake.replace_partitions(snapshot, settings.table(f"bronze/{name}"), [ds])
     return IngestResult(
         rows, len(present), present[0].isoformat(), present[-1].isoformat(),

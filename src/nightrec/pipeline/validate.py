@@ -42,15 +42,15 @@ def run(spark: SparkSession, settings: Settings, ds: dt.date, lookback_days: int
     days = window(ds, lookback_days)
     bronze = lake.read_table(spark, settings.table("bronze/interactions"), days)
     event_types = sorted(settings.events.weights)
-    rule_list = validation.rules(event_types)
+    rule_list = validation.rules(event_types, settings.validation.clock_skew_seconds)
     checked = validation.with_reasons(validation.mark_repeats(validation.typed(bronze)), rule_list).cache()
     try:
-        return _route(spark, settings, ds, days, checked, event_types, rule_list, Progress("validate", spark))
+        return _route(spark, settings, ds, days, checked, rule_list, Progress("validate", spark))
     finally:
         checked.unpersist()
 
 
-def _route(spark, settings, ds, days, checked, event_types, rule_list, progress) -> ValidateResult:
+def _route(spark, settings, ds, days, checked, rule_list, progress) -> ValidateResult:
     bad = F.size("reasons") > 0
     dropped = F.col("duplicate") & ~bad
     with progress.step("check every row", days=len(days)):
@@ -64,7 +64,7 @@ def _route(spark, settings, ds, days, checked, event_types, rule_list, progress)
     by_rule = {name: int(count or 0) for name, count in totals.items()}
     docs_dir = f"{settings.path('data_docs')}/dt={ds.isoformat()}"
     with progress.step("great_expectations suite and Data Docs"):
-        suite = validation.run_suite(checked.where(~dropped), unreadable_files(spark, settings, days), event_types,
+        suite = validation.run_suite(checked.where(~dropped), unreadable_files(spark, settings, days), rule_list,
                                      docs_dir, f"interactions_{ds:%Y%m%d}")
     if not per_day:  # the day's files were all empty: a valid night with no new events
         return ValidateResult(0, 0, 0, duplicates, 0.0, by_rule, suite.unexpected, suite.data_docs)
