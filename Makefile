@@ -25,6 +25,7 @@ lint: setup
 	$(BIN)/ruff check src tests bench dags jobs
 
 setup: system $(VENV)/.installed
+	@$(BIN)/nightrec spark-packages
 
 system:
 	@scripts/ensure-system.sh

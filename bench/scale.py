@@ -3,6 +3,8 @@ it) on `nightrec synth` data at three sizes, one table.
 
     .venv/bin/python bench/scale.py                 # S, M and L
     .venv/bin/python bench/scale.py --sizes S M     # fewer
+    .venv/bin/python bench/scale.py --sizes S --stores local s3 --repeat 3   # disk and S3, side by side
+    .venv/bin/python bench/scale.py --sizes S --against ../release --repeat 3  # against an earlier checkout
 
 For each size, in its own folder under var/bench/scale/ with its own lake, MLflow store and
 redis-server: the initial load (an empty lake, all 30 days ingested at once), then a steady-state
@@ -17,12 +19,14 @@ time against events between consecutive sizes (time ~ events^exponent).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import math
 import os
 import re
 import shlex
+import statistics
 import subprocess
 import sys
 import threading
@@ -175,8 +179,29 @@ def redis_bytes_per_user(url: str, baseline: int, users: int) -> float:
     return (int(redis.Redis.from_url(url).info("memory")["used_memory"]) - baseline) / max(users, 1)
 
 
-def measure(label: str, size: Size, seed: int, work: Path) -> list[Night]:
+def stores_environ(home: Path, s3_endpoint: str | None) -> dict[str, str]:
+    """Landing zone, lake, Data Docs and MLflow artifacts: under home, or in a new bucket of the S3 server."""
+    if s3_endpoint is None:
+        return {"NIGHTREC_PATHS__LANDING": str(home / "landing"), "NIGHTREC_PATHS__LAKE": str(home / "lake"),
+                "NIGHTREC_PATHS__DATA_DOCS": str(home / "docs"),
+                "NIGHTREC_MLFLOW__ARTIFACT_ROOT": str(home / "mlflow" / "artifacts")}
+    import boto3
+
+    bucket = f"bench-{int(time.time() * 1000)}"
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
+    return {"NIGHTREC_PATHS__LANDING": f"s3://{bucket}/landing", "NIGHTREC_PATHS__LAKE": f"s3://{bucket}/lake",
+            "NIGHTREC_PATHS__DATA_DOCS": f"s3://{bucket}/docs", "NIGHTREC_MLFLOW__ARTIFACT_ROOT": f"s3://{bucket}/mlflow",
+            "NIGHTREC_STORAGE__S3_ENDPOINT": s3_endpoint, "NIGHTREC_STORAGE__S3_PATH_STYLE": "true",
+            "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_REGION": "us-east-1"}
+
+
+def measure(label: str, size: Size, seed: int, work: Path, s3_endpoint: str | None = None,
+            code: Path | None = None) -> list[Night]:
+    """The initial and the steady night of one size, with the stores on local disk or S3 (s3_endpoint),
+    run by this checkout's code or another's (`code`: a checkout of an earlier release)."""
+    from nightrec.data import storage
     from nightrec.serving.redis_server import private_redis
+    from nightrec.settings import load_settings
 
     home = work / label
     landing = home / "landing"
@@ -185,15 +210,20 @@ def measure(label: str, size: Size, seed: int, work: Path) -> list[Night]:
     print(f"{label}: data ready in {time.monotonic() - started:.0f} s ({landing})", flush=True)
     for folder in ("lake", "mlflow", "airflow", "docs"):
         subprocess.run(["rm", "-rf", str(home / folder)], check=True)
+    stores = stores_environ(home, s3_endpoint)
+    if s3_endpoint:  # delivered to the bucket the way a producer would: one PUT per file
+        os.environ.update({k: v for k, v in stores.items() if k.startswith("AWS_")})
+        uploaded = load_settings("local", {**os.environ, **stores}).path("landing")
+        storage.upload_folder(landing, uploaded)
     nights = []
     with private_redis() as port:
         url = f"redis://127.0.0.1:{port}/0"
-        env = {**os.environ, "NIGHTREC_PATHS__LANDING": str(landing), "NIGHTREC_PATHS__LAKE": str(home / "lake"),
-               "NIGHTREC_PATHS__DATA_DOCS": str(home / "docs"), "NIGHTREC_PATHS__AIRFLOW_HOME": str(home / "airflow"),
+        env = {**os.environ, **stores, "NIGHTREC_PATHS__AIRFLOW_HOME": str(home / "airflow"),
                "AIRFLOW_HOME": str(home / "airflow"),
                "NIGHTREC_MLFLOW__TRACKING_URI": f"sqlite:///{home}/mlflow/mlflow.db",
-               "NIGHTREC_MLFLOW__ARTIFACT_ROOT": str(home / "mlflow" / "artifacts"),
                "NIGHTREC_REDIS__URL": url, "NIGHTREC_SPARK__DRIVER_MEMORY": size.driver_memory}
+        if code is not None:  # an earlier release's package and DAGs, this checkout's data and benchmark
+            env.update({"PYTHONPATH": str(code / "src"), "NIGHTREC_HOME": str(code)})
         baseline = int(redis.Redis.from_url(url).info("memory")["used_memory"])
         for name, lookback in (("initial", DAYS), ("steady", 1)):
             night = run_night(name, env, lookback, home / f"{name}.log")
@@ -247,16 +277,54 @@ def print_table(results: dict[str, list[Night]], command: str) -> None:
                 print(f"| {name} | {a}→{b} | " + " | ".join(cells) + " |")
 
 
+def print_comparison(runs: dict[str, list[list[Night]]], command: str) -> None:
+    """Whole-night seconds of each variant, run by run (side by side), median and spread, and each
+    variant's median against the first's."""
+    print(f"\n$ {command}")
+    print("Variants run in turn, run by run (each an initial and a steady night); whole night = the sum of its tasks\n")
+    print("| variant | night | runs (s) | median s | spread s | median vs first | " + " | ".join(STAGES) + " |")
+    print("|---|---|---|---|---|---|" + "---|" * len(STAGES))
+    first = next(iter(runs))
+    for variant, repeats in runs.items():
+        for index, name in enumerate(("initial", "steady")):
+            totals = [sum(r[index].seconds.values()) for r in repeats]
+            base = statistics.median(sum(r[index].seconds.values()) for r in runs[first])
+            stages = [statistics.median(r[index].seconds.get(stage, 0) for r in repeats) for stage in STAGES]
+            print(f"| {variant} | {name} | {', '.join(f'{t:.0f}' for t in totals)} | {statistics.median(totals):.0f} "
+                  f"| {max(totals) - min(totals):.0f} | {statistics.median(totals) / base:.2f} | "
+                  + " | ".join(f"{t:.0f}" for t in stages) + " |")
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", nargs="+", choices=list(SIZES), default=list(SIZES))
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--work", type=Path, default=HOME / "var" / "bench" / "scale")
+    parser.add_argument("--stores", nargs="+", choices=["local", "s3"], default=["local"],
+                        help="where landing, lake, docs and artifacts live; several: run side by side")
+    parser.add_argument("--against", type=Path, help="also run a checkout of an earlier release, side by side")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each variant, taken in turn")
     args = parser.parse_args(argv)
-    results = {}
-    for label in args.sizes:
-        results[label] = measure(label, SIZES[label], args.seed, args.work)
-    print_table(results, "python bench/scale.py " + shlex.join(argv))
+    command = "python bench/scale.py " + shlex.join(argv)
+    with contextlib.ExitStack() as stack:
+        endpoint = None
+        if "s3" in args.stores:  # a private S3 server for this benchmark
+            from nightrec.data.s3_server import private_s3
+
+            endpoint = stack.enter_context(private_s3())
+        variants = [(store, None) for store in args.stores] + ([("local", args.against)] if args.against else [])
+        if len(variants) == 1 and args.repeat == 1:
+            results = {label: measure(label, SIZES[label], args.seed, args.work, endpoint) for label in args.sizes}
+            print_table(results, command)
+            return
+        for label in args.sizes:
+            runs: dict[str, list[list[Night]]] = {}
+            for _ in range(args.repeat):
+                for store, code in variants:
+                    name = f"{label} {store}" + (f" ({code.name})" if code else "")
+                    runs.setdefault(name, []).append(measure(label, SIZES[label], args.seed, args.work,
+                                                             endpoint if store == "s3" else None, code))
+            print_comparison(runs, command)
 
 
 if __name__ == "__main__":

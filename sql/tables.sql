@@ -7,7 +7,7 @@
 CREATE TABLE IF NOT EXISTS nightrec.bronze_interactions (
   user_id STRING, item_id STRING, event_type STRING, value STRING, ts STRING,
   source_file STRING, dt DATE, ingested_at TIMESTAMP, request_id STRING, position STRING,
-  delivered_at TIMESTAMP
+  delivered_at TIMESTAMP, source_etag STRING
 ) USING DELTA PARTITIONED BY (dt) LOCATION '${lake}/bronze/interactions';
 
 CREATE TABLE IF NOT EXISTS nightrec.bronze_items (

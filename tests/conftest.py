@@ -1,4 +1,6 @@
+import itertools
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -13,6 +15,11 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="nightrec-airflow-")
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(Path(__file__).parents[1] / "dags")
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+# The S3 the tests use is a private local server: its credentials, for every process and JVM started
+# from here (Spark's s3a reads them from its environment); never a real AWS account.
+os.environ.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"})
+for _name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+    os.environ.pop(_name, None)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -50,20 +57,48 @@ def redis_url(redis_server):
     return redis_server
 
 
-def settings_environ(home: Path, redis_url: str = "redis://127.0.0.1:1/0", **overrides) -> dict[str, str]:
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A private S3-compatible server (moto) on a free port, for the whole session."""
+    from nightrec.data.s3_server import private_s3
+
+    with private_s3() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def s3_store(s3_endpoint, request):
+    """A new, empty bucket of that server: the root URI of a test's stores (s3://<bucket>)."""
+    import boto3
+
+    bucket = "t-" + re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-") + f"-{next(_buckets)}"
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
+    return f"s3://{bucket}"
+
+
+_buckets = itertools.count()
+
+
+def settings_environ(home: Path, redis_url: str = "redis://127.0.0.1:1/0", stores: str | None = None,
+                     s3_endpoint: str = "", **overrides) -> dict[str, str]:
+    """Settings of a test: its files under home, or its stores (landing, lake, docs, MLflow artifacts)
+    under `stores` (s3://bucket on the private S3 server at s3_endpoint)."""
+    root = stores.rstrip("/") if stores else str(home)
     environ = {
-        "NIGHTREC_PATHS__LANDING": str(home / "landing"),
-        "NIGHTREC_PATHS__LAKE": str(home / "lake"),
-        "NIGHTREC_PATHS__DATA_DOCS": str(home / "docs"),
+        "NIGHTREC_PATHS__LANDING": f"{root}/landing",
+        "NIGHTREC_PATHS__LAKE": f"{root}/lake",
+        "NIGHTREC_PATHS__DATA_DOCS": f"{root}/docs",
         "NIGHTREC_PATHS__AIRFLOW_HOME": str(home / "airflow"),
         "NIGHTREC_MLFLOW__TRACKING_URI": f"sqlite:///{home}/mlflow.db",
-        "NIGHTREC_MLFLOW__ARTIFACT_ROOT": str(home / "artifacts"),
+        "NIGHTREC_MLFLOW__ARTIFACT_ROOT": f"{root}/artifacts",
         "NIGHTREC_REDIS__URL": redis_url,
         "NIGHTREC_REDIS__PREFIX": "test",
         "NIGHTREC_MODEL__SEARCH_SPACE": str(Path(__file__).parent / "data" / "search_space_small.toml"),
         "NIGHTREC_MODEL__RECIPE": str(Path(__file__).parent / "data" / "recipe_small.toml"),
         "NIGHTREC_MODEL__TOP_K": "20",
     }
+    if s3_endpoint:
+        environ.update({"NIGHTREC_STORAGE__S3_ENDPOINT": s3_endpoint, "NIGHTREC_STORAGE__S3_PATH_STYLE": "true"})
     environ.update({f"NIGHTREC_{k.upper()}": str(v) for k, v in overrides.items()})
     return environ
 

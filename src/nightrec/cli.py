@@ -80,7 +80,8 @@ def synth(out: Annotated[Path, typer.Argument(help="landing folder to write")],
 @app.command()
 def run(ds: DsOption,
         lookback_days: Annotated[int, typer.Option(min=1, help="landing days ending at ds to (re)ingest")] = 1,
-        landing: Annotated[Optional[Path], typer.Option(help="folder of landing files (default: settings)")] = None):
+        landing: Annotated[Optional[str], typer.Option(help="landing zone: a folder or s3://bucket/prefix "
+                                                               "(default: settings)")] = None):
     """Run the nightrec_nightly DAG for one logical date through Airflow (`airflow dags test`)."""
     from nightrec.pipeline.orchestration import DAG_ID, airflow_environment
 
@@ -88,9 +89,15 @@ def run(ds: DsOption,
     settings = _settings()
     env = airflow_environment(settings)
     if landing is not None:
-        if not landing.is_dir():
-            raise typer.BadParameter(f"landing folder {landing} does not exist")
-        env["NIGHTREC_PATHS__LANDING"] = str(landing.resolve())
+        from nightrec.data import storage
+
+        if not storage.is_s3(landing):
+            if not Path(landing).is_dir():
+                raise typer.BadParameter(f"landing folder {landing} does not exist")
+            landing = str(Path(landing).resolve())
+        elif not storage.listdir(landing):
+            raise typer.BadParameter(f"landing zone {landing} holds nothing")
+        env["NIGHTREC_PATHS__LANDING"] = landing
     log_dir = Path(env["AIRFLOW_HOME"]) / "logs" / "nightrec-runs"
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"run-{day}-{time.strftime('%Y%m%dT%H%M%S')}.log"
@@ -152,6 +159,20 @@ def stage(name: Annotated[str, typer.Argument(help="drain_events|privacy|ingest|
     run_stage(name, _date(ds).isoformat(), lookback_days)
 
 
+@app.command("spark-packages")
+def spark_packages():
+    """Resolve Spark's JVM packages (Delta, the s3a connector) into their cache, once: `make` runs it."""
+    from nightrec.data.spark import SPARK_PACKAGES, cached_jars, get_spark
+
+    settings = _settings()
+    cache = Path(settings.spark.packages_cache).expanduser()
+    if not cached_jars(cache):
+        with console.status(f"resolving {', '.join(SPARK_PACKAGES)} from Maven Central into {cache}"):
+            get_spark(settings, "nightrec-spark-packages").stop()
+    jars = cached_jars(cache)
+    console.print(f"{len(jars)} jars, {sum(j.stat().st_size for j in jars) / 1e6:.0f} MB, in {cache / 'jars'}")
+
+
 @app.command()
 def tune(ds: DsOption):
     """Search hyperparameters and blend weights on the window ending DS; the chosen recipe is what the
@@ -206,18 +227,15 @@ def recs(user_id: int, k: Annotated[int, typer.Option(min=1, max=100)] = 10,
 def _item_titles(settings) -> dict[str, str]:
     """Titles from the lake's latest item file; none where the pipeline is not installed (serve only)."""
     try:
-        from deltalake import DeltaTable
+        from nightrec.data import lake
     except ImportError:
         return {}
 
-    from nightrec.data.lake import table_exists
-
     root = settings.table("bronze/items")
-    if not table_exists(root):
+    latest = lake.newest_partition(root) if lake.table_exists(root) else None
+    if latest is None:
         return {}
-    table = DeltaTable(root)
-    latest = max(p["dt"] for p in table.partitions())
-    rows = table.to_pyarrow_table(partitions=[("dt", "=", latest)], columns=["item_id", "attributes"]).to_pylist()
+    rows = lake.small_table(root, ["item_id", "attributes"], [dt.date.fromisoformat(latest)]).to_pylist()
     return {row["item_id"]: dict(row["attributes"]).get("title", "") for row in rows}
 
 
@@ -456,9 +474,7 @@ app.add_typer(privacy_app, name="privacy")
 @privacy_app.command("status")
 def privacy_status(user_id: int):
     """A user's requests, and for each erasure carried out what was removed, where and when."""
-    from deltalake import DeltaTable
-
-    from nightrec.data.lake import table_exists
+    from nightrec.data import lake
     from nightrec.pipeline import records
     from nightrec.pipeline.privacy import REPORTS
 
@@ -466,8 +482,8 @@ def privacy_status(user_id: int):
     client, keys = _redis(settings)
     requests = [r for r in records.read(client, keys, records.PRIVACY, settings) if r["user_id"] == user_id]
     reports = {}
-    if table_exists(settings.table(REPORTS)):
-        reports = {r["request_id"]: r for r in DeltaTable(settings.table(REPORTS)).to_pyarrow_table().to_pylist()
+    if lake.table_exists(settings.table(REPORTS)):
+        reports = {r["request_id"]: r for r in lake.small_table(settings.table(REPORTS)).to_pylist()
                    if r["user_id"] == user_id}
     if not requests:
         console.print(f"user {user_id}: no opt-out or erasure requested")

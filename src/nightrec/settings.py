@@ -30,6 +30,20 @@ class Paths(_Section):
     airflow_home: str
 
 
+class StorageSettings(_Section):
+    """How S3 is reached when a path is an s3:// URI (credentials: the standard AWS chain, never here)."""
+
+    s3_endpoint: str = ""      # e.g. http://127.0.0.1:9000 (a local S3 server); empty: AWS ($AWS_ENDPOINT_URL if set)
+    s3_region: str = ""        # empty: $AWS_REGION / $AWS_DEFAULT_REGION, else us-east-1
+    s3_path_style: bool = False  # bucket in the path, not the host name (most S3-compatible servers need it)
+
+    def endpoint(self) -> str:
+        return self.s3_endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL", "")
+
+    def region(self) -> str:
+        return self.s3_region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+
+
 class SparkSettings(_Section):
     master: str = "local[2]"    # local[N], spark://host:7077, yarn, k8s://https://host:443 (docs/deploy.md)
     driver_memory: str = "4g"
@@ -44,6 +58,9 @@ class SparkSettings(_Section):
     ui_port: int = Field(4040, ge=0, le=65535)  # Spark UI; when taken Spark uses the next free port
                                                 # (logged by each stage)
     checkpoint_dir: str = ""    # ALS checkpoints, on storage every executor shares; empty: <lake>/_checkpoints
+    packages_cache: str = "~/.cache/nightrec/spark-packages"  # Delta's and s3a's jars, resolved from Maven once
+    packages_on_workers: bool = False  # true: every worker has the same cache at the same path (an image, or
+                                       # workers on the driver's host): the jars are not shipped to executors
     conf: dict[str, str | int | float | bool] = {}  # any other Spark property, e.g. {"spark.cores.max": 8}; wins
 
 
@@ -169,6 +186,7 @@ class Settings(_Section):
     env: str
     home: Path
     paths: Paths
+    storage: StorageSettings = StorageSettings()
     spark: SparkSettings
     validation: ValidationSettings
     events: EventSettings
@@ -189,6 +207,9 @@ class Settings(_Section):
     def table(self, name: str) -> str:
         """Root of a Delta table, e.g. table("silver/interactions")."""
         return f"{self.path('lake').rstrip('/')}/{name}"
+
+
+SECTIONS = {name for name in Settings.model_fields if name not in ("env", "home")}
 
 
 def resolve(home: Path, value: str) -> str:
@@ -232,10 +253,23 @@ def load_settings(env: str | None = None, environ: dict[str, str] | None = None)
         raise SettingsError(f"no settings file for environment {env!r}: {conf_file} does not exist")
     data = tomllib.loads(conf_file.read_text())
     for section, values in _env_overrides(environ).items():
+        if section in SECTIONS and section not in data:  # a section the file leaves at its defaults
+            data[section] = {}
         if not isinstance(data.get(section), dict):
             raise SettingsError(f"environment override for unknown settings section {section!r}")
         data[section].update(values)
     try:
-        return Settings(env=env, home=home, **data)
+        settings = Settings(env=env, home=home, **data)
     except ValidationError as error:
         raise SettingsError(f"invalid settings ({conf_file} + NIGHTREC_* environment): {error}") from None
+    global _loaded_storage
+    _loaded_storage = settings.storage  # every store of this process is reached the way these settings say
+    return settings
+
+
+_loaded_storage = StorageSettings()
+
+
+def loaded_storage() -> StorageSettings:
+    """The storage settings this process loaded last (nightrec.data.storage reaches S3 with them)."""
+    return _loaded_storage

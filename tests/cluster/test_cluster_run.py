@@ -8,15 +8,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import boto3
 import pytest
 import redis
 
 from conftest import settings_environ
 from helpers import days_ending, write_landing
 from nightrec.constants import STAGES
+from nightrec.data import storage
 from nightrec.data.spark import CHECKPOINT_FOLDER
 from nightrec.serving.layout import Keys, decode_user
 from nightrec.serving.redis_server import free_port
+from nightrec.settings import load_settings
 
 pytestmark = [pytest.mark.cluster, pytest.mark.airflow, pytest.mark.redis]
 
@@ -41,14 +44,23 @@ def events(folder: Path) -> list[dict]:
     return [json.loads(line) for log in logs for line in log.read_text().splitlines() if line]
 
 
-def test_the_night_runs_on_a_standalone_cluster(tmp_path, redis_url, spark_cluster):
-    write_landing(tmp_path / "landing", days_ending(DAY, 3), users=USERS, items=60)
+def test_the_night_runs_on_a_standalone_cluster(tmp_path, redis_url, spark_cluster, s3_endpoint):
+    """Every store on the S3 server: the workers share no disk with the driver but the jars' cache
+    (as an image would hold it)."""
+    bucket = "cluster-night"
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
+    environ = settings_environ(tmp_path, redis_url, stores=f"s3://{bucket}", s3_endpoint=s3_endpoint,
+                               model__recipe=small_recipe(tmp_path))
+    write_landing(tmp_path / "delivered", days_ending(DAY, 3), users=USERS, items=60)
+    settings = load_settings("local", environ)
+    storage.upload_folder(tmp_path / "delivered", settings.path("landing"))
     event_log = tmp_path / "spark-events"
     event_log.mkdir()
     ui_port = free_port()
     env = {
         **os.environ,
-        **settings_environ(tmp_path, redis_url, model__recipe=small_recipe(tmp_path)),
+        **environ,
+        "NIGHTREC_SPARK__PACKAGES_ON_WORKERS": "true",
         "NIGHTREC_SPARK__MASTER": spark_cluster.url,
         "NIGHTREC_SPARK__DRIVER_MEMORY": "1g",
         "NIGHTREC_SPARK__EXECUTOR_MEMORY": "512m",
@@ -105,8 +117,12 @@ def test_the_night_runs_on_a_standalone_cluster(tmp_path, redis_url, spark_clust
               and any(rdd["Name"] == "ReliableCheckpointRDD" for rdd in e["Stage Info"]["RDD Info"])]
     assert reread, "ALS never read a checkpoint back: does the recipe still run it for 10 iterations?"
     assert all("Failure Reason" not in e["Stage Info"] for e in reread)
-    checkpoints = tmp_path / "lake" / CHECKPOINT_FOLDER
-    assert checkpoints.is_dir() and not any(checkpoints.iterdir())
+    assert storage.walk(storage.join(settings.path("lake"), CHECKPOINT_FOLDER)) == []
+
+    # the lake is on S3 alone: no Delta log entry names a local file, no lake folder on this disk
+    logs = [e.uri for e in storage.walk(settings.path("lake")) if "/_delta_log/" in e.uri and e.uri.endswith(".json")]
+    assert logs and not [uri for uri in logs if b"file:" in storage.read_bytes(uri)]
+    assert not (tmp_path / "lake").exists() and not list(spark_cluster.folder.rglob("_delta_log"))
 
     # each stage logged where its Spark UI was
     run_log = max((Path(os.environ["AIRFLOW_HOME"]) / "logs" / "nightrec-runs").glob(f"run-{DAY}-*.log")).read_text()

@@ -7,20 +7,24 @@ import datetime as dt
 import json
 import os
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 from unittest import mock
 
+import boto3
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import redis
-from deltalake import DeltaTable
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from conftest import settings_environ
 from helpers import assert_table_matches_ddl, days_ending, write_csv, write_landing
 from nightrec.cli import app as cli
-from nightrec.data.landing import MANAGED_PATTERNS
+from nightrec.data import lake, storage
+from nightrec.data.landing import day_folder, managed_files
+from nightrec.data.spark import use_storage
 from nightrec.pipeline import analyze, drain_events, ingest, publish, records, score, train, validate
 from nightrec.pipeline import privacy as privacy_stage
 from nightrec.serving.api import create_app
@@ -60,21 +64,23 @@ def traffic(settings, clicks: list[int]) -> None:
             assert api.post("/v1/events", json=event).json()["stored"]
 
 
-def holds_user(path: Path) -> bool:
-    data = path.read_bytes()
+def holds_user(uri: str) -> bool:
+    data = storage.read_bytes(uri)
     if any(needle in data for needle in NEEDLES):
         return True
     if data[:4] == b"PAR1":  # compressed pages hide values from a byte search: decode them too
-        return str(USER) in json.dumps(pq.read_table(path).to_pylist(), default=str)
+        return str(USER) in json.dumps(pq.read_table(pa.BufferReader(data)).to_pylist(), default=str)
     return False
 
 
-def files_holding_user(root: Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and holds_user(p))
+def files_holding_user(root: str) -> list[str]:
+    """Every file (S3: every object) under root that names the user, relative to root."""
+    base = root.rstrip("/")
+    return sorted(e.uri[len(base):].lstrip("/") for e in storage.walk(base) if holds_user(e.uri))
 
 
-def managed_files_holding_user(landing: Path) -> list[str]:
-    return sorted(str(p) for pattern in MANAGED_PATTERNS for p in landing.glob(pattern) if holds_user(p))
+def managed_files_holding_user(landing: str) -> list[str]:
+    return sorted(e.uri for e in managed_files(landing) if holds_user(e.uri))
 
 
 def redis_dump(client) -> bytes:
@@ -89,19 +95,34 @@ def redis_dump(client) -> bytes:
 
 
 def personal_lists(settings) -> dict[int, bytes]:
-    table = DeltaTable(settings.table("gold/recommendations")).to_pyarrow_table(
-        columns=["user_id", "value"], partitions=[("dt", "=", TODAY.isoformat())])
+    table = lake.small_table(settings.table("gold/recommendations"), ["user_id", "value"], [TODAY])
     return dict(zip(table["user_id"].to_pylist(), table["value"].to_pylist()))
 
 
-@pytest.fixture(scope="module")
-def erasure(spark, redis_server, tmp_path_factory):
-    home = tmp_path_factory.mktemp("erasure")
-    environ = settings_environ(home, redis_server)
+def count_user(settings, name: str) -> int:
+    column = "raw" if name == "quarantine/impressions" else "user_id"
+    values = lake.small_table(settings.table(name), [column])[column].to_pylist()
+    if column == "raw":
+        return sum(str(USER) in raw for raw in values)
+    return values.count(USER if name.startswith(("silver", "gold")) else str(USER))
+
+
+@pytest.fixture(scope="module", params=["local", "s3"])
+def erasure(request, spark, redis_server, tmp_path_factory):
+    """The user everywhere, `nightrec forget`, one night: with the stores on local disk, and on S3."""
+    home = tmp_path_factory.mktemp(f"erasure-{request.param}")
+    stores = endpoint = None
+    if request.param == "s3":
+        endpoint = request.getfixturevalue("s3_endpoint")
+        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="erasure")
+        stores = "s3://erasure"
+    environ = settings_environ(home, redis_server, stores=stores, s3_endpoint=endpoint or "")
     settings = load_settings("local", environ)
+    use_storage(spark)
     client = redis.Redis.from_url(redis_server)
     client.flushall()
-    landing = Path(settings.path("landing"))
+    # Files other teams deliver: written here, then (S3) uploaded, which delivers them now.
+    landing = home / "delivered" if stores else Path(settings.path("landing"))
     # Delivered files end yesterday, so no event they hold is dated after their delivery at any hour.
     days = days_ending(TODAY - dt.timedelta(days=1), 10)
     write_landing(landing, days, users=USERS, items=ITEMS)
@@ -118,27 +139,28 @@ def erasure(spark, redis_server, tmp_path_factory):
               delivered=dt.datetime.combine(TODAY, dt.time(), tzinfo=dt.timezone.utc))
     with open(landing / "users.csv", "a") as users:
         users.write(f"{USER},33,F\n")
+    if stores:
+        storage.upload_folder(landing, settings.path("landing"))
 
     night(spark, settings, ["ingest", "validate", "analyze", "train", "score", "publish"])
     traffic(settings, liked[20:23])
     night(spark, settings, ["drain_events"])  # e.g. a rerun: the stream lands
-    drained, = landing.glob(f"impressions/dt={TODAY}/stream-*.jsonl")
-    with open(drained, "a") as lines:  # one of their answers goes to quarantine (a request id no lookup made)
-        bad = {"request_id": "not-hex", "user_id": USER, "items": [1], "ts": f"{TODAY}T01:00:00Z"}
-        lines.write(json.dumps(bad) + "\n")
+    drained, = [e.uri for e in storage.listdir(day_folder(settings.path("landing"), TODAY, "impressions"))
+                if e.name.startswith("stream-")]
+    # one of their answers goes to quarantine (a request id no lookup made)
+    bad = {"request_id": "not-hex", "user_id": USER, "items": [1], "ts": f"{TODAY}T01:00:00Z"}
+    storage.write_bytes(drained, storage.read_bytes(drained) + json.dumps(bad).encode() + b"\n")
     night(spark, settings, ["ingest", "validate", "analyze"])
     traffic(settings, liked[23:24])  # still in the stream at the night
     before = {
-        "tables": {name: DeltaTable(settings.table(name)).to_pyarrow_table(columns=["user_id"])["user_id"]
-                   .to_pylist().count(USER if name.startswith(("silver", "gold")) else str(USER))
+        "tables": {name: count_user(settings, name)
                    for name in ("bronze/interactions", "bronze/users", "silver/interactions", "quarantine/interactions",
-                                "silver/impressions", "silver/user_outcomes", "gold/recommendations")}
-        | {"quarantine/impressions": sum(str(USER) in raw for raw in DeltaTable(settings.table(
-            "quarantine/impressions")).to_pyarrow_table(columns=["raw"])["raw"].to_pylist())},
-        "landing": managed_files_holding_user(landing),
+                                "silver/impressions", "silver/user_outcomes", "gold/recommendations",
+                                "quarantine/impressions")},
+        "landing": managed_files_holding_user(settings.path("landing")),
         "stream": sum(int(f[b"user_id"]) == USER for _, f in client.xrange(KEYS.events)),
-        "held_back_quarantined": sum(r["user_id"] == str(USER) and r["reasons"] == ["ts_not_future"] for r in DeltaTable(
-            settings.table("quarantine/interactions")).to_pyarrow_table(columns=["user_id", "reasons"]).to_pylist()),
+        "held_back_quarantined": sum(r["user_id"] == str(USER) and r["reasons"] == ["ts_not_future"] for r in (
+            lake.small_table(settings.table("quarantine/interactions"), ["user_id", "reasons"]).to_pylist())),
         "lists": personal_lists(settings),
     }
 
@@ -148,46 +170,63 @@ def erasure(spark, redis_server, tmp_path_factory):
     results = night(spark, settings, ["drain_events", "privacy", "ingest", "validate", "analyze", "score", "publish"])
     after_lists = personal_lists(settings)
     results |= night(spark, settings, ["train"])  # a model trained after the erasure
-    return settings, client, before, after_lists, results
+    return Erased(request.param, environ, settings, client, before, after_lists, results)
+
+
+@dataclass
+class Erased:
+    kind: str                  # where the stores are: local | s3
+    environ: dict[str, str]    # the settings' environment (for the CLI)
+    settings: object
+    client: redis.Redis
+    before: dict
+    after_lists: dict[int, bytes]
+    results: dict
 
 
 def test_the_user_was_everywhere_before(erasure):
-    _, _, before, _, _ = erasure
+    before = erasure.before
     assert all(count > 0 for count in before["tables"].values()), before["tables"]
     # In the stream: the event posted after the drain, and the drained one the stream keeps as its newest.
     assert before["landing"] and before["stream"] == 2 and USER in before["lists"]
-    assert before["held_back_quarantined"] == 3  # dated after their delivery: quarantined, not learnt from
+    if erasure.kind == "local":  # delivered at midnight (on S3 an upload is delivered when it happens)
+        assert before["held_back_quarantined"] == 3  # dated after their delivery: quarantined, not learnt from
 
 
-def test_nothing_under_the_lake_names_the_user_in_any_version(erasure):
-    settings, _, _, _, results = erasure
-    lake = Path(settings.path("lake"))
-    found = files_holding_user(lake)
+def test_nothing_in_the_lake_names_the_user_in_any_version(erasure):
+    settings, results = erasure.settings, erasure.results
+    found = files_holding_user(settings.path("lake"))
     assert found and all(path.startswith(EXEMPT) for path in found), found  # the request's records only
-    assert USER in DeltaTable(settings.table("privacy/requests")).to_pyarrow_table()["user_id"].to_pylist()
+    assert USER in lake.small_table(settings.table("privacy/requests"))["user_id"].to_pylist()
     removed = results["privacy"].removed
     assert results["privacy"].erased_users == 1
     assert removed["lake:silver/interactions"] > 0 and removed["lake:bronze/users"] == 1
     assert removed["landing:rows"] > 0 and removed["redis:events"] == 1  # the night's drain kept one
 
 
-def test_the_managed_landing_files_and_the_mlflow_store_hold_nothing_of_theirs(erasure):
-    settings, _, _, _, _ = erasure
-    landing = Path(settings.path("landing"))
-    assert managed_files_holding_user(landing) == []
-    assert files_holding_user(Path(settings.mlflow.artifact_root)) == []
-    assert not holds_user(Path(settings.mlflow.tracking_uri.removeprefix("sqlite:///")))
+def test_no_file_of_any_store_names_them_but_the_requests_records(erasure):
+    """Every file the stores hold (on S3: every object in the bucket), and the MLflow database. The
+    files other teams delivered to the landing zone are theirs: erasure never edits them (ingest
+    leaves the user's rows out instead)."""
+    settings = erasure.settings
+    stores = storage.parent_of(settings.path("lake"))
+    found = files_holding_user(stores)
+    delivered = [path for path in found if path.startswith("landing/")]
+    assert {storage.name_of(path) for path in delivered} == {"user.csv", "users.csv", "held-back.csv"}
+    assert all(path.startswith(tuple(f"lake/{name}" for name in EXEMPT)) for path in found if path not in delivered)
+    assert managed_files_holding_user(settings.path("landing")) == []
+    assert files_holding_user(settings.mlflow.artifact_root) == []
+    assert not holds_user(settings.mlflow.tracking_uri.removeprefix("sqlite:///"))
 
 
 def test_a_dump_of_redis_names_them_nowhere(erasure):
-    _, client, _, _, _ = erasure
-    dump = redis_dump(client)
+    dump = redis_dump(erasure.client)
     assert b"nightrec" in dump or b"test:" in dump  # the dump read something
     assert not any(needle in dump for needle in NEEDLES)
 
 
 def test_their_lists_are_non_personalised_and_everyone_elses_unchanged(erasure):
-    settings, _, before, after_lists, _ = erasure
+    settings, before, after_lists = erasure.settings, erasure.before, erasure.after_lists
     assert USER not in after_lists
     others = {u: v for u, v in before["lists"].items() if u != USER}
     assert after_lists == others
@@ -198,13 +237,12 @@ def test_their_lists_are_non_personalised_and_everyone_elses_unchanged(erasure):
 
 def test_the_records_match_their_table_definitions(spark, erasure):
     for name in ("privacy_requests", "privacy_reports", "audit_log"):
-        assert_table_matches_ddl(spark, erasure[0], name)
+        assert_table_matches_ddl(spark, erasure.settings, name)
 
 
 def test_privacy_status_reports_what_went_where(erasure):
-    settings, client, _, _, _ = erasure
-    environ = settings_environ(Path(settings.path("lake")).parent, settings.redis.url)
-    with mock.patch.dict(os.environ, environ):
+    settings, client = erasure.settings, erasure.client
+    with mock.patch.dict(os.environ, erasure.environ):
         status = CliRunner().invoke(cli, ["privacy", "status", str(USER)]).output
         audit = CliRunner().invoke(cli, ["audit", "--action", "erasure_done"]).output
     assert "erasure" in status and "done" in status and "lake:silver/interactions" in status

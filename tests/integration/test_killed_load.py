@@ -118,3 +118,68 @@ def test_the_loader_retries_when_redis_drops_its_connections(spark, redis_url):
     assert result.users == 300_000 and client.get(Keys("test").live).decode() == result.version
     assert len(list(client.scan_iter(match=Keys("test").user_prefix(result.version) + "*", count=10_000))) == 300_000
     assert decode(client.get(Keys("test").user(result.version, 123_456)))[0] == [123_456]
+
+
+WRITER = textwrap.dedent("""
+    import datetime as dt, sys
+    from pyspark.sql import functions as F
+    from nightrec.data import lake
+    from nightrec.data.spark import get_spark
+    from nightrec.settings import load_settings
+
+    settings = load_settings("local")
+    spark = get_spark(settings, "killed-writer")
+    rows = spark.range(0, 30_000_000, numPartitions=60).select(
+        F.col("id").alias("user_id"), F.sha2(F.col("id").cast("string"), 256).alias("label"),
+        F.lit(dt.date(2024, 1, 1)).alias("dt"))
+    lake.replace_partitions(rows, sys.argv[1], [dt.date(2024, 1, 1)])
+""")
+
+
+def test_killing_a_write_to_the_lake_on_s3_leaves_the_previous_version(spark, s3_store, s3_endpoint, tmp_path):
+    """A night's write killed half-way on S3: readers keep the last commit, the next night replaces the
+    day and a vacuum past the retention deletes what the killed write left."""
+    import datetime as dt
+
+    from pyspark.sql import functions as F
+
+    from conftest import settings_environ
+    from nightrec.data import lake, storage
+    from nightrec.data.spark import use_storage
+    from nightrec.settings import load_settings
+
+    environ = settings_environ(tmp_path, stores=s3_store, s3_endpoint=s3_endpoint)
+    settings = load_settings("local", environ)
+    use_storage(spark)
+    root, day = settings.table("gold/recommendations"), dt.date(2024, 1, 1)
+
+    def rows(n, label):
+        return spark.range(n).select(F.col("id").alias("user_id"), F.lit(label).alias("label"), F.lit(day).alias("dt"))
+
+    lake.replace_partitions(rows(1000, "committed"), root, [day])
+    committed = {e.uri for e in storage.walk(root)}
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, root], start_new_session=True,
+                              env={**os.environ, **environ}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:  # until the write has put data files of its own
+            if any(e.uri.endswith(".parquet") for e in storage.walk(root) if e.uri not in committed):
+                break
+            assert writer.poll() is None, "the write ended before it could be killed"
+            time.sleep(0.2)
+        else:
+            raise AssertionError("the write never started putting files")
+        os.killpg(writer.pid, signal.SIGKILL)
+        writer.wait(30)
+    finally:
+        if writer.poll() is None:
+            os.killpg(writer.pid, signal.SIGKILL)
+
+    left = [e for e in storage.walk(root) if e.uri not in committed and "/_delta_log/" not in e.uri]
+    assert left  # the killed write's files, in no version
+    assert lake.version(spark, root) == 0
+    assert lake.read_table(spark, root).groupBy("label").count().collect() == [("committed", 1000)]
+    assert lake.replace_partitions(rows(10, "next night"), root, [day]) == 10
+    lake.vacuum(spark, root, dt.timedelta(0))  # S3 objects cannot be aged: a zero retention stands for a week
+    assert not [e for e in left if storage.stat(e.uri) is not None]
+    assert lake.read_table(spark, root).groupBy("label").count().collect() == [("next night", 10)]

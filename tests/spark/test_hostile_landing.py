@@ -7,6 +7,7 @@ import csv
 import datetime as dt
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -15,9 +16,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import settings_environ
 from helpers import HEADER, synthetic_rows, write_csv
-from nightrec.data import lake
+from nightrec.data import lake, storage
+from nightrec.data.spark import use_storage
 from nightrec.pipeline import ingest, validate
+from nightrec.settings import load_settings
 
 DAY = dt.date(2024, 3, 10)
 GOOD = synthetic_rows(DAY, users=20, items=8, per_user=2)   # 40 rows in good.csv
@@ -181,6 +185,73 @@ def test_a_hostile_file_beside_a_good_one_does_not_stop_the_day(spark, make_sett
     assert (sorted((r.user_id, r.item_id, r.event_type, r.ts) for r in silver)
             == sorted(key(r) for r in GOOD + case.extra_good))
     assert (checked.quarantined_rows, checked.duplicates_dropped) == (0, case.duplicates)
+
+
+ON_DISK_ONLY = ("symlink to a good file", "dangling symlink")  # an object store has no links
+# On S3 a copy of an object under another name has its ETag: read once, not dropped row by row.
+ON_S3 = {**{name: case for name, case in CASES.items() if name not in ON_DISK_ONLY},
+         "re-delivered file under another name": Case(CASES["re-delivered file under another name"].write, "skipped",
+                                                      "the same object as")}
+
+
+@pytest.mark.parametrize("name", list(ON_S3))
+def test_a_hostile_object_on_s3_beside_a_good_one_does_not_stop_the_day(spark, s3_store, s3_endpoint, tmp_path,
+                                                                         name):
+    case = ON_S3[name]
+    settings = load_settings("local", settings_environ(tmp_path, stores=s3_store, s3_endpoint=s3_endpoint))
+    use_storage(spark)
+    day = storage.join(settings.path("landing"), "interactions", f"dt={DAY}")
+    storage.write_bytes(storage.join(day, "good.csv"), write_csv(tmp_path / "good.csv", GOOD).read_bytes())
+    if case.status == "skipped":
+        time.sleep(1.1)  # delivered after good.csv (S3 keeps modification times in whole seconds)
+    folder = tmp_path / "delivered"
+    folder.mkdir()
+    case.write(folder)
+    storage.upload_folder(folder, day)
+
+    ingested = ingest.run(spark, settings, DAY)
+    checked = validate.run(spark, settings, DAY)
+
+    hostile = sorted(folder.iterdir())[0].name
+    quarantined = {storage.name_of(q["path"]): q for q in ingested.quarantined_files}
+    stored = {storage.name_of(r.path): r for r in lake.read_table(spark, settings.table("quarantine/files")).collect()}
+    if case.status == "quarantined":
+        assert case.reason in quarantined[hostile]["reason"] == stored[hostile].reason
+        assert stored[hostile].etag == quarantined[hostile]["etag"] and len(stored[hostile].etag) == 32
+        assert stored[hostile].size == storage.stat(stored[hostile].path).size and stored[hostile].modified
+    else:
+        assert not quarantined and not stored
+    if case.status == "empty":
+        assert [storage.name_of(p) for p in ingested.empty_files] == [hostile]
+    if case.status == "skipped":
+        assert [storage.name_of(s["path"]) for s in ingested.skipped] == [hostile]
+        assert case.reason in ingested.skipped[0]["reason"]
+    silver = lake.read_table(spark, settings.table("silver/interactions")).collect()
+    assert (sorted((r.user_id, r.item_id, r.event_type, r.ts) for r in silver)
+            == sorted(key(r) for r in GOOD + case.extra_good))
+    assert checked.quarantined_rows == 0 and checked.duplicates_dropped == (0 if case.status == "skipped"
+                                                                            else case.duplicates)
+
+
+def test_an_object_put_again_keeps_its_first_delivery(spark, s3_store, s3_endpoint, tmp_path):
+    """Erasure judges rows by when their file reached us: the same bytes put again are no new delivery."""
+    settings = load_settings("local", settings_environ(tmp_path, stores=s3_store, s3_endpoint=s3_endpoint))
+    use_storage(spark)
+    uri = storage.join(settings.path("landing"), "interactions", f"dt={DAY}", "good.csv")
+    data = csv_text(GOOD).encode()
+    storage.write_bytes(uri, data)
+    first = storage.stat(uri)
+    ingest.run(spark, settings, DAY)
+    time.sleep(1.1)  # S3 keeps modification times in whole seconds
+    storage.write_bytes(uri, data)
+    assert storage.stat(uri).modified > first.modified and storage.stat(uri).etag == first.etag
+    ingested = ingest.run(spark, settings, DAY)
+    bronze = lake.read_table(spark, settings.table("bronze/interactions")).collect()
+    assert ingested.rows == len(GOOD) == len(bronze)
+    assert {r.delivered_at.replace(tzinfo=dt.timezone.utc) for r in bronze} == {first.modified}
+    assert {r.source_etag for r in bronze} == {first.etag}
+    assert ingested.files == [{"path": uri, "size": first.size, "etag": first.etag,
+                               "modified": storage.stat(uri).modified.isoformat()}]
 
 
 def _inspected_reason(settings, path: Path) -> str:

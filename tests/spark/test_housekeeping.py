@@ -27,7 +27,7 @@ def test_housekeeping_vacuums_every_table_and_prunes_model_versions(spark, tmp_p
     settings = load_settings("local", environ)
     nights = [DAY - dt.timedelta(days=n) for n in (3, 2, 1, 0)]
     for night in nights:
-        rows = spark.range(4).select(F.col("id").alias("user_id"), F.lit(night).alias("dt"))
+        rows = spark.range(0, 4, numPartitions=2).select(F.col("id").alias("user_id"), F.lit(night).alias("dt"))
         for name in ("bronze/interactions", "bronze/items", "gold/recommendations"):
             lake.replace_partitions(rows, settings.table(name), [night])
     # A write that died before its commit, a month ago: its file is in no version.
@@ -57,6 +57,7 @@ def test_housekeeping_vacuums_every_table_and_prunes_model_versions(spark, tmp_p
     # snapshot tables drop old nights; an event table keeps every day
     assert gold["partitions_dropped"] == summary["tables"]["bronze/items"]["partitions_dropped"] == [str(nights[1])]
     assert bronze["partitions_dropped"] == []
+    assert bronze["files_compacted"] == 2 * len(nights)  # each night wrote two files a day: now one
     assert gold["files_deleted"] == 0  # the dropped night's files stay for time travel until the retention
     kept = {r["dt"]
             for r in lake.read_table(spark, settings.table("gold/recommendations")).select("dt").distinct().collect()}

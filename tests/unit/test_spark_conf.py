@@ -1,5 +1,6 @@
 """What the SparkSession is built from: settings -> Spark properties, without starting Spark."""
 
+import json
 import os
 import sys
 
@@ -7,6 +8,8 @@ import pytest
 
 from nightrec.data.spark import (
     CHECKPOINT_FOLDER,
+    MANIFEST,
+    SPARK_PACKAGES,
     _check_driver_address,
     checkpoint_root,
     executor_python,
@@ -53,7 +56,7 @@ def test_checkpoints_go_to_shared_storage_never_a_driver_temp_folder():
         f"s3://bucket/lake/{CHECKPOINT_FOLDER}"
     configured = load_settings("local", {"NIGHTREC_SPARK__CHECKPOINT_DIR": "var/checkpoints"})
     assert checkpoint_root(configured) == str(configured.home / "var" / "checkpoints")
-    assert checkpoint_root(load_settings("cluster", {})) == "/data/nightrec/checkpoints"
+    assert checkpoint_root(load_settings("cluster", {})) == f"s3://nightrec/lake/{CHECKPOINT_FOLDER}"
 
 
 def test_executor_python_setting_then_environment_then_this_interpreter():
@@ -83,3 +86,47 @@ def test_a_loopback_driver_is_refused_for_executors_on_other_hosts(monkeypatch):
     monkeypatch.delenv("SPARK_LOCAL_IP")
     _check_driver_address({"spark.master": "yarn"})
     assert "SPARK_LOCAL_IP" not in os.environ  # a remote master: Spark chooses the external address
+
+
+def test_delta_runs_in_spark_without_deletion_vectors_and_s3_goes_through_s3a():
+    conf = spark_conf(load_settings("local", {}))
+    assert conf["spark.sql.extensions"] == "io.delta.sql.DeltaSparkSessionExtension"
+    assert conf["spark.sql.catalog.spark_catalog"] == "org.apache.spark.sql.delta.catalog.DeltaCatalog"
+    assert conf["spark.databricks.delta.properties.defaults.enableDeletionVectors"] == "false"
+    assert conf["spark.hadoop.fs.s3.impl"] == "org.apache.hadoop.fs.s3a.S3AFileSystem"
+    assert "spark.hadoop.fs.s3a.endpoint" not in conf and "spark.hadoop.fs.s3a.access.key" not in conf
+
+
+def test_the_s3a_connector_follows_the_storage_settings():
+    settings = load_settings("local", {"NIGHTREC_STORAGE__S3_ENDPOINT": "http://10.0.0.9:9000",
+                                       "NIGHTREC_STORAGE__S3_PATH_STYLE": "true",
+                                       "NIGHTREC_STORAGE__S3_REGION": "eu-west-1"})
+    conf = spark_conf(settings)
+    assert conf["spark.hadoop.fs.s3a.endpoint"] == "http://10.0.0.9:9000"
+    assert conf["spark.hadoop.fs.s3a.connection.ssl.enabled"] == "false"
+    assert conf["spark.hadoop.fs.s3a.path.style.access"] == "true"
+    assert conf["spark.hadoop.fs.s3a.endpoint.region"] == "eu-west-1"
+    load_settings("local", {})  # this process's storage settings back to the defaults
+
+
+def test_the_jvm_packages_are_resolved_once_then_loaded_from_the_cache(tmp_path):
+    environ = {"NIGHTREC_SPARK__PACKAGES_CACHE": str(tmp_path)}
+    first = spark_conf(load_settings("local", environ))
+    assert first["spark.jars.packages"] == ",".join(SPARK_PACKAGES) and first["spark.jars.ivy"] == str(tmp_path)
+    assert first["spark.jars.ivySettings"].endswith("conf/ivysettings.xml") and "spark.jars" not in first
+    (tmp_path / "jars").mkdir()
+    for name in ("io.delta_delta-spark_4.2_2.13-4.4.0.jar", "org.apache.hadoop_hadoop-aws-3.5.0.jar"):
+        (tmp_path / "jars" / name).write_bytes(b"PK")
+    (tmp_path / MANIFEST).write_text(json.dumps({"packages": list(SPARK_PACKAGES),
+                                                 "jars": sorted(p.name for p in (tmp_path / "jars").iterdir())}))
+    local = spark_conf(load_settings("local", environ))
+    assert "spark.jars.packages" not in local and "spark.jars" not in local  # one JVM: on its class path
+    assert local["spark.driver.extraClassPath"].count(str(tmp_path / "jars")) == 2
+    cluster = spark_conf(load_settings("local", {**environ, "NIGHTREC_SPARK__MASTER": "spark://10.0.0.1:7077"}))
+    assert cluster["spark.jars"].split(",")[0] == str(tmp_path / "jars" / "io.delta_delta-spark_4.2_2.13-4.4.0.jar")
+    imaged = spark_conf(load_settings("local", {**environ, "NIGHTREC_SPARK__MASTER": "spark://10.0.0.1:7077",
+                                                "NIGHTREC_SPARK__PACKAGES_ON_WORKERS": "true"}))
+    assert all(jar.startswith("local:/") for jar in imaged["spark.jars"].split(","))  # not shipped
+    (tmp_path / MANIFEST).write_text(json.dumps({"packages": ["io.delta:delta-spark_4.2_2.13:4.3.0"],
+                                                 "jars": ["io.delta_delta-spark_4.2_2.13-4.4.0.jar"]}))
+    assert "spark.jars.packages" in spark_conf(load_settings("local", environ))  # other pins: resolved again

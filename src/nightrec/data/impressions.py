@@ -12,6 +12,7 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from nightrec.constants import MAX_ID, REQUEST_ID
+from nightrec.data import storage
 from nightrec.data.landing import day_folder
 from nightrec.data.validation import Rule
 
@@ -27,8 +28,8 @@ SUITE_COLUMNS = ("corrupt", "request_id", "user_id", "items", "experiment_given"
 
 def landing_files(landing: str, days: list[dt.date]) -> list[str]:
     """The drained impression files of these days (names starting with . or _ are not data)."""
-    return sorted(str(p) for day in days if (folder := day_folder(landing, day, "impressions")).is_dir()
-                  for p in folder.glob("*.jsonl") if not p.name.startswith((".", "_")))
+    return sorted(e.uri for day in days for e in storage.listdir(day_folder(landing, day, "impressions"))
+                  if not e.is_dir and e.name.endswith(".jsonl") and not e.name.startswith((".", "_")))
 
 
 def read(spark: SparkSession, paths: list[str]) -> DataFrame:

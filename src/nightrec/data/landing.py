@@ -21,13 +21,14 @@ import pyarrow.parquet as pq
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from nightrec.data import storage
 from nightrec.errors import PermanentError
 
 # request_id and position (optional) attribute an event to an answer of the lookup service
 INTERACTION_COLUMNS = ("user_id", "item_id", "event_type", "value", "ts", "request_id", "position")
 # Last in every table that has them, where tables written before them gained them: the lookup's
-# request columns, then when the row's file reached the landing zone (bronze only).
-ADDED_LATER = ("request_id", "position", "delivered_at")
+# request columns, then when the row's file reached the landing zone and its S3 ETag (bronze only).
+ADDED_LATER = ("request_id", "position", "delivered_at", "source_etag")
 REQUIRED_COLUMNS = ("user_id", "item_id", "event_type", "ts")
 FORMATS = {".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 # Names writers give a file until it is complete: skipped tonight, read once renamed.
@@ -57,74 +58,84 @@ class LandingFile:
     fmt: str = ""
     columns: dict[str, str] = field(default_factory=dict)  # interaction column -> its name in the file
     signature: tuple = ()             # files sharing it are read by Spark together
+    modified: dt.datetime | None = None  # when it was delivered (last modified)
+    etag: str = ""                    # the object's ETag on S3: a re-delivered object keeps it
 
 
 # The landing files nightrec writes itself (the drained service streams; impressions come only from
-# there), as globs under the landing zone.
-MANAGED_PATTERNS = ("interactions/dt=*/stream-*.jsonl", "impressions/dt=*/*.jsonl")
+# there): names in the day folders of each kind.
+MANAGED = {"interactions": re.compile(r"^stream-.*\.jsonl$"), "impressions": re.compile(r"^[^._].*\.jsonl$")}
 
 
-def day_folder(landing: str, day: dt.date, kind: str = "interactions") -> Path:
+def day_folder(landing: str, day: dt.date, kind: str = "interactions") -> str:
     """Where a day's files of a kind go: interactions, or the service's impressions."""
-    return Path(landing) / kind / f"dt={day.isoformat()}"
+    return storage.join(landing, kind, f"dt={day.isoformat()}")
+
+
+def managed_files(landing: str) -> list[storage.Entry]:
+    """The landing files nightrec wrote itself (drained streams), every day."""
+    return [entry for kind in MANAGED for folder in storage.listdir(storage.join(landing, kind))
+            if folder.is_dir and DAY_FOLDER.match(folder.name)
+            for entry in storage.listdir(folder.uri) if not entry.is_dir and MANAGED[kind].match(entry.name)]
 
 
 def stray_folders(landing: str) -> list[str]:
     """Entries under interactions/ that are not day folders: never read, reported."""
-    root = Path(landing) / "interactions"
-    if not root.is_dir():
-        return []
-    return sorted(str(p) for p in root.iterdir()
-                  if not p.name.startswith((".", "_")) and not (p.is_dir() and DAY_FOLDER.match(p.name)))
+    return [e.uri for e in storage.listdir(storage.join(landing, "interactions"))
+            if not e.name.startswith((".", "_")) and not (e.is_dir and DAY_FOLDER.match(e.name))]
 
 
 def inspect_day(landing: str, day: dt.date, max_line_bytes: int) -> list[LandingFile] | None:
-    """Every file of the day's folder, inspected; None when the folder does not exist."""
-    folder = day_folder(landing, day)
-    if not folder.is_dir():
+    """Every file of the day's folder, inspected; None when the folder holds nothing."""
+    entries = storage.listdir(day_folder(landing, day))
+    if not entries:
         return None
     found = []
-    for path in sorted(folder.iterdir()):
-        if path.name.startswith((".", "_")):
+    for entry in entries:
+        if entry.name.startswith((".", "_")):
             continue  # hidden and marker files (_SUCCESS, .crc): not data
-        if path.is_dir():
-            found.append(LandingFile(str(path), day, 0, SKIPPED, "a folder inside a day folder: not read"))
+        if entry.is_dir:
+            found.append(LandingFile(entry.uri, day, 0, SKIPPED, "a folder inside a day folder: not read"))
             continue
-        found.append(inspect_file(path, day, max_line_bytes))
+        found.append(inspect_file(entry, day, max_line_bytes))
     return found
 
 
-def inspect_file(path: Path, day: dt.date, max_line_bytes: int) -> LandingFile:
+def inspect_file(file: storage.Entry | str | Path, day: dt.date, max_line_bytes: int) -> LandingFile:
     """What this file is and whether Spark can read it, from its header / footer and line lengths."""
-    def verdict(status: str, reason: str = "", **more) -> LandingFile:
-        return LandingFile(str(path), day, size, status, reason, **more)
+    entry = file if isinstance(file, storage.Entry) else storage.stat(str(file))
+    uri = entry.uri if entry else str(file)
 
-    size = 0
-    if IN_PROGRESS.search(path.name):
+    def verdict(status: str, reason: str = "", **more) -> LandingFile:
+        return LandingFile(uri, day, entry.size if entry else 0, status, reason,
+                           modified=entry.modified if entry else None, etag=entry.etag if entry else "", **more)
+
+    name = storage.name_of(uri)
+    if IN_PROGRESS.search(name):
         return verdict(SKIPPED, "still being written (temporary name): read once renamed")
-    try:
-        size = path.stat().st_size
-    except OSError as error:  # a dangling symlink, a file removed meanwhile
-        return verdict(QUARANTINED, f"cannot be opened: {error.strerror}")
-    fmt = FORMATS.get(path.suffix.lower())
+    if entry is None or entry.modified is None:  # a dangling symlink, a file removed meanwhile
+        return verdict(QUARANTINED, "cannot be opened: no such file")
+    suffix = Path(name).suffix
+    fmt = FORMATS.get(suffix.lower())
     if fmt is None:
-        return verdict(QUARANTINED, f"unsupported file type {path.suffix or '(no extension)'!r}: "
+        return verdict(QUARANTINED, f"unsupported file type {suffix or '(no extension)'!r}: "
                                     f"use one of {', '.join(sorted(FORMATS))}")
-    if size == 0:
+    if entry.size == 0:
         return verdict(EMPTY, "0 bytes", fmt=fmt)
     try:
         if fmt == "parquet":
-            return _inspect_parquet(path, verdict)
-        return _inspect_text(path, fmt, max_line_bytes, verdict)
+            return _inspect_parquet(uri, verdict)
+        return _inspect_text(uri, fmt, max_line_bytes, verdict)
     except PermissionError:
         return verdict(QUARANTINED, "cannot be read: permission denied")
     except OSError as error:
         return verdict(QUARANTINED, f"cannot be read: {error.strerror or error}")
 
 
-def _inspect_parquet(path: Path, verdict) -> LandingFile:
+def _inspect_parquet(uri: str, verdict) -> LandingFile:
     try:
-        metadata = pq.read_metadata(path)
+        with storage.open_read(uri) as handle:
+            metadata = pq.read_metadata(handle)
         schema = metadata.schema.to_arrow_schema()  # the same footer: read once
     except Exception as error:  # pyarrow raises several types for a broken footer
         return verdict(QUARANTINED, f"not a readable Parquet file ({_first_line(error)})", fmt="parquet")
@@ -137,8 +148,8 @@ def _inspect_parquet(path: Path, verdict) -> LandingFile:
     return verdict(OK, fmt="parquet", columns=columns, signature=signature)
 
 
-def _inspect_text(path: Path, fmt: str, max_line_bytes: int, verdict) -> LandingFile:
-    head, longest = _scan_lines(path, max_line_bytes, keep=JSON_LINES_LOOKED_AT + 1)
+def _inspect_text(uri: str, fmt: str, max_line_bytes: int, verdict) -> LandingFile:
+    head, longest = _scan_lines(uri, max_line_bytes, keep=JSON_LINES_LOOKED_AT + 1)
     if longest > max_line_bytes:
         return verdict(QUARANTINED, f"a line of over {max_line_bytes:,} bytes (validation.max_line_bytes): "
                                     "not line-delimited records", fmt=fmt)
@@ -188,12 +199,12 @@ def _inspect_json(content: list[bytes], verdict) -> LandingFile:
     return verdict(OK, fmt="json", columns=columns, signature=("json", tuple(sorted(keys))))
 
 
-def _scan_lines(path: Path, max_line_bytes: int, keep: int) -> tuple[list[bytes], int]:
+def _scan_lines(uri: str, max_line_bytes: int, keep: int) -> tuple[list[bytes], int]:
     """(first `keep` lines, longest line in bytes), reading the file in chunks; stops at the first
     line longer than max_line_bytes."""
     head: list[bytes] = []
     partial, longest = b"", 0
-    with open(path, "rb") as handle:
+    with storage.open_read(uri) as handle:
         while chunk := handle.read(CHUNK):
             pieces = chunk.split(b"\n")
             pieces[0] = partial + pieces[0]
@@ -285,12 +296,14 @@ def added_columns_last(frame: DataFrame) -> DataFrame:
 
 def read_attributes(spark: SparkSession, landing: str, name: str) -> DataFrame | None:
     """Optional items.* / users.* attribute file of the landing zone."""
+    present = {e.name: e.uri for e in storage.listdir(landing) if not e.is_dir}
     for suffix, fmt in FORMATS.items():
-        path = Path(landing) / f"{name}{suffix}"
-        if path.is_file():
-            if fmt == "csv":
-                return spark.read.option("header", True).csv(str(path))  # all text: "007" stays "007"
-            if fmt == "json":
-                return spark.read.option("primitivesAsString", True).json(str(path))
-            return spark.read.parquet(str(path))
+        uri = present.get(f"{name}{suffix}")
+        if uri is None:
+            continue
+        if fmt == "csv":
+            return spark.read.option("header", True).csv(uri)  # all text: "007" stays "007"
+        if fmt == "json":
+            return spark.read.option("primitivesAsString", True).json(uri)
+        return spark.read.parquet(uri)
     return None

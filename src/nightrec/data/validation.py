@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from nightrec.constants import EVENT_KEY, MAX_ID, MAX_POSITION, REQUEST_ID, SILVER_COLUMNS
+from nightrec.data import storage
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 
@@ -159,12 +160,15 @@ def run_checks(checks: list[Check], docs_dir: str, run_name: str) -> SuiteResult
 
     for noisy in ("great_expectations", "py4j"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    # Data Docs are built on this machine's disk, then copied to the store when that is elsewhere (S3).
+    remote = storage.is_s3(docs_dir)
+    folder = storage.scratch_folder("nightrec-docs-") if remote else storage.local_path(docs_dir)
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = {"globally": False}
     site = "nightrec_docs"
     context.add_data_docs_site(site_name=site, site_config={
         "class_name": "SiteBuilder",
-        "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": docs_dir},
+        "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(folder)},
         "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
     })
     source = context.data_sources.add_spark(name="nightrec")
@@ -186,5 +190,8 @@ def run_checks(checks: list[Check], docs_dir: str, run_name: str) -> SuiteResult
         unexpected.update({names[item.expectation_config.id]: int(item.result.get("unexpected_count") or 0)
                            for run_result in result.run_results.values() for item in run_result.results
                            if item.expectation_config.id in names})
-    index = Path(docs_dir) / "index.html"
-    return SuiteResult(unexpected, str(index) if index.exists() else None)
+    built = (folder / "index.html").exists()
+    if remote:
+        storage.upload_folder(folder, docs_dir)
+        shutil.rmtree(folder, ignore_errors=True)
+    return SuiteResult(unexpected, storage.join(docs_dir, "index.html") if built else None)

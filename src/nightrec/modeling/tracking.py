@@ -27,6 +27,9 @@ def artifact_location(settings: Settings) -> str:
 def configure(settings: Settings) -> str:
     """Point this process at the settings' MLflow and make sure the experiment exists; returns its id."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    endpoint = settings.storage.endpoint()
+    if endpoint:  # artifacts on an S3-compatible server: MLflow's boto3 client goes there too
+        os.environ.setdefault("MLFLOW_S3_ENDPOINT_URL", endpoint)
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri(settings))

@@ -5,9 +5,9 @@ stream of admin actions goes into the audit/log table (nightrec.pipeline.records
 
 Safe to re-run, to kill, and to run more often than nightly (at high traffic, hourly keeps Redis
 small): the streams are read a page at a time, each page's files are named after its first stream
-id and written whole (temp file + rename), so a drain that restarts from the same place rewrites
-them instead of adding duplicates. Only then is the drained position saved; the stream is trimmed
-at the end.
+id and written whole (a local temporary file renamed, or one S3 PUT), so a drain that restarts
+from the same place rewrites them instead of adding duplicates. Only then is the drained position
+saved; the stream is trimmed at the end.
 """
 
 from __future__ import annotations
@@ -15,12 +15,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
+from nightrec.data import storage
 from nightrec.data.landing import day_folder
 from nightrec.pipeline import records
 from nightrec.pipeline.runtime import stage_main
@@ -91,16 +90,6 @@ def as_impression_rows(fields: dict) -> list[dict]:
         timespec="milliseconds")} for answer in impressions.rows(fields)]
 
 
-def write_atomically(path: Path, lines: list[str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")  # hidden: ingest skips dot files
-    with open(temporary, "w") as handle:
-        handle.write("".join(lines))
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-
-
 def run(settings: Settings, ds: dt.date) -> DrainResult:
     keys = Keys(settings.redis.prefix)
     client = connect(settings.redis.url, settings.redis.cluster)
@@ -132,9 +121,9 @@ def drain(client, stream: Stream, landing: str) -> tuple[int, list[str], str | N
                 rows += 1
         name = f"stream-{page[0][0].decode().replace('-', '_')}.jsonl"
         for day, lines in sorted(by_day.items()):
-            path = day_folder(landing, day, stream.kind) / name
-            write_atomically(path, lines)
-            files.append(str(path))
+            uri = storage.join(day_folder(landing, day, stream.kind), name)
+            storage.write_bytes(uri, "".join(lines).encode())  # whole or not at all
+            files.append(uri)
         last = page[-1][0]
         client.set(stream.drained, last)
     if last is not None:

@@ -4,9 +4,10 @@
   the `gold/` tables, the item and user files in `bronze/items` and `bronze/users`); all but the
   newest `lake.snapshot_nights` nights (and tonight's) are dropped, so the lake grows with the
   events kept, not with nights times users. Event tables are history and keep every day.
-- Lake: every Delta table under `paths.lake` (found by its `_delta_log`, not from a list) is
-  vacuumed: files no current version needs are deleted once older than `lake.retention_days`, and
-  log entries past that age expire, so time travel reaches back `lake.retention_days`
+- Lake: every Delta table under `paths.lake` (found by its `_delta_log`, not from a list) has the
+  small files of its last week's partitions compacted (OPTIMIZE), then is vacuumed: files no
+  current version needs are deleted once older than `lake.retention_days`, and log entries past
+  that age expire at Delta's checkpoints, so time travel reaches back `lake.retention_days`
   (nightrec.data.lake.vacuum; docs/lake.md, "Retention: VACUUM and log expiry").
 - MLflow: of the registered model's versions without an alias, the newest `mlflow.keep_versions`
   stay; older ones are deleted with their logged models' files (nightrec.modeling.registry.prune_versions).
@@ -26,12 +27,15 @@ import logging
 import sys
 from dataclasses import dataclass, field
 
+from pyspark.sql import SparkSession
+
 from nightrec.data import lake
 from nightrec.modeling import registry, tracking
 from nightrec.pipeline.runtime import stage_main
 from nightrec.settings import Settings
 
 log = logging.getLogger("nightrec.housekeeping")
+COMPACT_DAYS = 7  # partitions of the last week are compacted (OPTIMIZE): where nights and late data write
 
 
 @dataclass
@@ -50,18 +54,21 @@ def is_snapshot(table: str) -> bool:
     return table.startswith("gold/") or table in ("bronze/items", "bronze/users")
 
 
-def run(settings: Settings, ds: dt.date) -> HousekeepingResult:
+def run(spark: SparkSession, settings: Settings, ds: dt.date) -> HousekeepingResult:
     retention = dt.timedelta(days=settings.lake.retention_days)
     tables = {}
     for name in lake.find_tables(settings.path("lake")):
+        root = settings.table(name)
         dropped = []
         if is_snapshot(name):
-            dropped = lake.drop_old_partitions(settings.table(name), settings.lake.snapshot_nights, [ds])
+            dropped = lake.drop_old_partitions(spark, root, settings.lake.snapshot_nights, [ds])
             if dropped:
                 log.info("%s: dropped the snapshots of %s (keeping the newest %d nights)", name,
                          ", ".join(dropped), settings.lake.snapshot_nights)
-        vacuumed = lake.vacuum(settings.table(name), retention)
-        tables[name] = {**dataclasses.asdict(vacuumed), "partitions_dropped": dropped}
+        partitioned = lake.PARTITION in lake.read_table(spark, root).columns
+        compacted = lake.compact(spark, root, ds - dt.timedelta(days=COMPACT_DAYS - 1) if partitioned else None)
+        vacuumed = lake.vacuum(spark, root, retention)
+        tables[name] = {**dataclasses.asdict(vacuumed), "partitions_dropped": dropped, "files_compacted": compacted}
         if vacuumed.files_deleted or vacuumed.log_files_deleted:
             log.info("%s: deleted %d data files (partitions %s) and %d log files, %d bytes", name,
                      vacuumed.files_deleted, ", ".join(vacuumed.partitions) or "-", vacuumed.log_files_deleted,
@@ -87,7 +94,7 @@ def run(settings: Settings, ds: dt.date) -> HousekeepingResult:
 
 
 def main(argv=None) -> dict:
-    return stage_main("housekeeping", run, argv, needs_spark=False)
+    return stage_main("housekeeping", run, argv)
 
 
 if __name__ == "__main__":

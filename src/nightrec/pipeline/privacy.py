@@ -4,13 +4,14 @@ the data, carries out opt-out and erasure requests (docs/privacy.md).
 - The `{p}:privacy` stream goes into the `privacy/requests` table (id, at, kind, user_id, requester).
 - Each erasure not done yet is carried out for all its users at once:
   - every Delta table under the lake with a `user_id` column, or a `raw` one (quarantined lines),
-    loses their rows (delta-rs DELETE, or MERGE on the values found), and
-    is then vacuumed with no retention and its log cut at a new checkpoint, so no file and no log
-    entry of an earlier version (whose statistics may name an id) keeps them: time travel of those
-    tables restarts here;
+    loses their rows (DELETE, or MERGE on the values found, run by Spark's executors), and is then
+    vacuumed with no retention and its log cut at a new checkpoint, so no file and no log entry of
+    an earlier version (whose statistics or DELETE predicate may name an id) keeps them: time
+    travel of those tables restarts here;
   - the landing files the product writes (drained streams: `stream-*.jsonl` of interactions and
     impressions) are rewritten without their rows; files delivered by others are not ours to edit,
-    so ingest leaves out erased users' rows older than the request instead (a backfill included);
+    so ingest leaves out erased users' rows from files delivered before it was done (a backfill
+    included);
   - Redis: the entries of theirs left in the event and impression streams, their lists and
     consumed items in every version, and at last their opt-out mark.
   - Models need nothing: no artifact holds per-user data (ALS folds users in at scoring time), and
@@ -26,14 +27,15 @@ import logging
 import re
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.compute as pc
-from deltalake import DeltaTable, write_deltalake
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.types import BooleanType
 
-from nightrec.data import lake
-from nightrec.data.landing import MANAGED_PATTERNS
+from nightrec.data import lake, storage
+from nightrec.data.landing import managed_files
+from nightrec.data.spark import get_spark
 from nightrec.pipeline import records
 from nightrec.pipeline.runtime import stage_main
 from nightrec.serving import audit, impressions
@@ -59,11 +61,10 @@ class PrivacyResult:
 
 def pending_erasures(settings: Settings) -> dict[str, int]:
     """Erasure requests without a report: request id -> user id."""
-    requests = DeltaTable(settings.table(records.PRIVACY.table)).to_pyarrow_table().to_pylist()
+    requests = lake.small_table(settings.table(records.PRIVACY.table)).to_pylist()
     done = set()
     if lake.table_exists(settings.table(REPORTS)):
-        done = set(DeltaTable(settings.table(REPORTS)).to_pyarrow_table(columns=["request_id"])["request_id"]
-                   .to_pylist())
+        done = set(lake.small_table(settings.table(REPORTS), ["request_id"])["request_id"].to_pylist())
     return {r["id"]: r["user_id"] for r in requests if r["kind"] == "erasure" and r["id"] not in done}
 
 
@@ -81,49 +82,48 @@ def names_user(raw: str | None, users: set[int]) -> bool:
         return any(int(n) in users for n in re.findall(r"(?<![0-9])[0-9]{1,10}(?![0-9])", raw or ""))
 
 
-def erase_from_lake(settings: Settings, users: set[int]) -> dict[str, int]:
-    """Rows deleted per table; each table that held user rows is vacuumed at once, log included.
-    Integer ids are deleted by predicate; text (raw ids, quarantined lines) by matching the values
-    found, which needs no quoting of arbitrary text."""
+def erase_from_lake(spark: SparkSession, settings: Settings, users: set[int]) -> dict[str, int]:
+    """Rows deleted per table, by the executors; each table that held user rows is then vacuumed
+    with no retention and its log cut. Ids are matched as ingest reads them: integer columns by
+    value, text ids trimmed and read as a number, quarantined raw lines when they are or mention
+    one of the users (matched values deleted by MERGE: no quoting of arbitrary text)."""
     removed = {}
+    wanted = sorted(users)
     for name in lake.find_tables(settings.path("lake")):
-        root = settings.table(name)
-        table = DeltaTable(root)
-        columns = {f.name: getattr(f.type, "type", "") for f in table.schema().fields}
-        if name in RECORDS or not {"user_id", "raw"} & columns.keys():
+        if name in RECORDS:
             continue
-        column = "user_id" if "user_id" in columns else "raw"
-        if columns[column] in ("integer", "long"):
-            deleted = table.delete(f"user_id IN ({', '.join(map(str, sorted(users)))})")["num_deleted_rows"]
+        root = settings.table(name)
+        table = lake.read_table(spark, root)
+        kinds = {f.name: f.dataType.typeName() for f in table.schema.fields}
+        if "user_id" in kinds and kinds["user_id"] in ("integer", "long"):
+            deleted = lake.delete_rows(spark, root, F.col("user_id").isin(wanted))
+        elif "user_id" in kinds:
+            deleted = lake.delete_rows(spark, root, F.expr("try_cast(trim(user_id) AS BIGINT)").isin(wanted))
+        elif "raw" in kinds:
+            mentions = F.udf(lambda raw: names_user(raw, users), BooleanType())
+            theirs = table.select("raw").where(F.col("raw").isNotNull() & mentions("raw"))
+            deleted = lake.delete_matching(spark, root, "raw", theirs) if theirs.limit(1).count() else 0
         else:
-            found = pc.unique(table.to_pyarrow_dataset().to_table(columns=[column])[column]).to_pylist()
-            theirs = [v for v in found if (as_user_id(v) in users if column == "user_id" else names_user(v, users))]
-            deleted = 0
-            if theirs:
-                deleted = (table.merge(pa.table({column: pa.array(theirs, pa.string())}),
-                                       f"target.{column} = source.{column}", source_alias="source",
-                                       target_alias="target").when_matched_delete().execute()["num_target_rows_deleted"])
-        lake.vacuum(root, dt.timedelta(0))  # older versions' files and log entries may name them too
+            continue
+        lake.vacuum(spark, root, dt.timedelta(0))  # older versions' files may hold them too ...
+        lake.cut_log(spark, root)                  # ... and log entries: statistics, a DELETE's predicate
         removed[f"lake:{name}"] = int(deleted)
     return removed
 
 
 def erase_from_landing(settings: Settings, users: set[int]) -> dict[str, int]:
     """Rows removed from the landing files the product wrote (drained streams), rewritten in place."""
-    landing = Path(settings.path("landing"))
     removed = files = 0
-    for path in sorted(p for pattern in MANAGED_PATTERNS for p in landing.glob(pattern)):
-        lines = path.read_text().splitlines(keepends=True)
+    for entry in managed_files(settings.path("landing")):
+        lines = storage.read_bytes(entry.uri).decode().splitlines(keepends=True)
         kept = [line for line in lines if not names_user(line, users)]
         if len(kept) == len(lines):
             continue
         removed, files = removed + len(lines) - len(kept), files + 1
         if kept:
-            temporary = path.with_name(f".{path.name}.tmp")  # hidden: ingest skips dot files
-            temporary.write_text("".join(kept))
-            temporary.replace(path)
+            storage.write_bytes(entry.uri, "".join(kept).encode())
         else:
-            path.unlink()
+            storage.delete(entry.uri)
     return {"landing:rows": removed, "landing:files": files}
 
 
@@ -160,7 +160,7 @@ return 1
 
 
 def unmark(client, keys: Keys, settings: Settings, pending: dict[str, int]) -> None:
-    requests = DeltaTable(settings.table(records.PRIVACY.table)).to_pyarrow_table().to_pylist()
+    requests = lake.small_table(settings.table(records.PRIVACY.table)).to_pylist()
     opted_out = {r["user_id"]: f"opt_out:{r['id']}" for r in sorted(requests, key=lambda r: records.order(r["id"]))
                  if r["kind"] == "opt_out"}
     for request, user in pending.items():
@@ -178,7 +178,9 @@ def run(settings: Settings, ds: dt.date) -> PrivacyResult:
         if not pending:
             return PrivacyResult(drained)
         users = set(pending.values())
-        removed = {**erase_from_lake(settings, users), **erase_from_landing(settings, users),
+        # Spark only on nights with erasures to carry out (most nights have none)
+        spark = get_spark(settings, "nightrec-privacy")
+        removed = {**erase_from_lake(spark, settings, users), **erase_from_landing(settings, users),
                    **erase_from_redis(client, keys, users)}
         unmark(client, keys, settings, pending)  # nothing of theirs is left: the mark goes last
         for request, user in pending.items():
@@ -187,9 +189,9 @@ def run(settings: Settings, ds: dt.date) -> PrivacyResult:
         records.drain(client, keys, records.AUDIT, settings)  # those rows name them: into the table now
         # The reports commit the erasure: a run killed before them does it all again (idempotent).
         done_at = dt.datetime.now(dt.timezone.utc)
-        write_deltalake(settings.table(REPORTS), pa.Table.from_pylist(
+        lake.append_small(settings.table(REPORTS), pa.Table.from_pylist(
             [{"request_id": request, "user_id": user, "done_at": done_at, "removed": json.dumps(removed)}
-             for request, user in pending.items()], schema=REPORT_SCHEMA), mode="append")
+             for request, user in pending.items()], schema=REPORT_SCHEMA))
         log.info("erased %d users: %s", len(users), removed)
         return PrivacyResult(drained, len(users), removed)
     finally:

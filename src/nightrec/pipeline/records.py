@@ -13,9 +13,8 @@ from dataclasses import dataclass
 from functools import partial
 
 import pyarrow as pa
-from deltalake import DeltaTable, write_deltalake
 
-from nightrec.data.lake import table_exists
+from nightrec.data import lake
 from nightrec.serving import audit, privacy
 from nightrec.serving.layout import Keys
 from nightrec.settings import Settings
@@ -66,12 +65,12 @@ def drain(client, keys: Keys, ledger: Ledger, settings: Settings) -> int:
     if not entries:
         return 0
     last = entries[-1][0]
-    if table_exists(root):  # a drain killed after its commit: leave out what the table has
-        stored = DeltaTable(root).to_pyarrow_table(columns=["id"])["id"].to_pylist()
+    if lake.table_exists(root):  # a drain killed after its commit: leave out what the table has
+        stored = lake.small_table(root, ["id"])["id"].to_pylist()
         newest = max(stored, key=order, default="0-0")
         entries = [(i, f) for i, f in entries if order(i.decode()) > order(newest)]
     if entries:
-        write_deltalake(root, _arrow(ledger, entries), mode="append")
+        lake.append_small(root, _arrow(ledger, entries))
     client.set(ledger.drained(keys), last)
     # Entries may name users (opt-outs, erasures): none stays once in the table. The stream keeps its
     # last id when emptied, so later entries still sort after the drained position.
@@ -83,7 +82,7 @@ def drain(client, keys: Keys, ledger: Ledger, settings: Settings) -> int:
 def read(client, keys: Keys, ledger: Ledger, settings: Settings) -> list[dict]:
     """Every row, the table's and the stream's not yet drained, oldest first."""
     root = settings.table(ledger.table)
-    rows = DeltaTable(root).to_pyarrow_table().to_pylist() if table_exists(root) else []
+    rows = lake.small_table(root).to_pylist() if lake.table_exists(root) else []
     start = client.get(ledger.drained(keys))
     pending = client.xrange(ledger.stream(keys), min=b"(" + start if start else b"-")
     rows += _arrow(ledger, pending).to_pylist() if pending else []

@@ -7,10 +7,10 @@ import sys
 from dataclasses import dataclass
 
 import pyarrow.compute as pc
-from deltalake import DeltaTable
 from fastapi.testclient import TestClient
 
 from nightrec.constants import GLOBAL_SOURCE, MAX_ID, SEGMENT_PREFIX
+from nightrec.data import lake
 from nightrec.pipeline.runtime import stage_main
 from nightrec.serving.api import create_app
 from nightrec.serving.client import connect
@@ -41,8 +41,7 @@ def unmarked(settings: Settings, personal, tries: int = 100) -> int:
 
 
 def run(settings: Settings, ds: dt.date) -> SmokeResult:
-    gold = DeltaTable(settings.table("gold/recommendations")).to_pyarrow_table(
-        columns=["user_id", "model_version"], partitions=[("dt", "=", ds.isoformat())])
+    gold = lake.small_table(settings.table("gold/recommendations"), ["user_id", "model_version"], [ds])
     if gold.num_rows == 0:
         raise SmokeFailed(f"gold/recommendations has no users for {ds}")
     fallback = pc.or_(pc.starts_with(gold["model_version"], SEGMENT_PREFIX),
