@@ -163,13 +163,6 @@ def stat(uri: str) -> Entry | None:
     return _path_entry(path) if path.is_file() else None
 
 
-def exists(uri: str) -> bool:
-    """A file, or a folder holding anything."""
-    if is_s3(uri):
-        return stat(uri) is not None or bool(listdir(uri))
-    return local_path(uri).exists()
-
-
 def _object_entry(scheme: str, bucket: str, obj: dict) -> Entry:
     return Entry(f"{scheme}://{bucket}/{obj['Key']}", name_of(obj["Key"]), size=obj["Size"],
                  modified=obj["LastModified"], etag=obj.get("ETag", "").strip('"'))
