@@ -92,7 +92,7 @@ def spark_conf(settings: Settings) -> dict[str, str]:
         "spark.databricks.delta.snapshotPartitions": "1" if s.master.startswith("local") else str(s.shuffle_partitions),
         "spark.sql.sources.parallelPartitionDiscovery.parallelism": str(s.shuffle_partitions),
         **FIXED_CONF,
-        **s3a_conf(storage.options()),
+        **s3a_conf(settings.storage),
         **packages_conf(settings),
     }
     if s.driver_host:
