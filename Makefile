@@ -44,7 +44,7 @@ serve: setup redis
 	$(BIN)/nightrec serve --port 8000
 
 mlflow-ui: setup
-	$(BIN)/nightrec mlflow-ui --port 5000
+	$(BIN)/nightrec mlflow-server --port 5000
 
 airflow-ui: setup
 	$(BIN)/nightrec airflow standalone

@@ -5,7 +5,7 @@
 
 HOME is a folder as bench/scale.py leaves it (lake/, mlflow/, airflow/, docs/, landing/). The
 sizes are measured there, per area; the projection applies the retention settings of
-conf/local.toml to them, night after night:
+the local settings to them, night after night:
 - event tables keep every day (the history): the initial night's days plus one day per night;
 - snapshot tables (gold outputs, item/user attributes) keep `lake.snapshot_nights` nights, and a
   dropped night's files stay `lake.retention_days` more until a vacuum deletes them;

@@ -68,7 +68,8 @@ class Night:
     workers_peak: dict[str, int] = field(default_factory=dict)   # stage -> bytes (Python: task + Spark workers)
     summaries: dict[str, dict] = field(default_factory=dict)
     redis_bytes_per_user: float | None = None
-    total: float = 0.0
+    total: float = 0.0                    # `nightrec run`, wall clock (Airflow's start and stop included)
+    airflow_seconds: float | None = None  # the run as Airflow recorded it
 
 
 class MemoryWatch:
@@ -134,22 +135,36 @@ def run_night(name: str, env: dict, lookback: int, log: Path) -> Night:
             new = set(runs.glob("run-*.log")) - before if runs.is_dir() else set()
             if new:
                 run_log = max(new, key=lambda p: p.stat().st_mtime)
-                tasks = task_times(run_log.read_text(errors="replace"))
-                running = [t for t, (_, end) in tasks.items() if end is None]
-                watch.stage = running[-1] if running else None
+                watch.stage = running_task(run_log.read_text(errors="replace"))
         watch.stop()
     night.total = time.monotonic() - started
     if proc.returncode != 0 or run_log is None:
         raise RuntimeError(f"{name}: nightrec run failed ({proc.returncode}); see {log} and {run_log}")
     text = run_log.read_text(errors="replace")
-    night.seconds = {t: (end - begin) for t, (begin, end) in task_times(text).items() if end is not None}
+    record = run_log.with_suffix(".json")  # Airflow's own record of the run
+    if record.exists():
+        tasks = json.loads(record.read_text())["tasks"]
+        night.seconds = {t: ti["duration"] for t, ti in tasks.items() if ti["duration"] is not None}
+        night.airflow_seconds = json.loads(record.read_text())["duration"]
+    else:  # an earlier release ran nights with `airflow dags test`
+        night.seconds = {t: (end - begin) for t, (begin, end) in dags_test_times(text).items() if end is not None}
     night.driver_peak, night.workers_peak = watch.driver, watch.workers
     night.summaries = stage_summaries(text)
     return night
 
 
-def task_times(text: str) -> dict[str, tuple[float, float | None]]:
-    """task -> (start, end) in epoch seconds, from `airflow dags test` log lines."""
+def running_task(text: str) -> str | None:
+    """The task a run's log (as `nightrec run` writes it) says is running now."""
+    states = dict(re.findall(r"^\[(\w+)\] task (\w+)$", text, re.M))
+    running = [task for task, state in states.items() if state == "running"]
+    if running:
+        return running[-1]
+    earlier = [t for t, (_, end) in dags_test_times(text).items() if end is None]
+    return earlier[-1] if earlier else None
+
+
+def dags_test_times(text: str) -> dict[str, tuple[float, float | None]]:
+    """task -> (start, end) in epoch seconds, from the log of an earlier release's `airflow dags test`."""
     times: dict[str, tuple[float, float | None]] = {}
     for stamp, event, task in re.findall(r"^(\S+Z) .*\[DAG TEST\] (starting task_id|end task task_id)=(\w+)",
                                          text, re.M):
@@ -188,20 +203,22 @@ def stores_environ(home: Path, s3_endpoint: str | None) -> dict[str, str]:
     import boto3
 
     bucket = f"bench-{int(time.time() * 1000)}"
-    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
-    return {"NIGHTREC_PATHS__LANDING": f"s3://{bucket}/landing", "NIGHTREC_PATHS__LAKE": f"s3://{bucket}/lake",
+    credentials = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_REGION": "us-east-1"}
+    boto3.client("s3", endpoint_url=s3_endpoint, aws_access_key_id=credentials["AWS_ACCESS_KEY_ID"],
+                 aws_secret_access_key=credentials["AWS_SECRET_ACCESS_KEY"],
+                 region_name=credentials["AWS_REGION"]).create_bucket(Bucket=bucket)
+    return {**credentials,"NIGHTREC_PATHS__LANDING": f"s3://{bucket}/landing", "NIGHTREC_PATHS__LAKE": f"s3://{bucket}/lake",
             "NIGHTREC_PATHS__DATA_DOCS": f"s3://{bucket}/docs", "NIGHTREC_MLFLOW__ARTIFACT_ROOT": f"s3://{bucket}/mlflow",
-            "NIGHTREC_STORAGE__S3_ENDPOINT": s3_endpoint, "NIGHTREC_STORAGE__S3_PATH_STYLE": "true",
-            "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_REGION": "us-east-1"}
+            "NIGHTREC_STORAGE__S3_ENDPOINT": s3_endpoint, "NIGHTREC_STORAGE__S3_PATH_STYLE": "true"}
 
 
 def measure(label: str, size: Size, seed: int, work: Path, s3_endpoint: str | None = None,
-            code: Path | None = None) -> list[Night]:
+            code: Path | None = None, production: bool = False, erase: bool = False) -> list[Night]:
     """The initial and the steady night of one size, with the stores on local disk or S3 (s3_endpoint),
-    run by this checkout's code or another's (`code`: a checkout of an earlier release)."""
-    from nightrec.data import storage
+    run by this checkout's code or another's (`code`: a checkout of an earlier release); `production`:
+    on the production profile's services (PostgreSQL-backed Airflow scheduler and MLflow server,
+    nightrec.pipeline.local_stack), the stores on S3; `erase`: then a night erasing one user."""
     from nightrec.serving.redis_server import private_redis
-    from nightrec.settings import load_settings
 
     home = work / label
     landing = home / "landing"
@@ -212,11 +229,14 @@ def measure(label: str, size: Size, seed: int, work: Path, s3_endpoint: str | No
         subprocess.run(["rm", "-rf", str(home / folder)], check=True)
     stores = stores_environ(home, s3_endpoint)
     if s3_endpoint:  # delivered to the bucket the way a producer would: one PUT per file
+        from nightrec.data import storage
+        from nightrec.settings import load_settings
+
         os.environ.update({k: v for k, v in stores.items() if k.startswith("AWS_")})
         uploaded = load_settings("local", {**os.environ, **stores}).path("landing")
         storage.upload_folder(landing, uploaded)
     nights = []
-    with private_redis() as port:
+    with private_redis() as port, contextlib.ExitStack() as services:
         url = f"redis://127.0.0.1:{port}/0"
         env = {**os.environ, **stores, "NIGHTREC_PATHS__AIRFLOW_HOME": str(home / "airflow"),
                "AIRFLOW_HOME": str(home / "airflow"),
@@ -224,6 +244,12 @@ def measure(label: str, size: Size, seed: int, work: Path, s3_endpoint: str | No
                "NIGHTREC_REDIS__URL": url, "NIGHTREC_SPARK__DRIVER_MEMORY": size.driver_memory}
         if code is not None:  # an earlier release's package and DAGs, this checkout's data and benchmark
             env.update({"PYTHONPATH": str(code / "src"), "NIGHTREC_HOME": str(code)})
+        if production:  # the services start before the nights (an operator's are always up): not timed
+            from nightrec.pipeline.local_stack import production_stack
+
+            bucket = stores["NIGHTREC_PATHS__LAKE"].removeprefix("s3://").split("/")[0]
+            stack = services.enter_context(production_stack(home / "stack", bucket, s3_endpoint, env))
+            env = stack.environ
         baseline = int(redis.Redis.from_url(url).info("memory")["used_memory"])
         for name, lookback in (("initial", DAYS), ("steady", 1)):
             night = run_night(name, env, lookback, home / f"{name}.log")
@@ -232,7 +258,25 @@ def measure(label: str, size: Size, seed: int, work: Path, s3_endpoint: str | No
                 night.redis_bytes_per_user = redis_bytes_per_user(url, baseline, users)
             nights.append(night)
             print(f"{label} {name}: {night.total:.0f} s {night.seconds}", flush=True)
+        if erase:  # one user asks to be forgotten; the next night carries it out
+            heaviest = heaviest_user(home / "landing")
+            subprocess.run([str(BIN / "nightrec"), "forget", str(heaviest)], env=env, check=True, capture_output=True)
+            night = run_night("erasure", env, 1, home / "erasure.log")
+            nights.append(night)
+            print(f"{label} erasure of user {heaviest}: {night.total:.0f} s {night.seconds} "
+                  f"{night.summaries.get('privacy')}", flush=True)
     return nights
+
+
+def heaviest_user(landing: Path) -> int:
+    """The user with the most events on the last day (their rows are in every table): erasing them
+    touches the most files."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    day = pq.read_table(landing / "interactions" / f"dt={LAST_DAY}", columns=["user_id"])
+    counts = pc.value_counts(day["user_id"])
+    return int(counts[pc.index(counts.field("counts"), pc.max(counts.field("counts"))).as_py()]["values"].as_py())
 
 
 def growth(times: dict[str, float], events: dict[str, int], a: str, b: str) -> float | None:
@@ -281,17 +325,22 @@ def print_comparison(runs: dict[str, list[list[Night]]], command: str) -> None:
     """Whole-night seconds of each variant, run by run (side by side), median and spread, and each
     variant's median against the first's."""
     print(f"\n$ {command}")
-    print("Variants run in turn, run by run (each an initial and a steady night); whole night = the sum of its tasks\n")
-    print("| variant | night | runs (s) | median s | spread s | median vs first | " + " | ".join(STAGES) + " |")
-    print("|---|---|---|---|---|---|" + "---|" * len(STAGES))
+    print("Variants run in turn, run by run; whole night = the sum of its tasks; Airflow s = the run's "
+          "duration as Airflow recorded it (median)\n")
+    print("| variant | night | runs (s) | median s | spread s | median vs first | Airflow s | "
+          + " | ".join(STAGES) + " |")
+    print("|---|---|---|---|---|---|---|" + "---|" * len(STAGES))
     first = next(iter(runs))
     for variant, repeats in runs.items():
-        for index, name in enumerate(("initial", "steady")):
+        for index, night in enumerate(repeats[0]):
             totals = [sum(r[index].seconds.values()) for r in repeats]
             base = statistics.median(sum(r[index].seconds.values()) for r in runs[first])
             stages = [statistics.median(r[index].seconds.get(stage, 0) for r in repeats) for stage in STAGES]
-            print(f"| {variant} | {name} | {', '.join(f'{t:.0f}' for t in totals)} | {statistics.median(totals):.0f} "
-                  f"| {max(totals) - min(totals):.0f} | {statistics.median(totals) / base:.2f} | "
+            recorded = [r[index].airflow_seconds for r in repeats if r[index].airflow_seconds is not None]
+            print(f"| {variant} | {night.name} | {', '.join(f'{t:.0f}' for t in totals)} | "
+                  f"{statistics.median(totals):.0f} | {max(totals) - min(totals):.0f} | "
+                  f"{statistics.median(totals) / base:.2f} | "
+                  f"{f'{statistics.median(recorded):.0f}' if recorded else '–'} | "
                   + " | ".join(f"{t:.0f}" for t in stages) + " |")
 
 
@@ -300,21 +349,24 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--sizes", nargs="+", choices=list(SIZES), default=list(SIZES))
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--work", type=Path, default=HOME / "var" / "bench" / "scale")
-    parser.add_argument("--stores", nargs="+", choices=["local", "s3"], default=["local"],
-                        help="where landing, lake, docs and artifacts live; several: run side by side")
+    parser.add_argument("--stores", nargs="+", choices=["local", "s3", "production"], default=["local"],
+                        help="where landing, lake, docs and artifacts live (production: on S3, with the "
+                             "production profile's Airflow and MLflow on PostgreSQL); several: side by side")
     parser.add_argument("--against", type=Path, help="also run a checkout of an earlier release, side by side")
     parser.add_argument("--repeat", type=int, default=1, help="runs of each variant, taken in turn")
+    parser.add_argument("--erase-one", action="store_true", help="after the steady night, a night erasing one user")
     args = parser.parse_args(argv)
     command = "python bench/scale.py " + shlex.join(argv)
     with contextlib.ExitStack() as stack:
         endpoint = None
-        if "s3" in args.stores:  # a private S3 server for this benchmark
+        if {"s3", "production"} & set(args.stores):  # a private S3 server for this benchmark
             from nightrec.data.s3_server import private_s3
 
             endpoint = stack.enter_context(private_s3())
         variants = [(store, None) for store in args.stores] + ([("local", args.against)] if args.against else [])
         if len(variants) == 1 and args.repeat == 1:
-            results = {label: measure(label, SIZES[label], args.seed, args.work, endpoint) for label in args.sizes}
+            results = {label: measure(label, SIZES[label], args.seed, args.work, endpoint, erase=args.erase_one)
+                       for label in args.sizes}
             print_table(results, command)
             return
         for label in args.sizes:
@@ -323,7 +375,8 @@ def main(argv: list[str]) -> None:
                 for store, code in variants:
                     name = f"{label} {store}" + (f" ({code.name})" if code else "")
                     runs.setdefault(name, []).append(measure(label, SIZES[label], args.seed, args.work,
-                                                             endpoint if store == "s3" else None, code))
+                                                             endpoint if store != "local" else None, code,
+                                                             production=store == "production", erase=args.erase_one))
             print_comparison(runs, command)
 
 

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from airflow.sdk import Param, chain, dag, task
 
 from nightrec.pipeline.orchestration import airflow_task
+from nightrec.settings import load_settings
 
 
 @task
@@ -74,7 +75,7 @@ def housekeeping(ds=None) -> dict:
 
 @dag(
     dag_id="nightrec_nightly",
-    schedule="@daily",
+    schedule=load_settings().airflow.schedule or None,  # airflow.schedule; none: runs only when triggered
     # Early and static, so backfills of historical dates (the MovieLens demo replays 1998) are valid runs;
     # catchup stays off: a new deployment schedules only the latest night.
     start_date=datetime(1995, 1, 1),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -82,70 +83,220 @@ def run(ds: DsOption,
         lookback_days: Annotated[int, typer.Option(min=1, help="landing days ending at ds to (re)ingest")] = 1,
         landing: Annotated[Optional[str], typer.Option(help="landing zone: a folder or s3://bucket/prefix "
                                                                "(default: settings)")] = None):
-    """Run the nightrec_nightly DAG for one logical date through Airflow (`airflow dags test`)."""
-    from nightrec.pipeline.orchestration import DAG_ID, airflow_environment
-
-    day = _date(ds)
-    settings = _settings()
-    env = airflow_environment(settings)
-    if landing is not None:
-        from nightrec.data import storage
-
-        if not storage.is_s3(landing):
-            if not Path(landing).is_dir():
-                raise typer.BadParameter(f"landing folder {landing} does not exist")
-            landing = str(Path(landing).resolve())
-        elif not storage.listdir(landing):
-            raise typer.BadParameter(f"landing zone {landing} holds nothing")
-        env["NIGHTREC_PATHS__LANDING"] = landing
-    log_dir = Path(env["AIRFLOW_HOME"]) / "logs" / "nightrec-runs"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / f"run-{day}-{time.strftime('%Y%m%dT%H%M%S')}.log"
-    airflow = str(Path(sys.executable).with_name("airflow"))
-    with console.status("preparing the Airflow metadata database"):
-        subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True)
-    console.print(f"running DAG [bold]{DAG_ID}[/] for {day} through Airflow; full log: {log_path}")
-    command = [airflow, "dags", "test", DAG_ID, day.isoformat(), "--conf", json.dumps({"lookback_days": lookback_days})]
-    code = _follow(command, env, log_path)
+    """Run the nightrec_nightly DAG for one logical date and follow it to the end: on Airflow's scheduler
+    (the API server of airflow.api_url, or an Airflow started for the night), or in one process
+    (airflow.runner = "in-process", the laptop's)."""
+    code = _nights([_date(ds)], lookback_days, landing, resume=False)
     if code != 0:
-        console.print(f"[red]DAG run failed[/] (exit {code}); see {log_path}")
         raise typer.Exit(code)
 
 
-FAILED_TASK = "airflow.sdk.exceptions.AirflowFailException: "  # how a stage's PermanentError ends a task
+@app.command()
+def backfill(start: Annotated[str, typer.Option("--start", help="first night, YYYY-MM-DD")],
+             end: Annotated[str, typer.Option("--end", help="last night, YYYY-MM-DD")],
+             lookback_days: Annotated[int, typer.Option(min=1, help="landing days each night (re)ingests")] = 1,
+             landing: Annotated[Optional[str], typer.Option(help="landing zone (default: settings)")] = None):
+    """Run the nights from --start to --end in order, one DAG run each, stopping at the first that fails.
+    Nights Airflow records as succeeded are skipped, so the same command resumes after a failure."""
+    first, last = _date(start), _date(end)
+    if last < first:
+        raise typer.BadParameter(f"--end {last} is before --start {first}")
+    days = [first + dt.timedelta(days=n) for n in range((last - first).days + 1)]
+    code = _nights(days, lookback_days, landing, resume=True)
+    if code != 0:
+        raise typer.Exit(code)
 
 
-def _follow(command: list[str], env: dict, log_path: Path) -> int:
-    """Run the command, keep its whole output in log_path, show task progress and stage summaries."""
+def _nights(days: list[dt.date], lookback_days: int, landing: str | None, resume: bool) -> int:
+    """Each night in turn, on the scheduler (airflow.runner) or in this machine's one process per night."""
+    from nightrec.pipeline import airflow_runs
+    from nightrec.pipeline.orchestration import airflow_environment
+
+    settings = _settings()
+    env = airflow_environment(settings)
+    if landing is not None:
+        if settings.airflow.api_url:
+            raise typer.BadParameter("the running scheduler reads the landing zone of its own settings "
+                                     "(paths.landing); --landing applies only without airflow.api_url")
+        env["NIGHTREC_PATHS__LANDING"] = _landing_zone(landing)
+    log_dir = Path(env["AIRFLOW_HOME"]) / "logs" / "nightrec-runs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    conf = {"lookback_days": lookback_days}
+    try:
+        if settings.airflow.runner == "in-process":
+            with console.status("preparing the Airflow metadata database"):
+                subprocess.run([airflow_runs.airflow_binary(), "db", "migrate"], env=env, check=True,
+                               capture_output=True)
+            nights = contextlib.nullcontext(lambda day, log_path: _night_in_process(env, day, conf, resume, log_path))
+        else:
+            nights = _nights_on_scheduler(settings, env, conf, resume)
+        with nights as run_night:
+            for day in days:
+                if not _reported(day, *run_night(day, log_dir / f"run-{day}-{time.strftime('%Y%m%dT%H%M%S')}.log")):
+                    if resume and day != days[-1]:
+                        console.print(f"stopped at {day}; once it is fixed, the same command resumes there")
+                    return 1
+    except airflow_runs.AirflowError as error:
+        console.print(f"[red]{error}[/]", highlight=False)
+        return 1
+    return 0
+
+
+@contextlib.contextmanager
+def _nights_on_scheduler(settings, env: dict, conf: dict, resume: bool):
+    """One Airflow (the configured API server, or one started for these nights) for every night."""
+    from nightrec.pipeline import airflow_runs
+    from nightrec.pipeline.orchestration import DAG_ID
+
+    with console.status(f"starting: {settings.airflow.api_url or 'an Airflow for these nights'}"), \
+            airflow_runs.airflow_for_nights(settings, env, DAG_ID) as api:
+        def run_night(day: dt.date, log_path: Path):
+            if resume and api.succeeded(DAG_ID, day):
+                return {"already_done": True}, log_path, {}
+            return _night_on_scheduler(api, day, conf, log_path)
+        yield run_night
+
+
+def _landing_zone(landing: str) -> str:
+    from nightrec.data import storage
+
+    if not storage.is_s3(landing):
+        if not Path(landing).is_dir():
+            raise typer.BadParameter(f"landing folder {landing} does not exist")
+        return str(Path(landing).resolve())
+    if not storage.listdir(landing):
+        raise typer.BadParameter(f"landing zone {landing} holds nothing")
+    return landing
+
+
+FAILED_TASK = "AirflowFailException: "  # how a stage's PermanentError ends a task
+
+
+def _task_line(task: str, state: str, seconds: float | None = None) -> None:
+    if state == "running":
+        console.print(f"  task {task:<12} started")
+    elif seconds is not None:
+        console.print(f"  task {task:<12} {state} after {seconds:6.1f} s")
+    else:
+        console.print(f"  task {task:<12} {state}")
+
+
+def _stage_line(line: str) -> None:
+    """A stage's progress and summary lines, shown as they come."""
+    if (m := re.search(r"(\[\w+ +[\d.]+ s\] .*)", line)):
+        console.print(f"    {m[1]}", style="dim", highlight=False, markup=False)
+    elif line.startswith('{"stage"'):
+        console.print(f"    {line.strip()}", style="dim", highlight=False, markup=False)
+
+
+def _night_on_scheduler(api, day: dt.date, conf: dict, log_path: Path) -> tuple[dict, Path, dict]:
+    """Trigger one night, show task progress and stage summaries as they come, keep every task's log in
+    log_path; Airflow's record of the run, the log's path, and each task's log lines."""
+    from nightrec.pipeline import airflow_runs
+    from nightrec.pipeline.orchestration import DAG_ID
+
+    run_id = api.trigger(DAG_ID, day, conf)
+    console.print(f"running DAG [bold]{DAG_ID}[/] for {day} on Airflow ({api.url}, run {run_id}); "
+                  f"full log: {log_path}")
+    with open(log_path, "w") as log, console.status("queued") as status:
+        def on_line(task: str, line: str) -> None:
+            log.write(f"[{task}] {line}\n")
+            _stage_line(line)
+
+        def on_task(task: str, instance: dict) -> None:
+            log.write(f"[{task}] task {instance['state']}\n")
+            log.flush()
+            _task_line(task, instance["state"], instance.get("duration"))
+            if instance["state"] == "running":
+                status.update(f"task [bold]{task}[/] running")
+
+        followed = airflow_runs.follow(api, DAG_ID, run_id, on_line, on_task)
+    record = {"dag_id": DAG_ID, "run_id": run_id, "state": followed.state,
+              **{k: followed.run.get(k) for k in ("start_date", "end_date", "duration")},
+              "tasks": {t: {k: ti.get(k) for k in ("state", "start_date", "end_date", "duration", "try_number")}
+                        for t, ti in followed.tasks.items()}}
+    return record, log_path, followed.logs
+
+
+def _night_in_process(env: dict, day: dt.date, conf: dict, resume: bool, log_path: Path) -> tuple[dict, Path, dict]:
+    """One night in a process of its own (`nightrec run-in-process`), its output kept in log_path and
+    followed for task progress and stage summaries; Airflow's record of the run, log path and lines."""
+    from nightrec.pipeline.airflow_runs import RECORD
+    from nightrec.pipeline.orchestration import DAG_ID
+
+    command = [str(Path(sys.executable).with_name("nightrec")), "run-in-process", "--ds", day.isoformat(),
+               "--conf", json.dumps(conf), *(["--skip-succeeded"] if resume else [])]
+    record: dict = {}
+    lines: list[str] = []
     started: dict[str, float] = {}
-    errors: list[str] = []
-    in_error = False
+    state = "ended"  # the newest task state Airflow logged
+    console.print(f"night {day}: DAG [bold]{DAG_ID}[/] in one process; full log: {log_path}")
     with open(log_path, "w") as log, subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
                                                       stderr=subprocess.STDOUT, text=True) as proc:
         with console.status("starting") as status:
             for line in proc.stdout:
+                if line.startswith(RECORD):
+                    record = json.loads(line.removeprefix(RECORD)) or {}
+                    continue
                 log.write(line)
+                lines.append(line)
                 if (m := re.search(r"\[DAG TEST\] starting task_id=(\w+)", line)):
                     started[m[1]] = time.monotonic()
-                    console.print(f"  task {m[1]:<9} started")
+                    _task_line(m[1], "running")
                     status.update(f"task [bold]{m[1]}[/] running")
-                elif (m := re.search(r"(\[\w+ +[\d.]+ s\] .*)", line)):
-                    console.print(f"    {m[1]}", style="dim", highlight=False, markup=False)  # a stage's progress
                 elif (m := re.search(r"\[DAG TEST\] end task task_id=(\w+)", line)):
-                    console.print(f"  task {m[1]:<9} ended after {time.monotonic() - started[m[1]]:6.1f} s")
-                elif line.startswith('{"stage"'):
-                    console.print(f"    {line.strip()}", style="dim", highlight=False, markup=False)
-                elif line.startswith(("nightrec.", FAILED_TASK)) and not errors:
-                    errors.append(line.removeprefix(FAILED_TASK).rstrip())  # the first nightrec error ...
-                    in_error = True
-                elif in_error and line.startswith("  ") and not line.startswith("  File"):
-                    errors.append(line.rstrip())  # ... and its indented details
+                    _task_line(m[1], state, time.monotonic() - started.get(m[1], time.monotonic()))
+                elif (m := re.search(r"Task instance state updated .* new_state=(\w+)", line)):
+                    state = m[1]
                 else:
-                    in_error = False
-    failed = proc.returncode != 0 or "state=failed" in log_path.read_text()
-    if failed and errors:
-        console.print("\n".join(errors), style="red", highlight=False)
-    return proc.returncode or int(failed)
+                    _stage_line(line)
+    if proc.returncode != 0 and record.get("state") != "failed":
+        record = {**record, "state": "failed"}
+    return record, log_path, {"night": lines}
+
+
+def _reported(day: dt.date, record: dict, log_path: Path, logs: dict[str, list[str]]) -> bool:
+    """Print how the night went and keep Airflow's record of it beside its log; whether it succeeded."""
+    if record.get("already_done"):
+        console.print(f"night {day}: already done (a succeeded run in Airflow)")
+        if log_path.exists() and not log_path.stat().st_size:
+            log_path.unlink()
+        return True
+    log_path.with_suffix(".json").write_text(json.dumps(record, indent=1))
+    if record.get("state") != "success":
+        console.print(f"[red]night {day} failed[/]; see {log_path}")
+        errors = _first_error(logs)
+        if errors:
+            console.print("\n".join(errors), style="red", highlight=False)
+        return False
+    console.print(f"night {day} done in {record.get('duration') or 0:.0f} s (Airflow's record of the run)")
+    return True
+
+
+def _first_error(logs: dict[str, list[str]]) -> list[str]:
+    """The first nightrec error a failed task logged, with its indented details."""
+    for lines in logs.values():
+        for n, line in enumerate(lines):
+            text = line.split(FAILED_TASK, 1)[1] if FAILED_TASK in line else line
+            if line.startswith("nightrec.") or FAILED_TASK in line:
+                details = [d.rstrip() for d in lines[n + 1:n + 6] if d.startswith("  ") and not d.startswith("  File")]
+                return [text.rstrip(), *details]
+    return []
+
+
+@app.command("run-in-process", hidden=True)
+def run_in_process(ds: DsOption, conf: Annotated[str, typer.Option(help="the run's conf, JSON")],
+                   skip_succeeded: bool = False):
+    """One night in this process (how `nightrec run` runs a night when airflow.runner = "in-process");
+    ends with Airflow's record of the run as one line."""
+    from nightrec.pipeline.airflow_runs import RECORD
+    from nightrec.pipeline.airflow_runs import run_in_process as run_night
+    from nightrec.pipeline.orchestration import DAG_ID
+
+    record = run_night(DAG_ID, _date(ds), json.loads(conf), skip_succeeded)
+    typer.echo(RECORD + json.dumps(record))
+    if record is None or record["state"] != "success":
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -544,15 +695,18 @@ def serve(host: str = "127.0.0.1", port: int = 8000,
                 log_level=log_level, access_log=access_log, proxy_headers=False)
 
 
-@app.command("mlflow-ui")
-def mlflow_ui(host: str = "127.0.0.1", port: int = 5000):
-    """Start MLflow's UI on the project's tracking store."""
-    from nightrec.modeling.tracking import artifact_location, tracking_uri
+@app.command("mlflow-server")
+def mlflow_server(host: str = "127.0.0.1", port: int = 5000):
+    """Start MLflow's tracking server and UI on the settings' store (mlflow.backend_store, or the local
+    one), proxying artifacts to mlflow.artifact_root when mlflow.serve_artifacts is on."""
+    from nightrec.modeling.tracking import server_command
 
     settings = _settings()
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    if settings.storage.endpoint():  # artifacts on an S3-compatible server: the server's boto3 goes there
+        os.environ.setdefault("MLFLOW_S3_ENDPOINT_URL", settings.storage.endpoint())
     mlflow = str(Path(sys.executable).with_name("mlflow"))
-    os.execv(mlflow, [mlflow, "ui", "--backend-store-uri", tracking_uri(settings),
-                      "--default-artifact-root", artifact_location(settings), "--host", host, "--port", str(port)])
+    os.execv(mlflow, [mlflow, *server_command(settings, host, port)])
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -1,4 +1,5 @@
-"""Typed settings: conf/<env>.toml overlaid with NIGHTREC_<SECTION>__<KEY> environment variables."""
+"""Typed settings: conf/base.toml (every key and its default), overlaid with conf/<env>.toml (what an
+environment changes), overlaid with NIGHTREC_<SECTION>__<KEY> environment variables."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import json
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -30,12 +31,24 @@ class Paths(_Section):
     airflow_home: str
 
 
+class AirflowSettings(_Section):
+    """Where nights are scheduled and run (docs/deploy.md, "Production")."""
+
+    runner: Literal["scheduler", "in-process"]  # how `nightrec run` runs a night (conf/base.toml)
+    database: str  # metadata DB (sql_alchemy_conn), e.g. postgresql+psycopg2://airflow@db/airflow; empty: SQLite
+    schedule: str  # the nightly DAG's schedule, e.g. "0 2 * * *"; empty: nights run only when triggered
+    parallelism: int = Field(ge=1)  # task processes the LocalExecutor runs at once
+    api_url: str  # a running Airflow API server `nightrec run` triggers nights on; empty: it starts Airflow itself
+    api_username: str
+    api_password: str  # from the environment: NIGHTREC_AIRFLOW__API_PASSWORD
+
+
 class StorageSettings(_Section):
     """How S3 is reached when a path is an s3:// URI (credentials: the standard AWS chain, never here)."""
 
-    s3_endpoint: str = ""      # e.g. http://127.0.0.1:9000 (a local S3 server); empty: AWS ($AWS_ENDPOINT_URL if set)
-    s3_region: str = ""        # empty: $AWS_REGION / $AWS_DEFAULT_REGION, else us-east-1
-    s3_path_style: bool = False  # bucket in the path, not the host name (most S3-compatible servers need it)
+    s3_endpoint: str  # e.g. http://127.0.0.1:9000 (a local S3 server); empty: AWS ($AWS_ENDPOINT_URL if set)
+    s3_region: str  # empty: $AWS_REGION / $AWS_DEFAULT_REGION, else us-east-1
+    s3_path_style: bool  # bucket in the path, not the host name (most S3-compatible servers need it)
 
     def endpoint(self) -> str:
         return self.s3_endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL", "")
@@ -45,31 +58,31 @@ class StorageSettings(_Section):
 
 
 class SparkSettings(_Section):
-    master: str = "local[2]"    # local[N], spark://host:7077, yarn, k8s://https://host:443 (docs/deploy.md)
-    driver_memory: str = "4g"
-    driver_host: str = ""       # address executors reach the driver at (spark.driver.host); empty: Spark's choice
-    executor_memory: str = Field("", pattern=r"^$|^[0-9]+([kmgtpKMGTP][bB]?)?$")  # spark.executor.memory, e.g. 8g;
-                                                                                  # empty: 1g
+    master: str  # local[N], spark://host:7077, yarn, k8s://https://host:443 (docs/deploy.md)
+    driver_memory: str
+    driver_host: str  # address executors reach the driver at (spark.driver.host); empty: Spark's choice
+    executor_memory: str = Field(pattern=r"^$|^[0-9]+([kmgtpKMGTP][bB]?)?$")  # spark.executor.memory, e.g. 8g;
+                                                                              # empty: 1g
     executor_cores: int | None = Field(None, ge=1)  # spark.executor.cores; unset: Spark's (standalone: all of a
                                                     # worker's)
-    python: str = ""            # interpreter executors start (a path on the workers); empty: $PYSPARK_PYTHON,
-                                # else the driver's
-    shuffle_partitions: int = Field(4, ge=1)
-    ui_port: int = Field(4040, ge=0, le=65535)  # Spark UI; when taken Spark uses the next free port
-                                                # (logged by each stage)
-    checkpoint_dir: str = ""    # ALS checkpoints, on storage every executor shares; empty: <lake>/_checkpoints
-    packages_cache: str = "~/.cache/nightrec/spark-packages"  # Delta's and s3a's jars, resolved from Maven once
-    packages_on_workers: bool = False  # true: every worker has the same cache at the same path (an image, or
-                                       # workers on the driver's host): the jars are not shipped to executors
-    conf: dict[str, str | int | float | bool] = {}  # any other Spark property, e.g. {"spark.cores.max": 8}; wins
+    python: str  # interpreter executors start (a path on the workers); empty: $PYSPARK_PYTHON,
+                 # else the driver's
+    shuffle_partitions: int = Field(ge=1)
+    ui_port: int = Field(ge=0, le=65535)  # Spark UI; when taken Spark uses the next free port
+                                          # (logged by each stage)
+    checkpoint_dir: str  # ALS checkpoints, on storage every executor shares; empty: <lake>/_checkpoints
+    packages_cache: str  # Delta's and s3a's jars, resolved from Maven once
+    packages_on_workers: bool  # true: every worker has the same cache at the same path (an image, or
+                               # workers on the driver's host): the jars are not shipped to executors
+    conf: dict[str, str | int | float | bool]  # any other Spark property, e.g. {"spark.cores.max": 8}; wins
 
 
 class ValidationSettings(_Section):
-    max_bad_fraction: float = Field(0.05, ge=0.0, le=1.0)       # of a day's rows
-    max_bad_file_fraction: float = Field(0.5, ge=0.0, le=1.0)   # of a day's non-empty files, quarantined
-    max_line_bytes: int = Field(1_000_000, ge=1024)             # a longer line in a CSV/JSON file quarantines it
-    clock_skew_seconds: float = Field(900, ge=0)                # events dated further after their file's delivery
-                                                                # are quarantined (clients' clocks run ahead)
+    max_bad_fraction: float = Field(ge=0.0, le=1.0)  # of a day's rows
+    max_bad_file_fraction: float = Field(ge=0.0, le=1.0)  # of a day's non-empty files, quarantined
+    max_line_bytes: int = Field(ge=1024)  # a longer line in a CSV/JSON file quarantines it
+    clock_skew_seconds: float = Field(ge=0)  # events dated further after their file's delivery
+                                             # are quarantined (clients' clocks run ahead)
 
 
 class EventSettings(_Section):
@@ -88,28 +101,28 @@ class EventSettings(_Section):
 
 class ModelSettings(_Section):
     train_window_days: int = Field(ge=1)
-    holdout_share: float = Field(0.2, gt=0, lt=0.5)  # each user's latest items held out: the promotion decision
-    search_space: str = "models/search_space.toml"
-    recipe: str = "tuned"   # "tuned": what `nightrec tune` chose last; or a recipe file to pin one
-    evaluation_users: int = Field(50_000, ge=100)  # holdout users scored for the promotion gate
-    seed: int = 42
-    top_k: int = Field(100, ge=1, le=1000)
-    eval_k: int = Field(10, ge=1)
-    validation_users: int = Field(5000, ge=1)   # users sampled for the search and the blend weights
-    random_validation_share: float = Field(0.25, ge=0, lt=0.5)  # second search fold; 0: latest-items fold only
-    item_knn_max_items: int = Field(5000, ge=1)
-    recency_half_life_days: float = Field(90.0, gt=0)
+    holdout_share: float = Field(gt=0, lt=0.5)  # each user's latest items held out: the promotion decision
+    search_space: str
+    recipe: str  # "tuned": what `nightrec tune` chose last; or a recipe file to pin one
+    evaluation_users: int = Field(ge=100)  # holdout users scored for the promotion gate
+    seed: int
+    top_k: int = Field(ge=1, le=1000)
+    eval_k: int = Field(ge=1)
+    validation_users: int = Field(ge=1)  # users sampled for the search and the blend weights
+    random_validation_share: float = Field(ge=0, lt=0.5)  # second search fold; 0: latest-items fold only
+    item_knn_max_items: int = Field(ge=1)
+    recency_half_life_days: float = Field(gt=0)
     max_per_category: int | None = Field(None, ge=1)
-    cold_user_max_items: int = Field(10, ge=0)
-    promotion_tolerance: float = Field(0.01, ge=0)
-    segment_min_users: int = Field(20, ge=1)
-    trending_half_life_days: float = Field(7.0, ge=0)
-    similar_k: int = Field(50, ge=1, le=1000)    # neighbours stored per item ("more like this")
+    cold_user_max_items: int = Field(ge=0)
+    promotion_tolerance: float = Field(ge=0)
+    segment_min_users: int = Field(ge=1)
+    trending_half_life_days: float = Field(ge=0)
+    similar_k: int = Field(ge=1, le=1000)  # neighbours stored per item ("more like this")
 
 
 class TuningSettings(_Section):
-    sample_users: int = Field(200_000, ge=100)    # users (with all their events) the search works on
-    budget_minutes: float = Field(120.0, gt=0)    # no new trial starts after this; each family gets one
+    sample_users: int = Field(ge=100)  # users (with all their events) the search works on
+    budget_minutes: float = Field(gt=0)  # no new trial starts after this; each family gets one
 
 
 class MlflowSettings(_Section):
@@ -117,42 +130,43 @@ class MlflowSettings(_Section):
     artifact_root: str
     experiment: str
     registered_model: str
-    keep_versions: int = Field(20, ge=0)   # unaliased model versions kept; older ones are deleted with their files
+    backend_store: str  # the tracking server's database (`nightrec mlflow-server`); empty: tracking_uri's store
+    serve_artifacts: bool  # the server proxies artifact_root: clients log artifacts through it (mlflow-artifacts:/)
+    keep_versions: int = Field(ge=0)  # unaliased model versions kept; older ones are deleted with their files
 
 
 class LakeSettings(_Section):
-    retention_days: int = Field(7, ge=1)   # replaced data files and log entries kept this long (time travel window)
-    snapshot_nights: int = Field(7, ge=1)   # nights of per-night snapshots kept (gold outputs, item/user attributes)
+    retention_days: int = Field(ge=1)  # replaced data files and log entries kept this long (time travel window)
+    snapshot_nights: int = Field(ge=1)  # nights of per-night snapshots kept (gold outputs, item/user attributes)
+    maintenance_days: int = Field(ge=0)  # a table is compacted and vacuumed once in this many days; 0: every night
 
 
 class RedisSettings(_Section):
-    url: str                      # redis:// or rediss:// (TLS); the password goes in the URL, from the environment
-    prefix: str = Field("nightrec", pattern=r"^[0-9A-Za-z._-]{1,32}$")
-    cluster: bool = False         # true: the URL names one node of a Redis Cluster
+    url: str  # redis:// or rediss:// (TLS); the password goes in the URL, from the environment
+    prefix: str = Field(pattern=r"^[0-9A-Za-z._-]{1,32}$")
+    cluster: bool  # true: the URL names one node of a Redis Cluster
 
 
 class ServiceSettings(_Section):
-    live_cache_seconds: float = Field(1.0, ge=0)   # how long a worker reuses the live version id it read
-    consumed_ttl_days: float = Field(3.0, gt=0)    # posted events filter items out this long after the user's last one
-    events_max_len: int = Field(10_000_000, ge=1000)  # stream cap (approximate) if the nightly drain stops
-    max_body_bytes: int = Field(65536, ge=1024)
-    impression_sample_rate: float = Field(1.0, ge=0, le=1)  # share of users whose answers are recorded; 0: none
-    impressions_max_batches: int = Field(10_000_000, ge=1000)  # impression stream cap in entries (one per busy
-                                                               # worker per 50 ms: 1.7M a day each)
+    live_cache_seconds: float = Field(ge=0)  # how long a worker reuses the live version id it read
+    consumed_ttl_days: float = Field(gt=0)  # posted events filter items out this long after the user's last one
+    events_max_len: int = Field(ge=1000)  # stream cap (approximate) if the nightly drain stops
+    max_body_bytes: int = Field(ge=1024)
+    impression_sample_rate: float = Field(ge=0, le=1)  # share of users whose answers are recorded; 0: none
+    impressions_max_batches: int = Field(ge=1000)  # impression stream cap in entries (one per busy
+                                                   # worker per 50 ms: 1.7M a day each)
 
 
 class RateLimit(_Section):
-    per_second: float = Field(gt=0)   # sustained requests per second of one key, over all workers
-    burst: int = Field(ge=1)          # requests a key may send at once after being quiet
+    per_second: float = Field(gt=0)  # sustained requests per second of one key, over all workers
+    burst: int = Field(ge=1)  # requests a key may send at once after being quiet
 
 
 class AuthSettings(_Section):
-    enabled: bool = False             # API keys on every route but open_paths (docs/security.md)
-    open_paths: list[str] = ["/healthz", "/metrics"]  # reachable without a key (probes, scrapers)
-    refresh_seconds: float = Field(1.0, gt=0, le=2)   # a worker re-reads the keys this often: revocation delay
-    rate_limits: dict[str, RateLimit] = {"read": RateLimit(per_second=1000, burst=2000),
-                                         "events": RateLimit(per_second=1000, burst=2000),
-                                         "admin": RateLimit(per_second=10, burst=20)}
+    enabled: bool  # API keys on every route but open_paths (docs/security.md)
+    open_paths: list[str]  # reachable without a key (probes, scrapers)
+    refresh_seconds: float = Field(gt=0, le=2)  # a worker re-reads the keys this often: revocation delay
+    rate_limits: dict[str, RateLimit]  # per scope: read, events, admin
 
     @field_validator("rate_limits")
     @classmethod
@@ -163,42 +177,43 @@ class AuthSettings(_Section):
 
 
 class ExperimentSettings(_Section):
-    mlflow_experiment: str = "nightrec_online"  # MLflow experiment holding one run per online experiment
-    k: int = Field(10, ge=1, le=100)            # CTR@k: a click counts when the item was shown at rank <= k
-    click_events: list[str] = ["click", "add_to_cart", "purchase"]  # event types that count as a click
-    conversion_event: str = "purchase"
-    min_users: int = Field(20_000, ge=10)       # users per variant before the experiment's decisive look
-    alpha: float = Field(0.05, gt=0, lt=0.5)    # two-sided significance of that look
-    harm_z: float = Field(3.0, gt=0)            # before it: stop early when the treatment is worse beyond this z
-    rollback_drop: float = Field(0.05, gt=0, lt=1)  # roll the champion back when its CTR falls this much (relative)
-    baseline_nights: int = Field(7, ge=1)       # ... below its CTR over this many previous nights, significantly
+    mlflow_experiment: str  # MLflow experiment holding one run per online experiment
+    k: int = Field(ge=1, le=100)  # CTR@k: a click counts when the item was shown at rank <= k
+    click_events: list[str]  # event types that count as a click
+    conversion_event: str
+    min_users: int = Field(ge=10)  # users per variant before the experiment's decisive look
+    alpha: float = Field(gt=0, lt=0.5)  # two-sided significance of that look
+    harm_z: float = Field(gt=0)  # before it: stop early when the treatment is worse beyond this z
+    rollback_drop: float = Field(gt=0, lt=1)  # roll the champion back when its CTR falls this much (relative)
+    baseline_nights: int = Field(ge=1)  # ... below its CTR over this many previous nights, significantly
 
 
 class ExplorationSettings(_Section):
-    enabled: bool = False              # bandit exploration in the lookup's answers (docs/experiments.md)
-    every: int = Field(10, ge=2, le=100)    # one position in this many: ranks every, 2 x every, ...
-    max_impressions: int = Field(1000, ge=1)  # items shown fewer times than this (window_days) may be explored
-    pool_size: int = Field(1000, ge=1, le=10_000)  # least-shown items, never-shown first (one draw each per answer)
-    window_days: int = Field(30, ge=1)
+    enabled: bool  # bandit exploration in the lookup's answers (docs/experiments.md)
+    every: int = Field(ge=2, le=100)  # one position in this many: ranks every, 2 x every, ...
+    max_impressions: int = Field(ge=1)  # items shown fewer times than this (window_days) may be explored
+    pool_size: int = Field(ge=1, le=10_000)  # least-shown items, never-shown first (one draw each per answer)
+    window_days: int = Field(ge=1)
 
 
 class Settings(_Section):
     env: str
     home: Path
     paths: Paths
-    storage: StorageSettings = StorageSettings()
+    airflow: AirflowSettings
+    storage: StorageSettings
     spark: SparkSettings
     validation: ValidationSettings
     events: EventSettings
     model: ModelSettings
-    tuning: TuningSettings = TuningSettings()
+    tuning: TuningSettings
     mlflow: MlflowSettings
     redis: RedisSettings
-    service: ServiceSettings = ServiceSettings()
-    lake: LakeSettings = LakeSettings()
-    experiments: ExperimentSettings = ExperimentSettings()
-    exploration: ExplorationSettings = ExplorationSettings()
-    auth: AuthSettings = AuthSettings()
+    service: ServiceSettings
+    lake: LakeSettings
+    experiments: ExperimentSettings
+    exploration: ExplorationSettings
+    auth: AuthSettings
 
     def path(self, name: str) -> str:
         """A `paths` entry as an absolute path (URIs such as s3a://... are kept as they are)."""
@@ -207,9 +222,6 @@ class Settings(_Section):
     def table(self, name: str) -> str:
         """Root of a Delta table, e.g. table("silver/interactions")."""
         return f"{self.path('lake').rstrip('/')}/{name}"
-
-
-SECTIONS = {name for name in Settings.model_fields if name not in ("env", "home")}
 
 
 def resolve(home: Path, value: str) -> str:
@@ -243,33 +255,48 @@ def _env_overrides(environ: dict[str, str]) -> dict[str, dict[str, Any]]:
     return overrides
 
 
+def merged(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    """overlay over base, tables merged key by key (so an environment's file names only what it changes)."""
+    out = dict(base)
+    for key, value in overlay.items():
+        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as error:
+        raise SettingsError(f"{path} is not valid TOML: {error}") from None
+
+
 def load_settings(env: str | None = None, environ: dict[str, str] | None = None) -> Settings:
     environ = dict(os.environ if environ is None else environ)
     env = env or environ.get("NIGHTREC_ENV", "local")
     home = project_home()
     conf_dir = Path(environ.get("NIGHTREC_CONF_DIR", home / "conf"))
-    conf_file = conf_dir / f"{env}.toml"
-    if not conf_file.is_file():
-        raise SettingsError(f"no settings file for environment {env!r}: {conf_file} does not exist")
-    data = tomllib.loads(conf_file.read_text())
+    base_file, conf_file = conf_dir / "base.toml", conf_dir / f"{env}.toml"
+    for path in (base_file, conf_file):
+        if not path.is_file():
+            raise SettingsError(f"no settings file for environment {env!r}: {path} does not exist")
+    data = merged(_read_toml(base_file), _read_toml(conf_file))
     for section, values in _env_overrides(environ).items():
-        if section in SECTIONS and section not in data:  # a section the file leaves at its defaults
-            data[section] = {}
         if not isinstance(data.get(section), dict):
             raise SettingsError(f"environment override for unknown settings section {section!r}")
         data[section].update(values)
     try:
         settings = Settings(env=env, home=home, **data)
     except ValidationError as error:
-        raise SettingsError(f"invalid settings ({conf_file} + NIGHTREC_* environment): {error}") from None
+        raise SettingsError(f"invalid settings ({base_file} + {conf_file.name} + NIGHTREC_* environment): "
+                            f"{error}") from None
     global _loaded_storage
     _loaded_storage = settings.storage  # every store of this process is reached the way these settings say
     return settings
 
 
-_loaded_storage = StorageSettings()
+_loaded_storage: StorageSettings | None = None
 
 
 def loaded_storage() -> StorageSettings:
     """The storage settings this process loaded last (nightrec.data.storage reaches S3 with them)."""
-    return _loaded_storage
+    return _loaded_storage if _loaded_storage is not None else load_settings().storage

@@ -2,6 +2,7 @@
 promises: tags, retries, the stage order."""
 
 import inspect
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -27,11 +28,22 @@ def test_dag_files_import_without_errors(dagbag):
 
 def test_schedule_and_run_policy(dagbag):
     dag = dagbag.dags["nightrec_nightly"]
-    assert dag.schedule == "@daily"
+    assert dag.schedule is None  # conf/local.toml: nights run when `nightrec run` triggers them
     assert dag.catchup is False and dag.max_active_runs == 1
     assert dag.start_date.year == 1995  # static, never datetime.now()
     assert {"nightrec"} <= set(dag.tags)
     assert dag.params["lookback_days"] == 1
+
+
+def test_the_schedule_is_a_setting():
+    """Parsed in another environment (the scheduler's), the DAG takes that environment's schedule."""
+    probe = ("from airflow.dag_processing.dagbag import DagBag; "
+             f"print(DagBag(dag_folder={str(DAGS / 'nightrec_nightly.py')!r}).dags['nightrec_nightly'].schedule)")
+    for env, expected in (({"NIGHTREC_ENV": "production"}, "0 2 * * *"),
+                          ({"NIGHTREC_ENV": "local", "NIGHTREC_AIRFLOW__SCHEDULE": "@hourly"}, "@hourly")):
+        parsed = subprocess.run([sys.executable, "-c", probe], env={**os.environ, **env}, capture_output=True,
+                                text=True, check=True)
+        assert parsed.stdout.strip().splitlines()[-1] == expected
 
 
 def test_every_task_retries(dagbag):

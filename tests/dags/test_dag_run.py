@@ -1,10 +1,13 @@
-"""One full run of nightrec_nightly through Airflow (`nightrec run` -> `airflow dags test`), twice."""
+"""Full runs of nightrec_nightly on Airflow's scheduler (`nightrec run` starts one for the night when
+no airflow.api_url is set), twice; and a run that fails on bad data."""
 
 import datetime as dt
+import json
 import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import redis
@@ -42,10 +45,22 @@ def snapshot(home: Path, client: redis.Redis) -> tuple[dict, dict]:
 def test_nightly_dag_runs_end_to_end_and_a_rerun_changes_nothing(tmp_path, redis_url):
     rows = write_landing(tmp_path / "landing", days_ending(DAY, 8), users=40, items=120)
     env = {**os.environ, **settings_environ(tmp_path, redis_url)}
+    before = time.time()
     first = run_dag(env)
+    wall = time.time() - before
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     for task in STAGES:
-        assert f"task {task}" in first.stdout
+        assert re.search(rf"task {task}\s+success after", first.stdout), task
+
+    # Airflow recorded the run as it happened: started during this call (not on its logical date),
+    # lasting what the wall clock saw less Airflow's start, each task inside it
+    record = newest_record(env)
+    start, end = (dt.datetime.fromisoformat(record[k]).timestamp() for k in ("start_date", "end_date"))
+    assert before < start < end < before + wall
+    assert wall - 120 < record["duration"] <= wall
+    tasks = record["tasks"]
+    assert set(tasks) == set(STAGES) and all(t["state"] == "success" for t in tasks.values())
+    assert sum(t["duration"] for t in tasks.values()) <= record["duration"]
     client = redis.Redis.from_url(redis_url)
     counts, recs = snapshot(tmp_path, client)
     assert counts["bronze/interactions"] == counts["silver/interactions"] == rows
@@ -57,6 +72,12 @@ def test_nightly_dag_runs_end_to_end_and_a_rerun_changes_nothing(tmp_path, redis
     counts_again, recs_again = snapshot(tmp_path, client)
     assert counts_again == counts
     assert recs_again == recs
+
+
+def newest_record(env: dict) -> dict:
+    """Airflow's record of the newest run (`nightrec run` keeps it beside the run's log)."""
+    runs = Path(env["AIRFLOW_HOME"]) / "logs" / "nightrec-runs"
+    return json.loads(max(runs.glob("run-*.json"), key=lambda p: p.stat().st_mtime).read_text())
 
 
 def last_log_tail(env: dict, lines: int = 20) -> str:

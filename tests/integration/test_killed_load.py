@@ -177,7 +177,7 @@ def test_killing_a_write_to_the_lake_on_s3_leaves_the_previous_version(spark, s3
 
     left = [e for e in storage.walk(root) if e.uri not in committed and "/_delta_log/" not in e.uri]
     assert left  # the killed write's files, in no version
-    assert lake.version(spark, root) == 0
+    assert lake.version(root) == 0
     assert lake.read_table(spark, root).groupBy("label").count().collect() == [("committed", 1000)]
     assert lake.replace_partitions(rows(10, "next night"), root, [day]) == 10
     lake.vacuum(spark, root, dt.timedelta(0))  # S3 objects cannot be aged: a zero retention stands for a week

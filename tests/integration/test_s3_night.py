@@ -90,8 +90,10 @@ def test_the_same_night_twice_leaves_the_same_lists(spark, on_s3):
 
 def test_housekeeping_vacuums_the_lake_on_s3(spark, on_s3):
     settings, _, _, _, _ = on_s3
-    result = housekeeping.run(spark, settings, DAY)
+    every_night = settings.model_copy(update={"lake": settings.lake.model_copy(update={"maintenance_days": 0})})
+    result = housekeeping.run(spark, every_night, DAY)
     assert set(result.tables) == set(lake.find_tables(settings.path("lake")))
+    assert all(table["maintained"] for table in result.tables.values())
     assert lake.read_table(spark, settings.table("silver/interactions")).count() > 0
 
 

@@ -21,7 +21,9 @@ DAY = dt.date(2024, 6, 30)
 
 
 def test_housekeeping_vacuums_every_table_and_prunes_model_versions(spark, tmp_path, monkeypatch, capsys):
-    environ = settings_environ(tmp_path, MLFLOW__KEEP_VERSIONS="1", LAKE__SNAPSHOT_NIGHTS="2")
+    # tables made just now would wait lake.maintenance_days for their first maintenance: 0, every night
+    environ = settings_environ(tmp_path, MLFLOW__KEEP_VERSIONS="1", LAKE__SNAPSHOT_NIGHTS="2",
+                               LAKE__MAINTENANCE_DAYS="0")
     for key, value in environ.items():
         monkeypatch.setenv(key, value)
     settings = load_settings("local", environ)
@@ -66,3 +68,16 @@ def test_housekeeping_vacuums_every_table_and_prunes_model_versions(spark, tmp_p
     assert summary["model_versions_deleted"] == ["1"] and summary["model_versions_kept"] == ["2", "3"]
     assert summary["bytes_freed"] == leftover_bytes + summary["model_bytes_freed"] > leftover_bytes
     assert lake.read_table(spark, str(table)).count() == 4 * len(nights)
+    assert all(t["maintained"] for t in summary["tables"].values())
+
+    # Once a week: the next night, the tables were vacuumed less than 7 days ago, and only snapshots go.
+    monkeypatch.setenv("NIGHTREC_LAKE__MAINTENANCE_DAYS", "7")
+    lake.replace_partitions(rows, settings.table("bronze/interactions"), [DAY])  # replaces two files
+    next_night = housekeeping.main(["--ds", DAY.isoformat()])["tables"]
+    assert not any(t["maintained"] for t in next_night.values())
+    assert next_night["gold/recommendations"]["partitions_dropped"] == [str(nights[0])]
+    assert "files_compacted" not in next_night["bronze/interactions"]
+    monkeypatch.setenv("NIGHTREC_LAKE__MAINTENANCE_DAYS", "0")  # every night
+    every_night = housekeeping.main(["--ds", DAY.isoformat()])["tables"]
+    assert all(t["maintained"] for t in every_night.values())
+    assert every_night["bronze/interactions"]["files_compacted"] == 2

@@ -29,7 +29,7 @@ def test_replacing_a_partition_never_duplicates_and_keeps_the_others(spark, tmp_
     assert lake.replace_partitions(frame(spark, 3, D1, "b"), root, [D1]) == 3
     assert lake.replace_partitions(frame(spark, 3, D1, "b"), root, [D1]) == 3
     assert counts(spark, root) == {(D1, "b"): 3, (D2, "a"): 7}
-    assert lake.version(spark, root) == 2
+    assert lake.version(root) == 2
     assert spark.read.format("delta").option("versionAsOf", 0).load(root).count() == 12  # time travel
     assert DeltaTable(root, version=0).to_pyarrow_table().num_rows == 12  # other engines read it too
 
@@ -56,7 +56,7 @@ def test_rows_outside_the_replaced_days_are_refused_and_nothing_is_committed(spa
     with pytest.raises(lake.LakeError, match="2024-01-02.*outside"):
         lake.replace_partitions(frame(spark, 4, D2), root, [D1])
     assert counts(spark, root) == {(D1, "a"): 4}
-    assert lake.version(spark, root) == 0
+    assert lake.version(root) == 0
 
 
 def test_a_table_gains_new_columns_but_refuses_other_schema_changes(spark, tmp_path):
@@ -173,7 +173,7 @@ def test_cutting_the_log_leaves_no_entry_naming_what_was_deleted(spark, tmp_path
 
     log = Path(root) / "_delta_log"
     assert not [p.name for p in log.rglob("*") if p.is_file() and str(needle).encode() in p.read_bytes()]
-    assert {p.name.split(".")[0] for p in log.iterdir() if p.name[0].isdigit()} == {f"{lake.version(spark, root):020}"}
+    assert {p.name.split(".")[0] for p in log.iterdir() if p.name[0].isdigit()} == {f"{lake.version(root):020}"}
     assert counts(spark, root) == {(D1, "a"): 5}
     assert DeltaTable(root).to_pyarrow_table().num_rows == 5
     lake.replace_partitions(frame(spark, 2, D2), root, [D2])  # and the table takes the next night

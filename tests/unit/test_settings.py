@@ -1,3 +1,6 @@
+import tomllib
+from pathlib import Path
+
 import pytest
 
 from nightrec.settings import SettingsError, load_settings
@@ -52,3 +55,49 @@ def test_retention_settings_default_and_validate():
         load_settings("local", {"NIGHTREC_LAKE__RETENTION_DAYS": "0"})
     with pytest.raises(SettingsError, match="keep_versions"):
         load_settings("local", {"NIGHTREC_MLFLOW__KEEP_VERSIONS": "-1"})
+
+
+ENVIRONMENTS = sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "conf").glob("*.toml")
+                      if p.stem != "base")
+
+
+def _leaves(table: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in table.items():
+        if isinstance(value, dict):
+            out.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_each_environment_file_holds_only_what_differs_from_base(env):
+    conf = Path(__file__).resolve().parents[2] / "conf"
+    base = _leaves(tomllib.loads((conf / "base.toml").read_text()))
+    overlay = _leaves(tomllib.loads((conf / f"{env}.toml").read_text()))
+    assert overlay, f"conf/{env}.toml is empty"
+    repeated = {key for key, value in overlay.items() if key in base and base[key] == value}
+    assert not repeated, f"conf/{env}.toml repeats conf/base.toml: {sorted(repeated)}"
+    load_settings(env, {})  # and base + overlay is complete and valid
+
+
+def test_an_overlay_table_merges_into_base_key_by_key(tmp_path):
+    conf = Path(__file__).resolve().parents[2] / "conf"
+    (tmp_path / "base.toml").write_text((conf / "base.toml").read_text())
+    (tmp_path / "staging.toml").write_text('[auth.rate_limits]\nadmin = { per_second = 1, burst = 2 }\n'
+                                           '[spark.conf]\n"spark.cores.max" = 8\n')
+    settings = load_settings("staging", {"NIGHTREC_CONF_DIR": str(tmp_path)})
+    assert settings.auth.rate_limits["admin"].burst == 2
+    assert settings.auth.rate_limits["read"].burst == 2000      # from base
+    assert settings.auth.enabled is True                         # base's default, untouched
+    assert settings.spark.conf == {"spark.cores.max": 8}
+    assert settings.spark.master == "local[2]"
+
+
+def test_a_key_missing_from_base_is_named(tmp_path):
+    conf = Path(__file__).resolve().parents[2] / "conf"
+    (tmp_path / "base.toml").write_text((conf / "base.toml").read_text().replace('seed = 42\n', ''))
+    (tmp_path / "local.toml").write_text("")
+    with pytest.raises(SettingsError, match=r"model\.seed"):
+        load_settings("local", {"NIGHTREC_CONF_DIR": str(tmp_path)})

@@ -45,11 +45,14 @@ def _delta(spark: SparkSession, root: str):
     return DeltaTable.forPath(spark, root)
 
 
-def read_table(spark: SparkSession, root: str, dates: Iterable[dt.date] | None = None) -> DataFrame:
-    """The current version of a Delta table (optionally only some `dt` partitions) as a DataFrame."""
+def read_table(spark: SparkSession, root: str, dates: Iterable[dt.date] | None = None,
+               as_of: int | None = None) -> DataFrame:
+    """A Delta table (optionally only some `dt` partitions) as a DataFrame: its current version, or
+    version `as_of`."""
     if not table_exists(root):
         raise LakeError(f"no Delta table at {root}: the stage that writes it has not run yet")
-    frame = spark.read.format("delta").load(root)
+    reader = spark.read.format("delta")
+    frame = (reader if as_of is None else reader.option("versionAsOf", as_of)).load(root)
     if dates is not None:
         frame = frame.where(F.col(PARTITION).isin(sorted({d.isoformat() for d in dates})))
     return frame
@@ -70,11 +73,10 @@ def replace_partitions(df: DataFrame, root: str, dates: Iterable[dt.date], new_c
     writer_options = {"replaceWhere": f"{PARTITION} IN ({', '.join(repr(d) for d in wanted)})"}
     before = -1
     if table_exists(root):
-        before = version(df.sparkSession, root)
+        before = version(root)
         df, added = _evolve(df, root, set(new_columns))
         if added:
             writer_options["mergeSchema"] = "true"
-    spark = df.sparkSession
     if len(dates) > 1:
         # Many days at once (backfills): one file per day, not one per day per task.
         df = df.repartition(PARTITION)
@@ -86,26 +88,49 @@ def replace_partitions(df: DataFrame, root: str, dates: Iterable[dt.date], new_c
         stray = sorted({r[0].isoformat() for r in df.select(PARTITION).distinct().collect()} - set(wanted))
         raise LakeError(f"{root}: rows dated {stray} fall outside the partitions being replaced {wanted}; "
                         "nothing was committed") from None
-    commit = last_commit(spark, root)  # none when there was nothing to add or remove
+    commit = last_commit(root)  # none when there was nothing to add or remove
     return int(commit["operationMetrics"].get("numOutputRows", 0)) if commit["version"] > before else 0
 
 
-def last_commit(spark: SparkSession, root: str) -> dict:
+def last_commit(root: str) -> dict:
     """The newest commit's version, operation and metrics (as text), read from the log itself (a
     listing and one small file: no Spark job)."""
-    newest = version(spark, root)
-    lines = storage.read_bytes(storage.join(root, LOG_FOLDER, f"{newest:020}.json")).decode().splitlines()
-    info = next((json.loads(line)["commitInfo"] for line in lines if line.startswith('{"commitInfo"')), {})
+    newest = version(root)
+    info = _commit_info(root, newest)
     return {"version": newest, "operation": info.get("operation"), "operationMetrics": info.get("operationMetrics", {})}
 
 
-def version(spark: SparkSession, root: str) -> int:
+def version(root: str) -> int:
     """The table's current version: its newest commit in the log."""
-    commits = [int(e.name[:-5]) for e in storage.listdir(storage.join(root, LOG_FOLDER))
-               if e.name.endswith(".json") and e.name[:-5].isdigit()]
+    commits = _commits(root)
     if not commits:
         raise LakeError(f"no Delta table at {root}")
-    return max(commits)
+    return commits[0]
+
+
+def last_maintained(root: str, within: dt.timedelta) -> dt.datetime | None:
+    """When the table was last vacuumed, or else created, if within the given time from now (read from
+    the log's newest commits backwards until one is older: a few small files, no Spark job)."""
+    since = dt.datetime.now(dt.timezone.utc) - within
+    for commit in _commits(root):
+        info = _commit_info(root, commit)
+        at = dt.datetime.fromtimestamp(info.get("timestamp", 0) / 1000, dt.timezone.utc)
+        if at < since:
+            return None
+        if info.get("operation") == "VACUUM END" or commit == 0:
+            return at
+    return None
+
+
+def _commits(root: str) -> list[int]:
+    """The versions in the table's log, newest first."""
+    return sorted((int(e.name[:-5]) for e in storage.listdir(storage.join(root, LOG_FOLDER))
+                   if e.name.endswith(".json") and e.name[:-5].isdigit()), reverse=True)
+
+
+def _commit_info(root: str, commit: int) -> dict:
+    lines = storage.read_bytes(storage.join(root, LOG_FOLDER, f"{commit:020}.json")).decode().splitlines()
+    return next((json.loads(line)["commitInfo"] for line in lines if line.startswith('{"commitInfo"')), {})
 
 
 def _evolve(df: DataFrame, root: str, allowed: set[str]) -> tuple[DataFrame, list[str]]:
@@ -136,9 +161,9 @@ def delete_matching(spark: SparkSession, root: str, column: str, values: DataFra
 
 def _rows_removed(spark: SparkSession, root: str, change, metric: str) -> int:
     """Run a change on the table; the rows its commit removed (0 when it had nothing to commit)."""
-    before = version(spark, root)
+    before = version(root)
     change(_delta(spark, root))
-    commit = last_commit(spark, root)
+    commit = last_commit(root)
     return int(commit["operationMetrics"].get(metric, 0)) if commit["version"] > before else 0
 
 
@@ -229,7 +254,7 @@ def vacuum(spark: SparkSession, root: str, retention: dt.timedelta) -> VacuumRes
     partitions = {part.split("=", 1)[1] for path in data_gone
                   for part in path.split("/")[:-1] if part.startswith(f"{PARTITION}=")}
     return VacuumResult(
-        version=version(spark, root),
+        version=version(root),
         files_deleted=len(data_gone),
         bytes_freed=sum(sizes_before[path] for path in gone),
         partitions=sorted(partitions),
@@ -244,7 +269,7 @@ def cut_log(spark: SparkSession, root: str) -> int:
     For erasure: earlier commits name what they deleted (a DELETE's predicate) and hold file
     statistics (minimum and maximum ids), whatever their age. Time travel restarts here."""
     spark._jvm.org.apache.spark.sql.delta.DeltaLog.forTable(spark._jsparkSession, root).checkpoint()
-    current = version(spark, root)
+    current = version(root)
     deleted = 0
     for entry in storage.listdir(storage.join(root, LOG_FOLDER)):
         number = entry.name.split(".", 1)[0]

@@ -58,6 +58,8 @@ FIXED_CONF = {
     "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
     "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
     "spark.databricks.delta.retentionDurationCheck.enabled": "false",
+    # Each VACUUM leaves a commit: the log says when a table was last maintained (lake.last_maintained).
+    "spark.databricks.delta.vacuum.logging.enabled": "true",
     "spark.databricks.delta.properties.defaults.enableDeletionVectors": "false",
     # No checksum files beside the commits: optional, they cost a job per write and repeat every
     # file's statistics (minimum and maximum ids) in the log.

@@ -23,9 +23,19 @@ def start_of(day: dt.date) -> dt.datetime:
     return dt.datetime.combine(day, dt.time(), tzinfo=dt.timezone.utc)
 
 
-def training_events(spark: SparkSession, settings: Settings, ds: dt.date) -> DataFrame:
-    """silver/interactions of the model's trailing window ending ds."""
-    return lake.read_table(spark, settings.table("silver/interactions"), window(ds, settings.model.train_window_days))
+SILVER = "silver/interactions"
+
+
+def training_input(settings: Settings, ds: dt.date) -> tuple[str, int, str]:
+    """What a training reads tonight: silver's root, its current version (to pin the reads to) and
+    the window of dates."""
+    dates = window(ds, settings.model.train_window_days)
+    return settings.table(SILVER), lake.version(settings.table(SILVER)), f"{dates[0]}..{dates[-1]}"
+
+
+def training_events(spark: SparkSession, settings: Settings, ds: dt.date, as_of: int | None = None) -> DataFrame:
+    """silver/interactions of the model's trailing window ending ds (at Delta version as_of, if given)."""
+    return lake.read_table(spark, settings.table(SILVER), window(ds, settings.model.train_window_days), as_of)
 
 
 def attributes(spark: SparkSession, settings: Settings, name: str, ds: dt.date) -> DataFrame | None:

@@ -48,7 +48,7 @@ def _experiment_id(settings: Settings) -> str:
     if found is not None:
         return found.experiment_id
     name = settings.experiments.mlflow_experiment
-    return client.create_experiment(name, artifact_location=f"{tracking.artifact_location(settings)}/{name}")
+    return client.create_experiment(name, artifact_location=tracking.experiment_location(settings, name))
 
 
 def _stored(run) -> StoredExperiment:

@@ -20,7 +20,6 @@ It runs before train, so a rollback or a promotion is what tonight's model is ga
 from __future__ import annotations
 
 import datetime as dt
-import sys
 from dataclasses import dataclass, field
 
 from pyspark.sql import Column, DataFrame, SparkSession
@@ -263,7 +262,3 @@ def write_explore_pool(spark: SparkSession, settings: Settings, ds: dt.date) -> 
 
 def main(argv=None) -> dict:
     return stage_main("analyze", run, argv, lookback=True)
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

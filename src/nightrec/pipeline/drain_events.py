@@ -15,7 +15,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -133,7 +132,3 @@ def drain(client, stream: Stream, landing: str) -> tuple[int, list[str], str | N
 
 def main(argv=None) -> dict:
     return stage_main("drain_events", run, argv, needs_spark=False)
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

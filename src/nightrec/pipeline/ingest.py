@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
-import sys
 from dataclasses import dataclass, field
 
 from pyspark.sql import DataFrame, SparkSession
@@ -198,7 +197,3 @@ def failure_message(failing: dict[dt.date, list[LandingFile]], max_fraction: flo
 
 def main(argv=None) -> dict:
     return stage_main("ingest", run, argv, lookback=True)
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

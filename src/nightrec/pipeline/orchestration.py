@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from nightrec.constants import STAGES, TUNE
@@ -47,25 +47,27 @@ def run_stage(stage: str, ds: str, lookback_days: int = 1) -> dict:
     return module.main(stage_argv(ds, lookback_days if stage in WINDOWED else None))
 
 
-def airflow_environment(settings: Settings) -> dict[str, str]:
-    """Environment for the airflow CLI on this project: its own home, this checkout's dags/.
+def airflow_environment(settings: Settings, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Environment for the airflow CLI on this project: its own home, this checkout's dags/, over
+    `environ` (default: this process's environment).
 
     Values already set in the environment win, so a real deployment keeps its own.
     """
+    environ = os.environ if environ is None else environ
     defaults = {
         "AIRFLOW_HOME": settings.path("airflow_home"),
         "AIRFLOW__CORE__DAGS_FOLDER": str(Path(settings.home) / "dags"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__PARALLELISM": "4",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__PARALLELISM": str(settings.airflow.parallelism),
+        **({"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": settings.airflow.database} if settings.airflow.database else {}),
         "NIGHTREC_HOME": str(settings.home),
         "NIGHTREC_ENV": settings.env,
-        # Two warnings the airflow CLI prints on every run, about its own optional extras (graph
-        # rendering, and the in-process API that `dags test` drives through Starlette's test client):
-        # nothing a user of nightrec can or needs to act on.
-        "PYTHONWARNINGS": ",".join(f"ignore:{message}" for message in (
-            "Could not import graphviz", "Using `httpx` with `starlette.testclient` is deprecated")),
+        # A warning the airflow CLI prints on every run, about its own optional graph rendering: nothing
+        # a user of nightrec can or needs to act on.
+        "PYTHONWARNINGS": "ignore:Could not import graphviz",
     }
-    env = {**os.environ, **{k: v for k, v in defaults.items() if k not in os.environ}}
+    env = {**environ, **{k: v for k, v in defaults.items() if k not in environ}}
     # `airflow standalone` starts its components as `airflow ...` found on PATH: use this environment's.
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     return env

@@ -25,7 +25,6 @@ import datetime as dt
 import json
 import logging
 import re
-import sys
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -200,7 +199,3 @@ def run(settings: Settings, ds: dt.date) -> PrivacyResult:
 
 def main(argv=None) -> dict:
     return stage_main("privacy", run, argv, needs_spark=False)
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

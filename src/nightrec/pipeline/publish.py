@@ -4,7 +4,6 @@ verified, then made live by one atomic flip."""
 from __future__ import annotations
 
 import datetime as dt
-import sys
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -148,7 +147,3 @@ def experiment_lists(settings: Settings, variants: DataFrame | None) -> loader.V
 
 def main(argv=None) -> dict:
     return stage_main("publish", run, argv)
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

@@ -8,7 +8,6 @@ own users (and only them) with its model and rules -> gold/variant_recommendatio
 from __future__ import annotations
 
 import datetime as dt
-import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -131,7 +130,3 @@ def variant_of(experiment: Experiment):
 
 def main(argv=None) -> dict:
     return stage_main("score", run, argv)
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

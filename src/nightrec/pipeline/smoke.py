@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import sys
 from dataclasses import dataclass
 
 import pyarrow.compute as pc
@@ -74,7 +73,3 @@ def run(settings: Settings, ds: dt.date) -> SmokeResult:
 
 def main(argv=None) -> dict:
     return stage_main("smoke", run, argv, needs_spark=False)
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

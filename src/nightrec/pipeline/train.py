@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from nightrec.data.feedback import implicit_feedback, latest_split, sample_users
-from nightrec.data.tables import attributes, start_of, training_events
+from nightrec.data.tables import SILVER, attributes, start_of, training_events, training_input
 from nightrec.errors import PermanentError
 from nightrec.modeling import dataset, registry, reports, tracking, training
 from nightrec.modeling.recipe import Recipe
@@ -58,9 +57,20 @@ class TrainResult:
 
 
 def run(spark: SparkSession, settings: Settings, ds: dt.date) -> TrainResult:
+    import mlflow
+
+    experiment_id = tracking.configure(settings)  # before any registry call: the champion lives there
+    # The run spans the work (it ends FAILED if the stage fails), and names the exact data it reads.
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"nightly-{ds.isoformat()}") as active:
+        mlflow.set_tags({"ds": ds.isoformat(), "protocol": "latest_items_holdout"})
+        silver, silver_version, dates = training_input(settings, ds)
+        tracking.log_delta_input(SILVER, silver, silver_version, "training", {"window": dates})
+        return _train(spark, settings, ds, active.info.run_id, silver_version)
+
+
+def _train(spark: SparkSession, settings: Settings, ds: dt.date, run_id: str, silver_version: int) -> TrainResult:
     m, weights = settings.model, settings.events.weights
     progress = Progress("train", spark)
-    experiment_id = tracking.configure(settings)  # before any registry call: the champion lives there
     opts = dataset.ModelSettingsView.of(settings.model, spark.sparkContext.defaultParallelism)
     recipe, recipe_source = registry.nightly_recipe(settings)
     progress(f"recipe {recipe.to_json()} from {recipe_source}")
@@ -72,7 +82,7 @@ def run(spark: SparkSession, settings: Settings, ds: dt.date) -> TrainResult:
 
     started = time.monotonic()
     with progress.step("split", window_days=m.train_window_days, holdout_share=m.holdout_share):
-        events = training_events(spark, settings, ds).cache()
+        events = training_events(spark, settings, ds, as_of=silver_version).cache()
         fit_events, truth = latest_split(events, m.holdout_share)
         truth = truth.cache()
         holdout_users = truth.select("user_id").distinct().count()
@@ -121,7 +131,7 @@ def run(spark: SparkSession, settings: Settings, ds: dt.date) -> TrainResult:
 
     started = time.monotonic()
     with progress.step("log and register in MLflow"):
-        run_id, version = _record(settings, experiment_id, ds, recipe, recipe_source, decision, evaluation, final,
+        version = _record(settings, silver_version, ds, recipe, recipe_source, decision, evaluation, final,
                                   candidate, fit_seconds, fit_data, items, ks, metric, champion_ndcg,
                                   holdout_users, evaluated_users)
         registry.set_aliases(settings.mlflow.registered_model, version if decision.promote else None,
@@ -169,31 +179,32 @@ def _champion(settings: Settings, data: dataset.TrainingSet, items, ds: dt.date,
     return bundle.with_rules(rules), current.version
 
 
-def _record(settings, experiment_id, ds, recipe, recipe_source, decision, evaluation, final, holdout_free,
-            fit_seconds, fit_data, items, ks, metric, champion_ndcg, holdout_users, evaluated_users) -> tuple[str, str]:
-    """One MLflow run per night (params, holdout metrics, reports) and tonight's model version."""
+def _record(settings, silver_version, ds, recipe, recipe_source, decision, evaluation, final, holdout_free,
+            fit_seconds, fit_data, items, ks, metric, champion_ndcg, holdout_users, evaluated_users) -> str:
+    """The night's params, holdout metrics and reports into the active MLflow run, and tonight's model
+    version (tagged with the silver version it was trained on)."""
     import mlflow
 
     m = settings.model
     decision_tags = {"promotion_decision": "promoted" if decision.promote else "kept",
                      "promotion_reason": decision.reason, "candidate": recipe.candidate,
                      "recipe_source": recipe_source}
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"nightly-{ds.isoformat()}") as run:
-        mlflow.set_tags({"ds": ds.isoformat(), "protocol": "latest_items_holdout", **decision_tags})
-        mlflow.log_params({"train_window_days": m.train_window_days, "holdout_share": m.holdout_share,
-                           "evaluation_users": m.evaluation_users, "event_weights": json.dumps(settings.events.weights),
-                           "promotion_tolerance": m.promotion_tolerance, **recipe.flat_params()})
-        mlflow.log_metrics({f"holdout_{k}": v for k, v in evaluation.metrics.items()}
-                           | {"holdout_users": holdout_users, "evaluated_users": evaluated_users}
-                           | {f"fit_seconds_{family}": s for family, s in fit_seconds.items()}
-                           | ({f"champion_holdout_{metric}": champion_ndcg} if champion_ndcg is not None else {}))
-        mlflow.log_dict(json.loads(recipe.to_json()), "recipe.json")
-        _log_reports(recipe.candidate, evaluation, fit_data, items, ks)
-        version = registry.log_candidate_model(final, settings.mlflow.registered_model, {
-            "ds": ds.isoformat(), "candidate": recipe.candidate,
-            f"holdout_{metric}": f"{evaluation.metrics[metric]:.5f}", registry.RECIPE_TAG: recipe.to_json(),
-            "promotion_decision": decision_tags["promotion_decision"]}, holdout_free=holdout_free)
-    return run.info.run_id, version
+    mlflow.set_tags(decision_tags)
+    mlflow.log_params({"train_window_days": m.train_window_days, "holdout_share": m.holdout_share,
+                       "evaluation_users": m.evaluation_users, "event_weights": json.dumps(settings.events.weights),
+                       "promotion_tolerance": m.promotion_tolerance, **recipe.flat_params()})
+    mlflow.log_metrics({f"holdout_{k}": v for k, v in evaluation.metrics.items()}
+                       | {"holdout_users": holdout_users, "evaluated_users": evaluated_users}
+                       | {f"fit_seconds_{family}": s for family, s in fit_seconds.items()}
+                       | ({f"champion_holdout_{metric}": champion_ndcg} if champion_ndcg is not None else {}))
+    mlflow.log_dict(json.loads(recipe.to_json()), "recipe.json")
+    _log_reports(recipe.candidate, evaluation, fit_data, items, ks)
+    version = registry.log_candidate_model(final, settings.mlflow.registered_model, {
+        "ds": ds.isoformat(), "candidate": recipe.candidate,
+        f"holdout_{metric}": f"{evaluation.metrics[metric]:.5f}", registry.RECIPE_TAG: recipe.to_json(),
+        "promotion_decision": decision_tags["promotion_decision"],
+        "silver_path": settings.table(SILVER), "silver_version": str(silver_version)}, holdout_free=holdout_free)
+    return version
 
 
 def _log_reports(name: str, evaluation: training.Evaluation, data: dataset.TrainingSet, items, ks) -> None:
@@ -230,7 +241,3 @@ def _log_reports(name: str, evaluation: training.Evaluation, data: dataset.Train
 
 def main(argv=None) -> dict:
     return stage_main("train", run, argv)
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

@@ -27,7 +27,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from nightrec.data.feedback import implicit_feedback, latest_split, sample_users, stratified_split
-from nightrec.data.tables import attributes, start_of, training_events
+from nightrec.data.tables import SILVER, attributes, start_of, training_events, training_input
 from nightrec.errors import PermanentError
 from nightrec.modeling import dataset, registry, reports, search, tracking, training
 from nightrec.modeling.recipe import load_search_space
@@ -51,9 +51,21 @@ class TuneResult:
 def run(spark: SparkSession, settings: Settings, ds: dt.date) -> TuneResult:
     import mlflow
 
+    experiment_id = tracking.configure(settings)
+    # The run spans the search (it ends FAILED if the search fails), and names the exact data it reads.
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"tune-{ds.isoformat()}") as parent:
+        mlflow.set_tags({"ds": ds.isoformat(), "kind": "tuning"})
+        silver, silver_version, dates = training_input(settings, ds)
+        tracking.log_delta_input(SILVER, silver, silver_version, "tuning", {"window": dates})
+        return _tune(spark, settings, ds, experiment_id, parent.info.run_id, silver_version)
+
+
+def _tune(spark: SparkSession, settings: Settings, ds: dt.date, experiment_id: str, run_id: str,
+          silver_version: int) -> TuneResult:
+    import mlflow
+
     m, t, weights = settings.model, settings.tuning, settings.events.weights
     progress = Progress("tune", spark)
-    experiment_id = tracking.configure(settings)
     opts = dataset.ModelSettingsView.of(settings.model, spark.sparkContext.defaultParallelism)
     space = load_search_space(resolve(settings.home, m.search_space))
     ks = tuple(sorted(set(reports.CURVE_KS) | {m.eval_k, m.top_k}))
@@ -65,7 +77,7 @@ def run(spark: SparkSession, settings: Settings, ds: dt.date) -> TuneResult:
 
     started = time.monotonic()
     with progress.step("sample and split", sample_users=t.sample_users):
-        all_events = training_events(spark, settings, ds)
+        all_events = training_events(spark, settings, ds, as_of=silver_version)
         users = all_events.select("user_id").distinct()
         chosen = users.orderBy(F.xxhash64(F.lit(m.seed + 1), "user_id"), "user_id").limit(t.sample_users)
         events = all_events.join(F.broadcast(chosen), "user_id").cache()
@@ -112,31 +124,30 @@ def run(spark: SparkSession, settings: Settings, ds: dt.date) -> TuneResult:
     # what nights fit: tuned on the sample, scaled to every user of the window
     best = search.recipe_of(ranking[0], selection).scaled_to_users(total_users / max(sampled, 1))
     skipped = sum(1 for trial in selection.trials if trial.get("skipped"))
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"tune-{ds.isoformat()}") as parent:
-        mlflow.set_tags({"ds": ds.isoformat(), "kind": "tuning", "best_candidate": best.candidate})
-        mlflow.log_params({"sample_users": t.sample_users, "budget_minutes": t.budget_minutes,
-                           "holdout_share": m.holdout_share, "random_validation_share": m.random_validation_share,
-                           "event_weights": json.dumps(weights)})
-        mlflow.log_metrics({"sampled_users": sampled, "window_users": total_users,
-                            "trials": len(selection.trials) - skipped,
-                            "skipped_trials": skipped})
-        mlflow.log_dict({"trials": selection.trials, "chosen": selection.params, "weights": selection.weights},
-                        "search.json")
-        mlflow.log_dict(json.loads(best.to_json()), "recipe.json")
-        for name in ranking:
-            recipe = search.recipe_of(name, selection)
-            with mlflow.start_run(experiment_id=experiment_id, run_name=f"tune-{name}-{ds.isoformat()}", nested=True):
-                mlflow.set_tags({"ds": ds.isoformat(), "kind": "tuning", "candidate": name,
-                                 "role": "chosen" if name == best.candidate else "candidate"})
-                mlflow.log_params(recipe.flat_params())
-                mlflow.log_metrics({f"holdout_{k}": v for k, v in evaluations[name].metrics.items()}
-                                   | {f"validation_{metric}": selection.validation_ndcg.get(name, 0.0),
-                                      "fit_seconds": fit_seconds.get(name, 0.0)})
-        registry.set_tuned_recipe(settings.mlflow.registered_model, best, parent.info.run_id)
+    mlflow.set_tag("best_candidate", best.candidate)
+    mlflow.log_params({"sample_users": t.sample_users, "budget_minutes": t.budget_minutes,
+                       "holdout_share": m.holdout_share, "random_validation_share": m.random_validation_share,
+                       "event_weights": json.dumps(weights)})
+    mlflow.log_metrics({"sampled_users": sampled, "window_users": total_users,
+                        "trials": len(selection.trials) - skipped,
+                        "skipped_trials": skipped})
+    mlflow.log_dict({"trials": selection.trials, "chosen": selection.params, "weights": selection.weights},
+                    "search.json")
+    mlflow.log_dict(json.loads(best.to_json()), "recipe.json")
+    for name in ranking:
+        recipe = search.recipe_of(name, selection)
+        with mlflow.start_run(experiment_id=experiment_id, run_name=f"tune-{name}-{ds.isoformat()}", nested=True):
+            mlflow.set_tags({"ds": ds.isoformat(), "kind": "tuning", "candidate": name,
+                             "role": "chosen" if name == best.candidate else "candidate"})
+            mlflow.log_params(recipe.flat_params())
+            mlflow.log_metrics({f"holdout_{k}": v for k, v in evaluations[name].metrics.items()}
+                               | {f"validation_{metric}": selection.validation_ndcg.get(name, 0.0),
+                                  "fit_seconds": fit_seconds.get(name, 0.0)})
+    registry.set_tuned_recipe(settings.mlflow.registered_model, best, run_id)
     progress(f"recipe for the following nights: {best.to_json()}")
     for frame in (events, fit_events, truth, fit_feedback):
         frame.unpersist()
-    return TuneResult(parent.info.run_id, json.loads(best.to_json()), sampled, len(selection.trials) - skipped,
+    return TuneResult(run_id, json.loads(best.to_json()), sampled, len(selection.trials) - skipped,
                       skipped, {k: round(v, 5) for k, v in selection.validation_ndcg.items()},
                       {k: round(e.metrics[metric], 5) for k, e in evaluations.items()},
                       {k: round(v, 1) for k, v in seconds.items()})

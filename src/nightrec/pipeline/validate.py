@@ -6,7 +6,6 @@ not quarantined: they don't count toward `validation.max_bad_fraction`."""
 from __future__ import annotations
 
 import datetime as dt
-import sys
 from dataclasses import dataclass
 
 from pyspark.sql import SparkSession
@@ -115,7 +114,3 @@ def _failure_message(failing_days, threshold, rule_list, by_rule, suite, worst_f
 
 def main(argv=None) -> dict:
     return stage_main("validate", run, argv, lookback=True)
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])
