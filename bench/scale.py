@@ -356,6 +356,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--repeat", type=int, default=1, help="runs of each variant, taken in turn")
     parser.add_argument("--erase-one", action="store_true", help="after the steady night, a night erasing one user")
     args = parser.parse_args(argv)
+    args.work = args.work.resolve()  # the settings' paths (Airflow's SQLite among them) must be absolute
     command = "python bench/scale.py " + shlex.join(argv)
     with contextlib.ExitStack() as stack:
         endpoint = None

@@ -125,8 +125,7 @@ def _nights(days: list[dt.date], lookback_days: int, landing: str | None, resume
     try:
         if settings.airflow.runner == "in-process":
             with console.status("preparing the Airflow metadata database"):
-                subprocess.run([airflow_runs.airflow_binary(), "db", "migrate"], env=env, check=True,
-                               capture_output=True)
+                airflow_runs.migrate_database(env)
             nights = contextlib.nullcontext(lambda day, log_path: _night_in_process(env, day, conf, resume, log_path))
         else:
             nights = _nights_on_scheduler(settings, env, conf, resume)
@@ -148,8 +147,10 @@ def _nights_on_scheduler(settings, env: dict, conf: dict, resume: bool):
     from nightrec.pipeline import airflow_runs
     from nightrec.pipeline.orchestration import DAG_ID
 
-    with console.status(f"starting: {settings.airflow.api_url or 'an Airflow for these nights'}"), \
-            airflow_runs.airflow_for_nights(settings, env, DAG_ID) as api:
+    with contextlib.ExitStack() as airflow:
+        with console.status(f"starting: {settings.airflow.api_url or 'an Airflow for these nights'}"):
+            api = airflow.enter_context(airflow_runs.airflow_for_nights(settings, env, DAG_ID))
+
         def run_night(day: dt.date, log_path: Path):
             if resume and api.succeeded(DAG_ID, day):
                 return {"already_done": True}, log_path, {}

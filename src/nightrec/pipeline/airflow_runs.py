@@ -133,6 +133,15 @@ def airflow_binary() -> str:
     return str(Path(sys.executable).with_name("airflow"))
 
 
+def migrate_database(env: dict[str, str]) -> None:
+    """Create or upgrade Airflow's metadata DB (`airflow db migrate`); its own error when it cannot."""
+    done = subprocess.run([airflow_binary(), "db", "migrate"], env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        last = "\n".join((done.stderr or done.stdout).strip().splitlines()[-5:])
+        database = env.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN") or f"SQLite in {env.get('AIRFLOW_HOME')}"
+        raise AirflowError(f"`airflow db migrate` failed on {database}:\n{last}")
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -150,7 +159,7 @@ def airflow_for_nights(settings: Settings, env: dict[str, str], dag_id: str) -> 
         return
     port = free_port()
     env = {**env, **own_airflow_environment(port)}
-    subprocess.run([airflow_binary(), "db", "migrate"], env=env, check=True, capture_output=True)
+    migrate_database(env)
     with started_components(env, Path(env["AIRFLOW_HOME"]) / "logs" / "nightrec-services") as processes:
         api = Api.connect(f"http://127.0.0.1:{port}")
         wait_until_healthy(api, processes)

@@ -78,8 +78,7 @@ def production_stack(home: Path, bucket: str, s3_endpoint: str,
         settings = load_settings("production", env)
         with _mlflow_server(env, mlflow_port, logs) as mlflow_url:
             airflow_env = airflow_environment(settings, env)  # the tasks' settings too
-            subprocess.run([airflow_runs.airflow_binary(), "db", "migrate"], env=airflow_env, check=True,
-                           capture_output=True)
+            airflow_runs.migrate_database(airflow_env)
             with airflow_runs.started_components(airflow_env, logs) as processes:
                 airflow_runs.wait_until_healthy(airflow_runs.Api(f"http://127.0.0.1:{airflow_port}"), processes)
                 api = airflow_runs.Api.connect(f"http://127.0.0.1:{airflow_port}", "admin", password)
