@@ -207,7 +207,8 @@ def stores_environ(home: Path, s3_endpoint: str | None) -> dict[str, str]:
     boto3.client("s3", endpoint_url=s3_endpoint, aws_access_key_id=credentials["AWS_ACCESS_KEY_ID"],
                  aws_secret_access_key=credentials["AWS_SECRET_ACCESS_KEY"],
                  region_name=credentials["AWS_REGION"]).create_bucket(Bucket=bucket)
-    return {**credentials,"NIGHTREC_PATHS__LANDING": f"s3://{bucket}/landing", "NIGHTREC_PATHS__LAKE": f"s3://{bucket}/lake",
+    return {**credentials,
+            "NIGHTREC_PATHS__LANDING": f"s3://{bucket}/landing", "NIGHTREC_PATHS__LAKE": f"s3://{bucket}/lake",
             "NIGHTREC_PATHS__DATA_DOCS": f"s3://{bucket}/docs", "NIGHTREC_MLFLOW__ARTIFACT_ROOT": f"s3://{bucket}/mlflow",
             "NIGHTREC_STORAGE__S3_ENDPOINT": s3_endpoint, "NIGHTREC_STORAGE__S3_PATH_STYLE": "true"}
 
