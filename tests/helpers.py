@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
 import os
 import random
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 HEADER = ("user_id", "item_id", "event_type", "value", "ts")
@@ -157,3 +161,31 @@ def assert_table_matches_ddl(spark, settings, name: str) -> None:
     actual = lake.read_table(spark, settings.table(name.replace("_", "/", 1))).schema
     assert [(f.name, f.dataType.simpleString()) for f in actual] == \
            [(f.name, f.dataType.simpleString()) for f in declared], name
+
+
+@contextlib.contextmanager
+def lookup_service(env: dict[str, str], workers: int, seconds: float = 30):
+    """`nightrec serve` on a free port with `workers` processes; yields its base URL once /healthz answers."""
+    import httpx
+
+    from nightrec.serving.redis_server import free_port
+
+    port = free_port()
+    nightrec = str(Path(sys.executable).with_name("nightrec"))
+    service = subprocess.Popen([nightrec, "serve", "--port", str(port), "--workers", str(workers),
+                                "--log-level", "warning"], env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + seconds
+        while True:
+            try:
+                if httpx.get(f"{base}/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline and service.poll() is None, "the service did not come up"
+            time.sleep(0.1)
+        yield base
+    finally:
+        service.terminate()
+        service.wait(30)

@@ -3,7 +3,6 @@ server holding every store, PostgreSQL under Airflow and MLflow, MLflow's tracki
 scheduler (LocalExecutor), API server and DAG processor, a Spark standalone master + 2 workers, Redis;
 `nightrec run` triggers the night on the scheduler; the lookup serves the published lists."""
 
-import contextlib
 import datetime as dt
 import json
 import re
@@ -21,7 +20,7 @@ from deltalake import DeltaTable
 from mlflow import MlflowClient
 
 from conftest import settings_environ
-from helpers import days_ending, write_landing
+from helpers import days_ending, lookup_service, write_landing
 from nightrec.constants import STAGES
 from nightrec.data import storage
 from nightrec.data.spark import CHECKPOINT_FOLDER
@@ -190,7 +189,7 @@ def test_a_night_on_the_production_stack(tmp_path, redis_url, spark_cluster, pro
                           capture_output=True, text=True, check=True)
     token = keys.stdout.strip().splitlines()[-1]
     some_user = next(iter(user_ids(lists, keys_of=Keys("test"), live=live)))
-    with serving(stack.environ) as base:
+    with lookup_service(stack.environ, workers=1, seconds=60) as base:
         answer = httpx.get(f"{base}/v1/users/{some_user}/recommendations", params={"k": 5},
                            headers={"Authorization": f"Bearer {token}"})
         assert answer.status_code == 200, answer.text
@@ -207,26 +206,3 @@ def newest_run(stack: Stack) -> Path:
 def user_ids(lists: dict, keys_of: Keys, live: str) -> list[int]:
     prefix = keys_of.user_prefix(live).encode()
     return [int(key.removeprefix(prefix).strip(b"{}")) for key in lists]
-
-
-@contextlib.contextmanager
-def serving(environ: dict[str, str]):
-    port = free_port()
-    nightrec = str(Path(sys.executable).with_name("nightrec"))
-    service = subprocess.Popen([nightrec, "serve", "--port", str(port), "--workers", "1", "--log-level", "warning"],
-                               env=environ)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline and service.poll() is None, "the service did not come up"
-            time.sleep(0.2)
-        yield base
-    finally:
-        service.terminate()
-        service.wait(30)

@@ -3,8 +3,6 @@
 
 import json
 import os
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,11 +13,10 @@ import redis
 from fastapi.testclient import TestClient
 
 from conftest import settings_environ
-from helpers import publish_sample
+from helpers import lookup_service, publish_sample
 from nightrec.serving import audit, auth
 from nightrec.serving.api import create_app
 from nightrec.serving.layout import Keys
-from nightrec.serving.redis_server import free_port
 
 KEYS = Keys("test")
 LIMITS = {"read": {"per_second": 5, "burst": 10}, "events": {"per_second": 1000, "burst": 2000},
@@ -160,28 +157,12 @@ def test_the_shipped_settings_turn_auth_on_for_clusters_only():
 @pytest.fixture
 def two_workers(client, redis_url, tmp_path):
     """The service as deployed: two worker processes; yields (base URL, folder of per-worker metric files)."""
-    port, metrics = free_port(), tmp_path / "metrics"
+    metrics = tmp_path / "metrics"
     metrics.mkdir()
     env = {**os.environ, **settings_environ(tmp_path, redis_url), "PROMETHEUS_MULTIPROC_DIR": str(metrics),
            "NIGHTREC_AUTH__ENABLED": "true", "NIGHTREC_AUTH__RATE_LIMITS": json.dumps(LIMITS)}
-    nightrec = str(Path(sys.executable).with_name("nightrec"))
-    service = subprocess.Popen([nightrec, "serve", "--port", str(port), "--workers", "2", "--log-level", "warning"],
-                               env=env)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline and service.poll() is None, "the service did not come up"
-            time.sleep(0.1)
+    with lookup_service(env, workers=2) as base:
         yield base, metrics
-    finally:
-        service.terminate()
-        service.wait(30)
 
 
 def fresh_connections(base: str, token: str, n: int) -> list[int]:
