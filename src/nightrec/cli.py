@@ -384,7 +384,7 @@ def _item_titles(settings) -> dict[str, str]:
         return {}
 
     root = settings.table("bronze/items")
-    latest = lake.newest_partition(root) if lake.table_exists(root) else None
+    latest = max(lake.partitions(root), default=None) if lake.table_exists(root) else None
     if latest is None:
         return {}
     rows = lake.small_table(root, ["item_id", "attributes"], [dt.date.fromisoformat(latest)]).to_pylist()

@@ -42,6 +42,19 @@ def test_replacing_with_no_rows_empties_the_partition(spark, tmp_path):
     assert lake.read_table(spark, root, [D1]).count() == 0
 
 
+def test_clearing_partitions_commits_only_when_they_hold_rows(spark, tmp_path):
+    root = str(tmp_path / "t")
+    assert lake.clear_partitions(spark, root, [D1]) == 0  # no table: none is made
+    assert not lake.table_exists(root)
+    lake.replace_partitions(frame(spark, 5, D1).unionByName(frame(spark, 2, D2)), root, [D1, D2])
+    assert lake.partitions(root) == [str(D1), str(D2)]
+    assert lake.clear_partitions(spark, root, [D1]) == 5
+    assert lake.version(root) == 1 and counts(spark, root) == {(D2, "a"): 2}
+    assert lake.partitions(root) == [str(D2)]
+    assert lake.clear_partitions(spark, root, [D1]) == 0  # already empty: no commit
+    assert lake.version(root) == 1
+
+
 def test_file_stats_let_delta_readers_count_and_skip(spark, tmp_path):
     root = str(tmp_path / "t")
     lake.replace_partitions(frame(spark, 10, D1), root, [D1])

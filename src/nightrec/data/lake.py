@@ -167,16 +167,29 @@ def _rows_removed(spark: SparkSession, root: str, change, metric: str) -> int:
     return int(commit["operationMetrics"].get(metric, 0)) if commit["version"] > before else 0
 
 
-def partitions(spark: SparkSession, root: str) -> list[str]:
-    """The table's `dt` values, oldest first."""
-    return sorted(r[0].isoformat() for r in read_table(spark, root).select(PARTITION).distinct().collect())
+def partitions(root: str) -> list[str]:
+    """The `dt` values the table's current version holds files of, oldest first (read from its log
+    in this process: no Spark job)."""
+    from deltalake import DeltaTable
+
+    table = DeltaTable(root, storage_options=storage.delta_rs_options(root))
+    return sorted({values[PARTITION] for values in table.partitions()})
+
+
+def clear_partitions(spark: SparkSession, root: str, dates: Iterable[dt.date]) -> int:
+    """Make `dates` partitions of the table empty; returns the rows removed. No commit when they hold
+    nothing already, or when there is no table: a night with nothing to set aside costs no write."""
+    wanted = sorted({d.isoformat() for d in dates})
+    if not table_exists(root) or not set(wanted) & set(partitions(root)):
+        return 0
+    return delete_rows(spark, root, F.col(PARTITION).isin(wanted))
 
 
 def drop_old_partitions(spark: SparkSession, root: str, keep: int, also_keep: Iterable[dt.date] = ()) -> list[str]:
     """Remove from the current version every `dt` partition but the newest `keep` (and `also_keep`),
     in one commit; returns the dropped `dt` values, oldest first. Their files stay for time travel
     until a vacuum past the retention deletes them."""
-    dates = partitions(spark, root)
+    dates = partitions(root)
     spared = set(dates[-keep:] if keep > 0 else []) | {d.isoformat() for d in also_keep}
     dropped = [d for d in dates if d not in spared]
     if dropped:
@@ -301,10 +314,3 @@ def append_small(root: str, rows: pa.Table) -> None:
     from deltalake import write_deltalake
 
     write_deltalake(root, rows, mode="append", storage_options=storage.delta_rs_options(root))
-
-
-def newest_partition(root: str) -> str | None:
-    from deltalake import DeltaTable
-
-    dates = [p[PARTITION] for p in DeltaTable(root, storage_options=storage.delta_rs_options(root)).partitions()]
-    return max(dates, default=None)

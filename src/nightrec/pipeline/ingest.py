@@ -153,12 +153,15 @@ def described(f: LandingFile) -> dict:
 
 def record_quarantined(spark: SparkSession, settings: Settings, files: list[LandingFile], days: list[dt.date]) -> None:
     """quarantine/files holds exactly tonight's unreadable files of these days (a rerun after a fix
-    clears them)."""
+    clears them); the table exists from the first night on."""
     found_at = dt.datetime.now(dt.timezone.utc)
     rows = [(f.path, f.size, sha256(f.path), f.fmt or None, f.reason, found_at, f.day, f.modified, f.etag or None)
             for f in files if f.status == QUARANTINED]
-    lake.replace_partitions(spark.createDataFrame(rows, QUARANTINE_FILES_SCHEMA),
-                            settings.table("quarantine/files"), days, QUARANTINE_FILES_ADDED)
+    root = settings.table("quarantine/files")
+    if rows or not lake.table_exists(root):
+        lake.replace_partitions(spark.createDataFrame(rows, QUARANTINE_FILES_SCHEMA), root, days, QUARANTINE_FILES_ADDED)
+    else:
+        lake.clear_partitions(spark, root, days)
 
 
 def sha256(path: str) -> str | None:

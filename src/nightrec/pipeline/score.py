@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 
 from nightrec.data import lake
@@ -63,20 +63,21 @@ def run(spark: SparkSession, settings: Settings, ds: dt.date) -> ScoreResult:
     fallbacks = fallback_lists(feedback, users, as_of, m.trending_half_life_days, m.top_k,
                                m.segment_min_users).cache()
     with progress.step("trending lists"):
-        lake.replace_partitions(fallbacks.withColumn("dt", F.lit(ds)), settings.table("gold/fallbacks"), [ds])
+        n_lists = lake.replace_partitions(fallbacks.withColumn("dt", F.lit(ds)), settings.table("gold/fallbacks"), [ds])
     recs = personal
     if users is not None:
         recs = personal.unionByName(new_user_recs(users, feedback, fallbacks))
+    # counted as the lists are written (no second pass over the table)
+    stored = Observation("recommendations")
+    recs = recs.observe(stored, F.count("*").alias("users"), F.min(F.size("item_ids")).alias("min_items"),
+                        F.sum((F.col("model_version") != model_version).cast("int")).alias("new_users"))
     with progress.step("top-k per user", model=model_version, catalog=len(bundle.item_ids)):
         lake.replace_partitions(recs.withColumn("dt", F.lit(ds)), settings.table("gold/recommendations"), [ds])
     similar = similar_items(feedback, m.similar_k, facts.unavailable_ids())
     with progress.step("similar items"):
         n_similar = lake.replace_partitions(similar.withColumn("dt", F.lit(ds)), settings.table("gold/similar_items"),
                                             [ds])
-    stored = lake.read_table(spark, settings.table("gold/recommendations"), [ds]).agg(
-        F.count("*").alias("users"), F.min(F.size("item_ids")).alias("min_items"),
-        F.sum(F.when(F.col("model_version") != model_version, 1).otherwise(0)).alias("new_users")).first()
-    n_lists = lake.read_table(spark, settings.table("gold/fallbacks"), [ds]).count()
+    stored = stored.get
     running = experiment_store.running(settings)
     experiment = running.experiment if running is not None and running.experiment.keyed else None
     with progress.step("experiment variants", experiment=experiment.name if experiment else "none"):
@@ -94,8 +95,7 @@ def score_variants(spark: SparkSession, settings: Settings, ds: dt.date, experim
     own model or rules (nothing when no experiment runs, so a rerun after a stop publishes none)."""
     m, table = settings.model, settings.table("gold/variant_recommendations")
     if experiment is None:
-        if lake.table_exists(table):
-            lake.replace_partitions(spark.createDataFrame([], lake.read_table(spark, table).schema), table, [ds])
+        lake.clear_partitions(spark, table, [ds])
         return {}
     rows = user_rows(feedback, as_of, m.recency_half_life_days).withColumn("variant", variant_of(experiment)("user_id"))
     frames = []
