@@ -250,7 +250,9 @@ def measure(label: str, size: Size, seed: int, work: Path, s3_endpoint: str | No
 
             bucket = stores["NIGHTREC_PATHS__LAKE"].removeprefix("s3://").split("/")[0]
             stack = services.enter_context(production_stack(home / "stack", bucket, s3_endpoint, env))
-            env = stack.environ
+            # Spark stays local[2]: a standalone cluster here would run on the same two cores; what is
+            # measured is the services around it.
+            env = {**stack.environ, "NIGHTREC_SPARK__MASTER": "local[2]"}
         baseline = int(redis.Redis.from_url(url).info("memory")["used_memory"])
         for name, lookback in (("initial", DAYS), ("steady", 1)):
             night = run_night(name, env, lookback, home / f"{name}.log")
