@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import Param, chain, dag, task
 
-from nightrec.pipeline.orchestration import airflow_task
+from nightrec.pipeline.orchestration import airflow_task, task_failed
 from nightrec.settings import load_settings
 
 
@@ -82,7 +82,9 @@ def housekeeping(ds=None) -> dict:
     catchup=False,
     max_active_runs=1,  # one writer per Delta table
     tags=["nightrec", "recommendations"],
-    default_args={"owner": "nightrec", "retries": 2, "retry_delay": timedelta(minutes=5)},
+    # a task failing after its retries raises one alert for the night (nightrec.alerts)
+    default_args={"owner": "nightrec", "retries": 2, "retry_delay": timedelta(minutes=5),
+                  "on_failure_callback": task_failed},
     params={"lookback_days": Param(1, type="integer", minimum=1, maximum=3660,
                                    description="landing days ending at the logical date to (re)ingest and validate")},
     doc_md=__doc__,

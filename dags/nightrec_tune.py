@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import dag, task
 
-from nightrec.pipeline.orchestration import airflow_task
+from nightrec.pipeline.orchestration import airflow_task, task_failed
 
 
 @task
@@ -26,7 +26,9 @@ def tune(ds=None) -> dict:
     catchup=False,
     max_active_runs=1,
     tags=["nightrec", "tuning"],
-    default_args={"owner": "nightrec", "retries": 2, "retry_delay": timedelta(minutes=10)},
+    # a task failing after its retries raises one alert for the night (nightrec.alerts)
+    default_args={"owner": "nightrec", "retries": 2, "retry_delay": timedelta(minutes=10),
+                  "on_failure_callback": task_failed},
     doc_md=__doc__,
 )
 def nightrec_tune():

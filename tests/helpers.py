@@ -189,3 +189,72 @@ def lookup_service(env: dict[str, str], workers: int, seconds: float = 30):
     finally:
         service.terminate()
         service.wait(30)
+
+
+class Receivers:
+    """Local receivers for alerts: an HTTP server taking webhook POSTs (any path) and an SMTP server."""
+
+    def __init__(self):
+        self.posts: list[tuple[str, dict]] = []   # (path, JSON body)
+        self.mails: list = []                      # email.message.EmailMessage
+        self.http_port = self.smtp_port = 0
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.http_port}{path}"
+
+    def settings(self) -> dict[str, str]:
+        """Settings overrides (make_settings(**...)) sending every channel here."""
+        return {"alerts__slack_webhook_url": self.url("/slack"), "alerts__webhook_url": self.url("/hook"),
+                "alerts__smtp_host": "127.0.0.1", "alerts__smtp_port": str(self.smtp_port),
+                "alerts__email_to": '["oncall@example.com"]'}
+
+    def environ(self) -> dict[str, str]:
+        """The same as environment variables, for processes the test starts."""
+        return {f"NIGHTREC_{key.upper()}": value for key, value in self.settings().items()}
+
+    def wait(self, posts: int, mails: int, seconds: float = 60) -> None:
+        deadline = time.monotonic() + seconds
+        while (len(self.posts) < posts or len(self.mails) < mails) and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def alert_receivers():
+    import email
+    import email.policy
+    import http.server
+    import json
+    import threading
+
+    from aiosmtpd.controller import Controller
+
+    from nightrec.serving.redis_server import free_port
+
+    received = Receivers()
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.posts.append((self.path, json.loads(body)))
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args):
+            pass
+
+    class Mailbox:
+        async def handle_DATA(self, server, session, envelope):
+            received.mails.append(email.message_from_bytes(envelope.content, policy=email.policy.default))
+            return "250 OK"
+
+    http_server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=http_server.serve_forever, daemon=True).start()
+    received.http_port, received.smtp_port = http_server.server_address[1], free_port()
+    smtp = Controller(Mailbox(), hostname="127.0.0.1", port=received.smtp_port)
+    smtp.start()
+    try:
+        yield received
+    finally:
+        smtp.stop()
+        http_server.shutdown()

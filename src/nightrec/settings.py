@@ -188,6 +188,22 @@ class ExperimentSettings(_Section):
     baseline_nights: int = Field(ge=1)  # ... below its CTR over this many previous nights, significantly
 
 
+class AlertSettings(_Section):
+    """Where alerts go (nightrec.alerts, docs/runbook.md); an empty channel is off."""
+
+    slack_webhook_url: str  # a Slack-compatible incoming webhook (secret: from the environment)
+    webhook_url: str  # a generic JSON webhook: the alert's fields
+    smtp_host: str  # email over SMTP; empty: no email
+    smtp_port: int = Field(ge=1, le=65535)
+    smtp_starttls: bool
+    smtp_username: str
+    smtp_password: str  # from the environment: NIGHTREC_ALERTS__SMTP_PASSWORD
+    email_from: str
+    email_to: list[str]
+    fold_hours: float = Field(ge=0)  # the same cause again within this long is kept, not sent again
+    timeout_seconds: float = Field(gt=0)  # per channel: an unreachable one never holds a night up for long
+
+
 class ExplorationSettings(_Section):
     enabled: bool  # bandit exploration in the lookup's answers (docs/experiments.md)
     every: int = Field(ge=2, le=100)  # one position in this many: ranks every, 2 x every, ...
@@ -214,6 +230,7 @@ class Settings(_Section):
     experiments: ExperimentSettings
     exploration: ExplorationSettings
     auth: AuthSettings
+    alerts: AlertSettings
 
     def path(self, name: str) -> str:
         """A `paths` entry as an absolute path (URIs such as s3a://... are kept as they are)."""

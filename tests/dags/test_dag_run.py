@@ -14,7 +14,7 @@ import redis
 from deltalake import DeltaTable
 
 from conftest import settings_environ
-from helpers import days_ending, write_landing
+from helpers import alert_receivers, days_ending, write_landing
 from nightrec.constants import STAGES
 from nightrec.serving.layout import Keys, decode_user
 
@@ -87,17 +87,30 @@ def last_log_tail(env: dict, lines: int = 20) -> str:
     return "\n".join(newest.read_text().splitlines()[-lines:])
 
 
-def test_bad_data_fails_the_run_with_the_reason_and_no_stack_trace(tmp_path, redis_url):
+def test_bad_data_fails_the_run_with_the_reason_no_stack_trace_and_one_alert(tmp_path, redis_url):
     folder = tmp_path / "landing" / "interactions" / f"dt={DAY}"
     folder.mkdir(parents=True)
-    env = {**os.environ, **settings_environ(tmp_path, redis_url)}
-    (folder / "day.parquet").write_bytes(b"PAR1 half an upload")  # the day's only file is unreadable: ingest fails
-    unreadable = run_dag(env)
-    unreadable_tail = last_log_tail(env)
-    (folder / "day.parquet").unlink()
-    (folder / "day.csv").write_text("user_id,item_id,event_type,value,ts\n1,2,teleport,1,2024-06-30T01:00:00Z\n")
-    invalid = run_dag(env)  # its only row is bad: validate fails
-    invalid_tail = last_log_tail(env)
+    with alert_receivers() as received:
+        env = {**os.environ, **settings_environ(tmp_path, redis_url), **received.environ()}
+        (folder / "day.parquet").write_bytes(b"PAR1 half an upload")  # the day's only file is unreadable: ingest fails
+        unreadable = run_dag(env)
+        unreadable_tail = last_log_tail(env)
+        received.wait(posts=2, mails=1)
+        first_alerts = (list(received.posts), list(received.mails))
+        (folder / "day.parquet").unlink()
+        (folder / "day.csv").write_text("user_id,item_id,event_type,value,ts\n1,2,teleport,1,2024-06-30T01:00:00Z\n")
+        invalid = run_dag(env)  # its only row is bad: validate fails
+        invalid_tail = last_log_tail(env)
+        received.wait(posts=4, mails=2)
+
+    # each failed night: exactly one message per channel, naming the night, the task and the reason
+    posts, mails = first_alerts
+    assert sorted(path for path, _ in posts) == ["/hook", "/slack"] and len(mails) == 1
+    slack = dict(posts)["/slack"]["text"]
+    assert f"night {DAY} · ingest: ingest failed after 1 try: FilesUnreadable" in slack, slack
+    assert f"nightrec run --ds {DAY}" in slack and mails[0]["Subject"] == slack.splitlines()[0]
+    assert len(received.posts) == 4 and len(received.mails) == 2
+    assert f"night {DAY} · validate: validate failed after 1 try: ValidationFailed" in received.posts[-1][1]["text"]
 
     assert unreadable.returncode != 0 and invalid.returncode != 0
     assert "day.parquet: not a readable Parquet file" in unreadable.stdout

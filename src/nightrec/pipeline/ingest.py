@@ -159,7 +159,8 @@ def record_quarantined(spark: SparkSession, settings: Settings, files: list[Land
             for f in files if f.status == QUARANTINED]
     root = settings.table("quarantine/files")
     if rows or not lake.table_exists(root):
-        lake.replace_partitions(spark.createDataFrame(rows, QUARANTINE_FILES_SCHEMA), root, days, QUARANTINE_FILES_ADDED)
+        lake.replace_partitions(spark.createDataFrame(rows, QUARANTINE_FILES_SCHEMA), root, days,
+                                QUARANTINE_FILES_ADDED)
     else:
         lake.clear_partitions(spark, root, days)
 

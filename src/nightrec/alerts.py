@@ -1,0 +1,167 @@
+"""Alerts: short messages about a night to the data engineer's channels (settings `alerts`).
+
+Channels: a Slack-compatible incoming webhook (Slack, Mattermost, Rocket.Chat take `{"text": ...}`),
+a generic JSON webhook (the alert's fields), and email over SMTP. Each message names the night, the
+stage, what happened and the first command to run, and links to the night's report.
+
+Every alert is kept in the `ops/alerts` ledger (the report lists a night's). An alert whose cause was
+already sent within `alerts.fold_hours` is folded: kept in the ledger, not sent again, and counted in
+the next one that is sent (no storm from a task retried all night, or a check run every few minutes).
+Sending never fails the caller: a channel that cannot be reached is logged and noted in the ledger.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import logging
+import smtplib
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from typing import Literal
+
+import httpx
+import pyarrow as pa
+
+from nightrec.settings import Settings
+
+log = logging.getLogger("nightrec.alerts")
+
+LEDGER = "ops/alerts"
+LEDGER_SCHEMA = pa.schema([
+    ("at", pa.timestamp("us", tz="UTC")), ("cause", pa.string()), ("severity", pa.string()),
+    ("night", pa.string()), ("stage", pa.string()), ("summary", pa.string()), ("command", pa.string()),
+    ("report", pa.string()), ("sent_to", pa.list_(pa.string())), ("failed", pa.list_(pa.string())),
+    ("folded", pa.bool_()),
+])
+
+
+@dataclass(frozen=True)
+class Alert:
+    cause: str                                # what folds repeats: e.g. "task_failed:nightrec_nightly:ingest"
+    summary: str                              # one line: what happened
+    command: str                              # the first command to run
+    severity: Literal["warning", "critical"] = "critical"
+    night: str | None = None                  # the night's logical date, YYYY-MM-DD
+    stage: str | None = None
+    report: str | None = None                 # where the night's report is
+    details: dict = field(default_factory=dict)  # for the JSON webhook: figures behind the summary
+
+    def text(self, folded: int = 0) -> str:
+        where = " · ".join(x for x in (f"night {self.night}" if self.night else "", self.stage or "") if x)
+        lines = [f"[nightrec] {self.severity.upper()}{' · ' + where if where else ''}: {self.summary}",
+                 f"First: {self.command}"]
+        if self.report:
+            lines.append(f"Report: {self.report}")
+        if folded:
+            lines.append(f"({folded} more of the same since the last message were not sent)")
+        return "\n".join(lines)
+
+
+@dataclass
+class Delivery:
+    sent_to: list[str]
+    failed: list[str]
+    folded: bool
+
+
+def channels(settings: Settings) -> list[str]:
+    """The configured channels, by name."""
+    a = settings.alerts
+    return [name for name, on in (("slack", a.slack_webhook_url), ("webhook", a.webhook_url),
+                                  ("email", a.smtp_host and a.email_to)) if on]
+
+
+def raise_alert(settings: Settings, alert: Alert, now: dt.datetime | None = None) -> Delivery:
+    """Send the alert to every channel unless its cause was sent within alerts.fold_hours; keep it in
+    the ledger either way."""
+    now = now or dt.datetime.now(dt.timezone.utc)
+    earlier = _same_cause(settings, alert.cause, now - dt.timedelta(hours=settings.alerts.fold_hours))
+    if any(not row["folded"] for row in earlier):
+        delivery = Delivery([], [], folded=True)
+        log.info("alert folded (%s sent within %s h): %s", alert.cause, settings.alerts.fold_hours, alert.summary)
+    else:
+        folded = _folded_since_last_sent(settings, alert.cause)
+        delivery = _send(settings, alert, alert.text(folded))
+    _record(settings, alert, delivery, now)
+    return delivery
+
+
+def _send(settings: Settings, alert: Alert, text: str) -> Delivery:
+    a = settings.alerts
+    senders = {
+        "slack": lambda: _post(a.slack_webhook_url, {"text": text}, a.timeout_seconds),
+        "webhook": lambda: _post(a.webhook_url, {"text": text, **dataclasses.asdict(alert)}, a.timeout_seconds),
+        "email": lambda: _email(settings, alert, text),
+    }
+    sent, failed = [], []
+    for name in channels(settings):
+        try:
+            senders[name]()
+            sent.append(name)
+        except (OSError, httpx.HTTPError, smtplib.SMTPException) as error:
+            failed.append(name)
+            log.error("alert %s not sent to %s: %s", alert.cause, name, error)
+    if not channels(settings):
+        log.warning("alert with no channel configured (settings alerts.*): %s", text)
+    return Delivery(sent, failed, folded=False)
+
+
+def _post(url: str, payload: dict, timeout: float) -> None:
+    response = httpx.post(url, content=json.dumps(payload, default=str), timeout=timeout,
+                          headers={"Content-Type": "application/json"})
+    response.raise_for_status()
+
+
+def _email(settings: Settings, alert: Alert, text: str) -> None:
+    a = settings.alerts
+    message = EmailMessage()
+    message["Subject"] = text.splitlines()[0]
+    message["From"] = a.email_from
+    message["To"] = ", ".join(a.email_to)
+    message.set_content(text)
+    with smtplib.SMTP(a.smtp_host, a.smtp_port, timeout=a.timeout_seconds) as smtp:
+        if a.smtp_starttls:
+            smtp.starttls()
+        if a.smtp_username:
+            smtp.login(a.smtp_username, a.smtp_password)
+        smtp.send_message(message)
+
+
+# --- The ledger (a small Delta table, written and read in this process with delta-rs) ---
+
+def recorded(settings: Settings, night: str | None = None) -> list[dict]:
+    """Alerts in the ledger, oldest first (only those of one night, if given)."""
+    from nightrec.data import lake
+
+    root = settings.table(LEDGER)
+    if not lake.table_exists(root):
+        return []
+    rows = sorted(lake.small_table(root).to_pylist(), key=lambda r: r["at"])
+    return [r for r in rows if night is None or r["night"] == night]
+
+
+def _same_cause(settings: Settings, cause: str, since: dt.datetime) -> list[dict]:
+    return [r for r in recorded(settings) if r["cause"] == cause and r["at"] >= since]
+
+
+def _folded_since_last_sent(settings: Settings, cause: str) -> int:
+    folded = 0
+    for row in reversed([r for r in recorded(settings) if r["cause"] == cause]):
+        if not row["folded"]:
+            break
+        folded += 1
+    return folded
+
+
+def _record(settings: Settings, alert: Alert, delivery: Delivery, now: dt.datetime) -> None:
+    from nightrec.data import lake
+
+    row = {"at": now, "cause": alert.cause, "severity": alert.severity, "night": alert.night, "stage": alert.stage,
+           "summary": alert.summary, "command": alert.command, "report": alert.report,
+           "sent_to": delivery.sent_to, "failed": delivery.failed, "folded": delivery.folded}
+    try:
+        lake.append_small(settings.table(LEDGER), pa.Table.from_pylist([row], schema=LEDGER_SCHEMA))
+    except Exception:  # the message went out (or not) either way; a lost ledger row only weakens folding
+        log.exception("alert %s not kept in %s", alert.cause, LEDGER)
