@@ -82,7 +82,7 @@ def housekeeping(ds=None) -> dict:
     catchup=False,
     max_active_runs=1,  # one writer per Delta table
     tags=["nightrec", "recommendations"],
-    # a task failing after its retries raises one alert for the night (nightrec.alerts)
+    # a task failing after its retries raises one alert for the night (nightrec.pipeline.alerts)
     default_args={"owner": "nightrec", "retries": 2, "retry_delay": timedelta(minutes=5),
                   "on_failure_callback": task_failed},
     params={"lookback_days": Param(1, type="integer", minimum=1, maximum=3660,

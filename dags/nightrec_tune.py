@@ -26,7 +26,7 @@ def tune(ds=None) -> dict:
     catchup=False,
     max_active_runs=1,
     tags=["nightrec", "tuning"],
-    # a task failing after its retries raises one alert for the night (nightrec.alerts)
+    # a task failing after its retries raises one alert for the night (nightrec.pipeline.alerts)
     default_args={"owner": "nightrec", "retries": 2, "retry_delay": timedelta(minutes=10),
                   "on_failure_callback": task_failed},
     doc_md=__doc__,

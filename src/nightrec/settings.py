@@ -189,7 +189,7 @@ class ExperimentSettings(_Section):
 
 
 class AlertSettings(_Section):
-    """Where alerts go (nightrec.alerts, docs/runbook.md); an empty channel is off."""
+    """Where alerts go (nightrec.pipeline.alerts, docs/runbook.md); an empty channel is off."""
 
     slack_webhook_url: str  # a Slack-compatible incoming webhook (secret: from the environment)
     webhook_url: str  # a generic JSON webhook: the alert's fields

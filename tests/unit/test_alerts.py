@@ -3,7 +3,7 @@
 import datetime as dt
 
 from helpers import alert_receivers
-from nightrec import alerts
+from nightrec.pipeline import alerts
 
 NOW = dt.datetime(2026, 12, 7, 3, 0, tzinfo=dt.timezone.utc)
 

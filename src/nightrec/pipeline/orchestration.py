@@ -42,7 +42,7 @@ def airflow_task(main: Callable[[list[str]], dict], ds: str, lookback_days: int 
 def task_failed(context: Mapping) -> None:
     """Every task's on_failure_callback (after its retries): one alert per failed night (a rerun failing
     in the same task again within alerts.fold_hours is folded into it; one failing elsewhere is news)."""
-    from nightrec import alerts
+    from nightrec.pipeline import alerts
     from nightrec.settings import load_settings
 
     ti, ds, error = context["ti"], context["ds"], context.get("exception")

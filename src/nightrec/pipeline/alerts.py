@@ -26,7 +26,7 @@ import pyarrow as pa
 
 from nightrec.settings import Settings
 
-log = logging.getLogger("nightrec.alerts")
+log = logging.getLogger("nightrec.pipeline.alerts")
 
 LEDGER = "ops/alerts"
 LEDGER_SCHEMA = pa.schema([
