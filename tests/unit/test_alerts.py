@@ -1,6 +1,7 @@
 """Alerts reach a local Slack-style webhook, a JSON webhook and an SMTP server; repeats are folded."""
 
 import datetime as dt
+from pathlib import Path
 
 from helpers import alert_receivers
 from nightrec.pipeline import alerts
@@ -58,3 +59,14 @@ def test_an_unreachable_channel_is_noted_and_the_others_still_get_the_alert(make
         received.wait(posts=1, mails=1)
     assert delivery.sent_to == ["slack", "email"] and delivery.failed == ["webhook"]
     assert alerts.recorded(settings)[0]["failed"] == ["webhook"]
+
+
+def test_an_unreadable_ledger_never_silences_an_alert(make_settings, tmp_path):
+    with alert_receivers() as received:
+        settings = make_settings(**received.settings())
+        log = Path(settings.table(alerts.LEDGER)) / "_delta_log"
+        log.mkdir(parents=True)
+        (log / f"{0:020}.json").write_text("not a Delta commit")
+        delivery = alerts.raise_alert(settings, failed_ingest(), NOW)
+        received.wait(posts=2, mails=1)
+    assert delivery.sent_to == ["slack", "webhook", "email"] and len(received.posts) == 2

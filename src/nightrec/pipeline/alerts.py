@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import itertools
 import json
 import logging
 import smtplib
@@ -77,13 +78,18 @@ def raise_alert(settings: Settings, alert: Alert, now: dt.datetime | None = None
     """Send the alert to every channel unless its cause was sent within alerts.fold_hours; keep it in
     the ledger either way."""
     now = now or dt.datetime.now(dt.timezone.utc)
-    earlier = _same_cause(settings, alert.cause, now - dt.timedelta(hours=settings.alerts.fold_hours))
-    if any(not row["folded"] for row in earlier):
+    try:
+        history = [row for row in recorded(settings) if row["cause"] == alert.cause]
+    except Exception:  # a ledger out of reach must not silence the alert: send it
+        log.exception("%s unreadable: alert %s sent without folding", LEDGER, alert.cause)
+        history = []
+    since = now - dt.timedelta(hours=settings.alerts.fold_hours)
+    if any(not row["folded"] and row["at"] >= since for row in history):
         delivery = Delivery([], [], folded=True)
         log.info("alert folded (%s sent within %s h): %s", alert.cause, settings.alerts.fold_hours, alert.summary)
     else:
-        folded = _folded_since_last_sent(settings, alert.cause)
-        delivery = _send(settings, alert, alert.text(folded))
+        held_back = len(list(itertools.takewhile(lambda row: row["folded"], reversed(history))))
+        delivery = _send(settings, alert, alert.text(held_back))
     _record(settings, alert, delivery, now)
     return delivery
 
@@ -140,19 +146,6 @@ def recorded(settings: Settings, night: str | None = None) -> list[dict]:
         return []
     rows = sorted(lake.small_table(root).to_pylist(), key=lambda r: r["at"])
     return [r for r in rows if night is None or r["night"] == night]
-
-
-def _same_cause(settings: Settings, cause: str, since: dt.datetime) -> list[dict]:
-    return [r for r in recorded(settings) if r["cause"] == cause and r["at"] >= since]
-
-
-def _folded_since_last_sent(settings: Settings, cause: str) -> int:
-    folded = 0
-    for row in reversed([r for r in recorded(settings) if r["cause"] == cause]):
-        if not row["folded"]:
-            break
-        folded += 1
-    return folded
 
 
 def _record(settings: Settings, alert: Alert, delivery: Delivery, now: dt.datetime) -> None:
