@@ -10,7 +10,6 @@ import contextlib
 import datetime as dt
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import httpx
 
+from nightrec.serving.redis_server import free_port
 from nightrec.settings import Settings
 
 COMPONENTS = ("api-server", "scheduler", "dag-processor")
@@ -140,12 +140,6 @@ def migrate_database(env: dict[str, str]) -> None:
         last = "\n".join((done.stderr or done.stdout).strip().splitlines()[-5:])
         database = env.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN") or f"SQLite in {env.get('AIRFLOW_HOME')}"
         raise AirflowError(f"`airflow db migrate` failed on {database}:\n{last}")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @contextlib.contextmanager

@@ -22,6 +22,7 @@ import httpx
 from nightrec.pipeline import airflow_runs
 from nightrec.pipeline.orchestration import DAG_ID, airflow_environment
 from nightrec.pipeline.postgres_server import private_postgres
+from nightrec.serving.redis_server import free_port
 from nightrec.settings import load_settings
 
 STARTUP_SECONDS = 180
@@ -57,7 +58,7 @@ def production_environ(home: Path, bucket: str, s3_endpoint: str, database: str,
         "AIRFLOW__API__SECRET_KEY": secrets.token_urlsafe(32),
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "airflow" / "passwords.json"),
-        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(airflow_runs.free_port()),
+        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
     }
 
 
@@ -72,7 +73,7 @@ def production_stack(home: Path, bucket: str, s3_endpoint: str,
     password = secrets.token_urlsafe(16)
     (home / "airflow" / "passwords.json").write_text(json.dumps({"admin": password}))
     with private_postgres(("airflow", "mlflow")) as database:
-        airflow_port, mlflow_port = airflow_runs.free_port(), airflow_runs.free_port()
+        airflow_port, mlflow_port = free_port(), free_port()
         env = {**os.environ, **(environ or {}),
                **production_environ(home, bucket, s3_endpoint, database, airflow_port, mlflow_port, password)}
         settings = load_settings("production", env)

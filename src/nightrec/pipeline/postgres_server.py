@@ -9,13 +9,14 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from nightrec.serving.redis_server import free_port
 
 STARTUP_SECONDS = 60
 SUPERUSER = "postgres"
@@ -38,12 +39,6 @@ def _as_owner(folder: Path) -> dict:
     return {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @contextmanager
 def private_postgres(databases: tuple[str, ...] = ()) -> Iterator[str]:
     """Start a server with these databases; yields its base URL postgresql://postgres@127.0.0.1:<port>
@@ -56,7 +51,7 @@ def private_postgres(databases: tuple[str, ...] = ()) -> Iterator[str]:
         owner = _as_owner(data)
         subprocess.run([binary("initdb"), "-D", str(data), "-U", SUPERUSER, "--auth=trust", "--encoding=UTF8",
                         "--no-sync"], check=True, capture_output=True, cwd=folder, **owner)
-        port = _free_port()
+        port = free_port()
         log = root / "postgres.log"
         log.touch()
         if owner:
