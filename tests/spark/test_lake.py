@@ -52,7 +52,10 @@ def test_clearing_partitions_commits_only_when_they_hold_rows(spark, tmp_path):
     assert lake.version(root) == 1 and counts(spark, root) == {(D2, "a"): 2}
     assert lake.partitions(root) == [str(D2)]
     assert lake.clear_partitions(spark, root, [D1]) == 0  # already empty: no commit
+    assert lake.replace_partitions(frame(spark, 5, D1).limit(0), root, [D1], empty=True) == 0  # nor here
     assert lake.version(root) == 1
+    assert lake.replace_partitions(frame(spark, 5, D2).limit(0), root, [D2], empty=True) == 0
+    assert lake.version(root) == 2 and counts(spark, root) == {}
 
 
 def test_file_stats_let_delta_readers_count_and_skip(spark, tmp_path):

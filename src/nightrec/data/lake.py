@@ -58,17 +58,22 @@ def read_table(spark: SparkSession, root: str, dates: Iterable[dt.date] | None =
     return frame
 
 
-def replace_partitions(df: DataFrame, root: str, dates: Iterable[dt.date], new_columns: Iterable[str] = ()) -> int:
+def replace_partitions(df: DataFrame, root: str, dates: Iterable[dt.date], new_columns: Iterable[str] = (),
+                       empty: bool = False) -> int:
     """Make `dates` partitions of the table hold exactly the rows of `df`, in one commit; returns the
     rows written.
 
     Partitions of `dates` absent from `df` end up empty. A row dated outside `dates` is an error and
     nothing is committed. A table written before `new_columns` existed gains them; any other schema
-    change is refused.
+    change is refused. `empty`: the caller knows df has no rows; once the table exists, its days are
+    cleared without writing (`clear_partitions`: no commit when they hold nothing).
     """
     dates = sorted(set(dates))
     if PARTITION not in df.columns or not dates:
         raise LakeError(f"cannot write {root}: the frame needs a {PARTITION!r} column and the days it replaces")
+    if empty and table_exists(root):
+        clear_partitions(df.sparkSession, root, dates)
+        return 0
     wanted = [d.isoformat() for d in dates]
     writer_options = {"replaceWhere": f"{PARTITION} IN ({', '.join(repr(d) for d in wanted)})"}
     before = -1

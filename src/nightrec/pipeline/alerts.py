@@ -18,7 +18,7 @@ import itertools
 import json
 import logging
 import smtplib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from email.message import EmailMessage
 from typing import Literal
 
@@ -40,14 +40,13 @@ LEDGER_SCHEMA = pa.schema([
 
 @dataclass(frozen=True)
 class Alert:
-    cause: str                                # what folds repeats: e.g. "task_failed:nightrec_nightly:ingest"
+    cause: str          # what folds repeats, e.g. "night_failed:nightrec_nightly:2026-12-06:ingest"
     summary: str                              # one line: what happened
     command: str                              # the first command to run
     severity: Literal["warning", "critical"] = "critical"
     night: str | None = None                  # the night's logical date, YYYY-MM-DD
     stage: str | None = None
     report: str | None = None                 # where the night's report is
-    details: dict = field(default_factory=dict)  # for the JSON webhook: figures behind the summary
 
     def text(self, folded: int = 0) -> str:
         where = " · ".join(x for x in (f"night {self.night}" if self.night else "", self.stage or "") if x)
@@ -102,14 +101,15 @@ def _send(settings: Settings, alert: Alert, text: str) -> Delivery:
         "email": lambda: _email(settings, alert, text),
     }
     sent, failed = [], []
-    for name in channels(settings):
+    configured = channels(settings)
+    for name in configured:
         try:
             senders[name]()
             sent.append(name)
         except (OSError, httpx.HTTPError, smtplib.SMTPException) as error:
             failed.append(name)
             log.error("alert %s not sent to %s: %s", alert.cause, name, error)
-    if not channels(settings):
+    if not configured:
         log.warning("alert with no channel configured (settings alerts.*): %s", text)
     return Delivery(sent, failed, folded=False)
 

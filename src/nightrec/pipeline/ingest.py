@@ -157,12 +157,8 @@ def record_quarantined(spark: SparkSession, settings: Settings, files: list[Land
     found_at = dt.datetime.now(dt.timezone.utc)
     rows = [(f.path, f.size, sha256(f.path), f.fmt or None, f.reason, found_at, f.day, f.modified, f.etag or None)
             for f in files if f.status == QUARANTINED]
-    root = settings.table("quarantine/files")
-    if rows or not lake.table_exists(root):
-        lake.replace_partitions(spark.createDataFrame(rows, QUARANTINE_FILES_SCHEMA), root, days,
-                                QUARANTINE_FILES_ADDED)
-    else:
-        lake.clear_partitions(spark, root, days)
+    lake.replace_partitions(spark.createDataFrame(rows, QUARANTINE_FILES_SCHEMA), settings.table("quarantine/files"),
+                            days, QUARANTINE_FILES_ADDED, empty=not rows)
 
 
 def sha256(path: str) -> str | None:

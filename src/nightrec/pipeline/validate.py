@@ -72,11 +72,8 @@ def _route(spark, settings, ds, days, checked, rule_list, progress) -> ValidateR
     counted = sum(n for n, _ in per_day.values())
     n_bad = sum(b for _, b in per_day.values())
     quarantine = added_columns_last(checked.where(bad).select("raw.*", "reasons", "dt"))
-    quarantine_root = settings.table("quarantine/interactions")
-    if n_bad or not lake.table_exists(quarantine_root):  # the table exists from the first night on
-        lake.replace_partitions(quarantine, quarantine_root, present, ADDED_LATER)
-    else:
-        lake.clear_partitions(spark, quarantine_root, present)
+    lake.replace_partitions(quarantine, settings.table("quarantine/interactions"), present, ADDED_LATER,
+                            empty=not n_bad)
     threshold = settings.validation.max_bad_fraction
     failing_days = {day: (n, b) for day, (n, b) in per_day.items() if b / n > threshold}
     if failing_days:
