@@ -20,6 +20,7 @@ import pyarrow as pa
 from pyspark.errors import AnalysisException
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.types import StructType
 
 from nightrec.data import storage
 from nightrec.errors import PermanentError
@@ -142,13 +143,21 @@ def _evolve(df: DataFrame, root: str, allowed: set[str]) -> tuple[DataFrame, lis
     """df with its columns in the table's order, and the allowed new columns it brings (appended to
     the table, null in older files); any other difference (another new column, a missing one, a
     changed type) is refused."""
-    current = df.sparkSession.read.format("delta").load(root).schema
+    current = table_schema(root)
     have = {f.name: f.dataType.simpleString() for f in current}
     want = {f.name: f.dataType.simpleString() for f in df.schema}
     if any(want.get(name) != kind for name, kind in have.items()) or set(want) - set(have) - allowed:
         raise LakeError(f"schema of {root} is {list(have.items())}; refusing to write {list(want.items())}")
     added = [name for name in want if name not in have]
     return df.select(*current.names, *added), added
+
+
+def table_schema(root: str) -> StructType:
+    """The table's schema as Spark sees it, from its log (Delta keeps Spark's own schema JSON)."""
+    from deltalake import DeltaTable
+
+    schema = DeltaTable(root, storage_options=storage.delta_rs_options(root)).schema()
+    return StructType.fromJson(json.loads(schema.to_json()))
 
 
 def delete_rows(spark: SparkSession, root: str, condition: Column) -> int:
@@ -179,6 +188,11 @@ def partitions(root: str) -> list[str]:
 
     table = DeltaTable(root, storage_options=storage.delta_rs_options(root))
     return sorted({values[PARTITION] for values in table.partitions()})
+
+
+def holds(root: str, day: dt.date) -> bool:
+    """The table exists and its current version has files for `day` (its log only: no Spark job)."""
+    return table_exists(root) and day.isoformat() in partitions(root)
 
 
 def clear_partitions(spark: SparkSession, root: str, dates: Iterable[dt.date]) -> int:

@@ -41,11 +41,10 @@ def training_events(spark: SparkSession, settings: Settings, ds: dt.date, as_of:
 def attributes(spark: SparkSession, settings: Settings, name: str, ds: dt.date) -> DataFrame | None:
     """(id, attributes map) of the item/user file snapshot of ds, ids as int; None without a file."""
     root, key = settings.table(f"bronze/{name}"), f"{name[:-1]}_id"
-    if not lake.table_exists(root):
+    if not lake.holds(root, ds):
         return None
     frame = lake.read_table(spark, root, [ds])
-    frame = frame.select(F.expr(f"try_cast({key} AS INT)").alias(key), "attributes").where(F.col(key).isNotNull())
-    return frame if frame.limit(1).count() else None
+    return frame.select(F.expr(f"try_cast({key} AS INT)").alias(key), "attributes").where(F.col(key).isNotNull())
 
 
 def privacy_requests(spark: SparkSession, settings: Settings, kinds: tuple[str, ...]) -> DataFrame | None:

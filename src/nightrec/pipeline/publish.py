@@ -116,11 +116,10 @@ def run(spark: SparkSession, settings: Settings, ds: dt.date) -> PublishStageRes
                  for r in lake.read_table(spark, settings.table("gold/fallbacks"), [ds]).collect()}
     if GLOBAL_SEGMENT not in fallbacks:
         raise PermanentError(f"gold/fallbacks has no global list for {ds}: run score first")
-    similar = None
-    if lake.table_exists(settings.table("gold/similar_items")):
+    similar = variants = None
+    if lake.holds(settings.table("gold/similar_items"), ds):
         similar = lake.read_table(spark, settings.table("gold/similar_items"), [ds])
-    variants = None
-    if lake.table_exists(settings.table("gold/variant_recommendations")):
+    if lake.holds(settings.table("gold/variant_recommendations"), ds):
         variants = lake.read_table(spark, settings.table("gold/variant_recommendations"), [ds])
     items = attributes(spark, settings, "items", ds)
     extras = loader.Extras(fallbacks, item_categories(items), sorted(ItemFacts.read(items).unavailable_ids()))
