@@ -652,6 +652,56 @@ def privacy_status(user_id: int):
         console.print(line, highlight=False)
 
 
+alerts_app = typer.Typer(help="Alerts raised, and silences for planned events (docs/runbook.md).",
+                         no_args_is_help=True)
+app.add_typer(alerts_app, name="alerts")
+
+
+@alerts_app.command("list")
+def alerts_list(night: Annotated[Optional[str], typer.Option(help="only this night's, YYYY-MM-DD")] = None,
+                limit: Annotated[int, typer.Option(min=1, help="the newest this many")] = 20):
+    """Alerts kept in ops/alerts: when, what, where they went (or why not)."""
+    from nightrec.pipeline import alerts
+
+    rows = alerts.recorded(_settings(), str(_date(night)) if night else None)
+    table = Table("at (UTC)", "severity", "night", "stage", "summary", "went to")
+    for row in rows[-limit:]:
+        went = ("silenced by " + row["silenced"] if row.get("silenced") else "folded" if row["folded"]
+                else ", ".join(row["sent_to"]) + (f" (failed: {', '.join(row['failed'])})" if row["failed"] else ""))
+        table.add_row(row["at"].isoformat(timespec="seconds").removesuffix("+00:00"), row["severity"],
+                      row["night"] or "", row["stage"] or "", row["summary"], went or "-")
+    console.print(table)
+
+
+@alerts_app.command("silence")
+def alerts_silence(prefix: Annotated[str, typer.Argument(help="alerts whose cause starts with this, e.g. "
+                                                               "volume:2026-11-27 or stale_version")],
+                   hours: Annotated[float, typer.Option(min=0.01, help="for how long from now")],
+                   reason: Annotated[str, typer.Option(help="why: kept with the silence")]):
+    """Hold back matching alerts for a planned event (kept in ops/alerts, not sent). A silenced volume
+    check of a night also accepts that night's volume."""
+    from nightrec.pipeline import alerts
+    from nightrec.serving import audit
+
+    until = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=hours)
+    try:
+        alerts.silence(_settings(), prefix, until, reason, audit.cli_actor())
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
+    console.print(f"alerts with causes starting {prefix!r} silenced until {until:%Y-%m-%d %H:%M} UTC", highlight=False)
+
+
+@alerts_app.command("silences")
+def alerts_silences():
+    """The silences in force."""
+    from nightrec.pipeline import alerts
+
+    table = Table("cause prefix", "until (UTC)", "reason", "by")
+    for row in alerts.silences(_settings()):
+        table.add_row(row["prefix"], f"{row['until']:%Y-%m-%d %H:%M}", row["reason"], row["by"])
+    console.print(table)
+
+
 @app.command("audit")
 def audit_log(since: Annotated[Optional[str], typer.Option(help="from this day on, YYYY-MM-DD")] = None,
               action: Annotated[Optional[str], typer.Option(help="only this action, e.g. key_revoked")] = None,

@@ -9,7 +9,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from nightrec.errors import PermanentError
 
@@ -83,6 +83,25 @@ class ValidationSettings(_Section):
     max_line_bytes: int = Field(ge=1024)  # a longer line in a CSV/JSON file quarantines it
     clock_skew_seconds: float = Field(ge=0)  # events dated further after their file's delivery
                                              # are quarantined (clients' clocks run ahead)
+
+
+class VolumeSettings(_Section):
+    """Each day's volume and mix against the days before it (nightrec.data.volume, docs/runbook.md)."""
+
+    history_days: int = Field(ge=3)  # a day is compared with this many complete days before it
+    min_history_days: int = Field(ge=3)  # with fewer days of history, the day is profiled, not judged
+    warn_z: float = Field(gt=0)  # robust z-score (median and MAD of the history) that warns ...
+    fail_z: float = Field(gt=0)  # ... and that stops the night before training
+    count_floor: float = Field(ge=0)  # a count's scale is at least this share of its median
+    share_floor: float = Field(gt=0)  # a share's scale is at least this much (of the day's events)
+
+    @model_validator(mode="after")
+    def _bands(self):
+        if self.fail_z <= self.warn_z:
+            raise ValueError(f"volume.fail_z ({self.fail_z}) must be above volume.warn_z ({self.warn_z})")
+        if self.min_history_days > self.history_days:
+            raise ValueError("volume.min_history_days cannot exceed volume.history_days")
+        return self
 
 
 class EventSettings(_Section):
@@ -220,6 +239,7 @@ class Settings(_Section):
     storage: StorageSettings
     spark: SparkSettings
     validation: ValidationSettings
+    volume: VolumeSettings
     events: EventSettings
     model: ModelSettings
     tuning: TuningSettings

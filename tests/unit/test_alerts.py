@@ -70,3 +70,25 @@ def test_an_unreadable_ledger_never_silences_an_alert(make_settings, tmp_path):
         delivery = alerts.raise_alert(settings, failed_ingest(), NOW)
         received.wait(posts=2, mails=1)
     assert delivery.sent_to == ["slack", "webhook", "email"] and len(received.posts) == 2
+
+
+def test_a_silence_holds_back_matching_alerts_until_it_ends_and_the_next_message_counts_them(make_settings):
+    with alert_receivers() as received:
+        settings = make_settings(**received.settings())
+        alerts.silence(settings, "night_failed:nightrec_nightly:2026-12-06", NOW + dt.timedelta(hours=2),
+                       "database migration", "ops", now=NOW - dt.timedelta(minutes=1))
+        held = alerts.raise_alert(settings, failed_ingest(cause="night_failed:nightrec_nightly:2026-12-06:ingest"), NOW)
+        other = alerts.raise_alert(settings, failed_ingest(cause="stale_version"), NOW)
+        later = alerts.raise_alert(settings, failed_ingest(cause="night_failed:nightrec_nightly:2026-12-06:ingest"),
+                                   NOW + dt.timedelta(hours=3))
+        received.wait(posts=4, mails=2)
+    assert held.silenced == "night_failed:nightrec_nightly:2026-12-06" and not held.sent_to
+    assert other.sent_to and later.sent_to  # another cause, and the same one after the silence ended
+    slack = [body["text"] for path, body in received.posts if path == "/slack"]
+    assert len(slack) == 2 and "(1 more of the same since the last message were not sent)" in slack[-1]
+    assert sorted((r["cause"], r["silenced"] or "") for r in alerts.recorded(settings)) == [
+        ("night_failed:nightrec_nightly:2026-12-06:ingest", ""),
+        ("night_failed:nightrec_nightly:2026-12-06:ingest", "night_failed:nightrec_nightly:2026-12-06"),
+        ("stale_version", "")]
+    assert alerts.silences(settings, NOW)[0]["reason"] == "database migration"
+    assert alerts.silences(settings, NOW + dt.timedelta(hours=3)) == []

@@ -329,7 +329,20 @@ def small_table(root: str, columns: list[str] | None = None, dates: Iterable[dt.
 
 
 def append_small(root: str, rows: pa.Table) -> None:
-    """Append a few rows in one commit (creating the table), from this process."""
+    """Append a few rows in one commit (creating the table; a new column joins it), from this process."""
     from deltalake import write_deltalake
 
-    write_deltalake(root, rows, mode="append", storage_options=storage.delta_rs_options(root))
+    write_deltalake(root, rows, mode="append", schema_mode="merge", storage_options=storage.delta_rs_options(root))
+
+
+def replace_small(root: str, rows: pa.Table, dates: Iterable[dt.date]) -> None:
+    """Make `dates` partitions hold exactly `rows` (a `dt` column of ISO dates), in one commit, from
+    this process (creating the table)."""
+    from deltalake import write_deltalake
+
+    options = storage.delta_rs_options(root)
+    if not table_exists(root):
+        write_deltalake(root, rows, mode="append", partition_by=[PARTITION], storage_options=options)
+        return
+    days = ", ".join(f"'{d.isoformat()}'" for d in sorted(set(dates)))
+    write_deltalake(root, rows, mode="overwrite", predicate=f"{PARTITION} IN ({days})", storage_options=options)

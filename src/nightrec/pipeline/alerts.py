@@ -8,6 +8,11 @@ Every alert is kept in the `ops/alerts` ledger (the report lists a night's). An 
 already sent within `alerts.fold_hours` is folded: kept in the ledger, not sent again, and counted in
 the next one that is sent (no storm from a task retried all night, or a check run every few minutes).
 Sending never fails the caller: a channel that cannot be reached is logged and noted in the ledger.
+
+A silence (`nightrec silence CAUSE_PREFIX --hours H --reason ...`, kept in `ops/silences`) holds back
+every alert whose cause starts with its prefix until it ends: a planned migration, a holiday sale.
+The alerts are still kept in the ledger, marked with the silence. A silenced volume check of a night
+also accepts that night's volume (nightrec.pipeline.validate).
 """
 
 from __future__ import annotations
@@ -34,8 +39,11 @@ LEDGER_SCHEMA = pa.schema([
     ("at", pa.timestamp("us", tz="UTC")), ("cause", pa.string()), ("severity", pa.string()),
     ("night", pa.string()), ("stage", pa.string()), ("summary", pa.string()), ("command", pa.string()),
     ("report", pa.string()), ("sent_to", pa.list_(pa.string())), ("failed", pa.list_(pa.string())),
-    ("folded", pa.bool_()),
+    ("folded", pa.bool_()), ("silenced", pa.string()),
 ])
+SILENCES = "ops/silences"
+SILENCE_SCHEMA = pa.schema([("at", pa.timestamp("us", tz="UTC")), ("prefix", pa.string()),
+                            ("until", pa.timestamp("us", tz="UTC")), ("reason", pa.string()), ("by", pa.string())])
 
 
 @dataclass(frozen=True)
@@ -64,6 +72,7 @@ class Delivery:
     sent_to: list[str]
     failed: list[str]
     folded: bool
+    silenced: str | None = None  # the prefix of the silence that held it back
 
 
 def channels(settings: Settings) -> list[str]:
@@ -79,15 +88,21 @@ def raise_alert(settings: Settings, alert: Alert, now: dt.datetime | None = None
     now = now or dt.datetime.now(dt.timezone.utc)
     try:
         history = [row for row in recorded(settings) if row["cause"] == alert.cause]
+        silence = active_silence(settings, alert.cause, now)
     except Exception:  # a ledger out of reach must not silence the alert: send it
-        log.exception("%s unreadable: alert %s sent without folding", LEDGER, alert.cause)
-        history = []
+        log.exception("%s or %s unreadable: alert %s sent without folding", LEDGER, SILENCES, alert.cause)
+        history, silence = [], None
     since = now - dt.timedelta(hours=settings.alerts.fold_hours)
-    if any(not row["folded"] and row["at"] >= since for row in history):
+    if silence is not None:
+        delivery = Delivery([], [], folded=False, silenced=silence["prefix"])
+        log.info("alert silenced until %s (%s: %s): %s", silence["until"], silence["prefix"], silence["reason"],
+                 alert.summary)
+    elif any(not row["folded"] and not row.get("silenced") and row["at"] >= since for row in history):
         delivery = Delivery([], [], folded=True)
         log.info("alert folded (%s sent within %s h): %s", alert.cause, settings.alerts.fold_hours, alert.summary)
     else:
-        held_back = len(list(itertools.takewhile(lambda row: row["folded"], reversed(history))))
+        held_back = len(list(itertools.takewhile(lambda row: row["folded"] or row.get("silenced"),
+                                                 reversed(history))))
         delivery = _send(settings, alert, alert.text(held_back))
     _record(settings, alert, delivery, now)
     return delivery
@@ -153,8 +168,39 @@ def _record(settings: Settings, alert: Alert, delivery: Delivery, now: dt.dateti
 
     row = {"at": now, "cause": alert.cause, "severity": alert.severity, "night": alert.night, "stage": alert.stage,
            "summary": alert.summary, "command": alert.command, "report": alert.report,
-           "sent_to": delivery.sent_to, "failed": delivery.failed, "folded": delivery.folded}
+           "sent_to": delivery.sent_to, "failed": delivery.failed, "folded": delivery.folded,
+           "silenced": delivery.silenced}
     try:
         lake.append_small(settings.table(LEDGER), pa.Table.from_pylist([row], schema=LEDGER_SCHEMA))
     except Exception:  # the message went out (or not) either way; a lost ledger row only weakens folding
         log.exception("alert %s not kept in %s", alert.cause, LEDGER)
+
+
+# --- Silences (a small Delta table too) ---
+
+def silence(settings: Settings, prefix: str, until: dt.datetime, reason: str, by: str,
+            now: dt.datetime | None = None) -> None:
+    """Hold back alerts whose cause starts with prefix until `until` (they are still kept in the ledger)."""
+    from nightrec.data import lake
+
+    if not prefix.strip() or not reason.strip():
+        raise ValueError("a silence needs a cause prefix and a reason")
+    row = {"at": now or dt.datetime.now(dt.timezone.utc), "prefix": prefix, "until": until, "reason": reason, "by": by}
+    lake.append_small(settings.table(SILENCES), pa.Table.from_pylist([row], schema=SILENCE_SCHEMA))
+
+
+def silences(settings: Settings, now: dt.datetime | None = None) -> list[dict]:
+    """The silences in force at `now`, the longest first."""
+    from nightrec.data import lake
+
+    root = settings.table(SILENCES)
+    if not lake.table_exists(root):
+        return []
+    now = now or dt.datetime.now(dt.timezone.utc)
+    rows = [row for row in lake.small_table(root).to_pylist() if row["at"] <= now < row["until"]]
+    return sorted(rows, key=lambda row: row["until"], reverse=True)
+
+
+def active_silence(settings: Settings, cause: str, now: dt.datetime | None = None) -> dict | None:
+    """The silence in force that covers this cause, if any."""
+    return next((row for row in silences(settings, now) if cause.startswith(row["prefix"])), None)

@@ -1,4 +1,6 @@
-"""Validate: bronze -> silver/interactions, failing rows -> quarantine/interactions with reasons.
+"""Validate: bronze -> silver/interactions, failing rows -> quarantine/interactions with reasons; then
+the night's day against the days before it (nightrec.data.volume): a figure in the fail band stops the
+night before training (silver keeps the day), one in the warn band raises an alert and goes on.
 
 Exact repeats of an event (at-least-once delivery, a file delivered twice) are dropped and counted,
 not quarantined: they don't count toward `validation.max_bad_fraction`."""
@@ -6,22 +8,27 @@ not quarantined: they don't count toward `validation.max_bad_fraction`."""
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from nightrec.constants import SILVER_COLUMNS
-from nightrec.data import lake, validation
+from nightrec.data import lake, validation, volume
 from nightrec.data.landing import ADDED_LATER, added_columns_last
 from nightrec.data.tables import window
 from nightrec.errors import PermanentError
+from nightrec.pipeline import alerts
 from nightrec.pipeline.progress import Progress
 from nightrec.pipeline.runtime import stage_main
 from nightrec.settings import Settings
 
 
 class ValidationFailed(PermanentError):
+    pass
+
+
+class VolumeCheckFailed(PermanentError):
     pass
 
 
@@ -35,6 +42,8 @@ class ValidateResult:
     bad_rows_by_rule: dict[str, int]
     gx_unexpected: dict[str, int]
     data_docs: str | None
+    volume: str = "unjudged"  # ok, warn, accepted (a fail under a silence) or unjudged (short history)
+    volume_findings: list[str] = field(default_factory=list)  # the figures outside the ok band
 
 
 def run(spark: SparkSession, settings: Settings, ds: dt.date, lookback_days: int = 1) -> ValidateResult:
@@ -43,10 +52,63 @@ def run(spark: SparkSession, settings: Settings, ds: dt.date, lookback_days: int
     event_types = sorted(settings.events.weights)
     rule_list = validation.rules(event_types, settings.validation.clock_skew_seconds)
     checked = validation.with_reasons(validation.mark_repeats(validation.typed(bronze)), rule_list).cache()
+    progress = Progress("validate", spark)
     try:
-        return _route(spark, settings, ds, days, checked, rule_list, Progress("validate", spark))
+        result = _route(spark, settings, ds, days, checked, rule_list, progress)
     finally:
         checked.unpersist()
+    with progress.step("volume and mix against the days before"):
+        findings = check_volume(spark, settings, ds, days)
+    return replace(result, **act_on_volume(settings, ds, findings))
+
+
+def check_volume(spark: SparkSession, settings: Settings, ds: dt.date,
+                 revalidated: list[dt.date]) -> list[volume.Finding]:
+    """Tonight's day against its history (ops/day_profiles): profiles the days tonight rewrote and
+    history days not profiled yet (the first night after an upgrade), then judges the night's day."""
+    v, silver, root = settings.volume, settings.table("silver/interactions"), settings.table(volume.PROFILES)
+    wanted = [*volume.history_days(ds, v), ds]
+    stored = volume.read_profiles(lake.small_table(root, dates=wanted)) if lake.table_exists(root) else {}
+    held = set(lake.partitions(silver)) if lake.table_exists(silver) else set()
+    todo = [d for d in wanted if d.isoformat() in held and (d in revalidated or d not in stored)]
+    computed = {}
+    if todo:
+        first = todo[0] - dt.timedelta(days=v.history_days)
+        rows = (lake.read_table(spark, silver).where(F.col("dt").between(F.lit(first), F.lit(ds)))
+                .select("user_id", "item_id", "event_type", "dt"))
+        for day in todo:
+            computed[day] = volume.day_profile(rows.where(F.col("dt") == F.lit(day)), rows.where(
+                F.col("dt").between(F.lit(day - dt.timedelta(days=v.history_days)), F.lit(day - dt.timedelta(days=1)))))
+    if ds.isoformat() not in held:  # no events at all tonight: the emptiest day there is
+        computed[ds] = {"events": 0.0, "users": 0.0, "items": 0.0}
+    if computed:
+        lake.replace_small(root, volume.profile_rows(computed), computed)
+    profiles = {**stored, **computed}
+    return volume.judge(profiles[ds], [profiles[d] for d in volume.history_days(ds, v) if d in profiles], v)
+
+
+def act_on_volume(settings: Settings, ds: dt.date, findings: list[volume.Finding]) -> dict:
+    """Stop the night on a fail band (unless a silence accepts the night), alert on a warn band; the
+    result's volume fields."""
+    if not findings:
+        return {"volume": "unjudged"}
+    notable = [f for f in findings if f.band != "ok"]
+    band, said = volume.worst_band(findings), "; ".join(f.text() for f in notable)
+    cause = f"volume:{ds}"
+    accepted = band == "fail" and alerts.active_silence(settings, cause) is not None
+    if band == "fail" and not accepted:
+        raise VolumeCheckFailed(
+            f"the day's volume or mix is far outside the {settings.volume.history_days} days before it: {said}. "
+            f"Nothing was trained or published tonight; silver/interactions keeps the day.\n"
+            f"  What to do: check the day's landing files and their producer (a lost or duplicated delivery, a bot, "
+            f"a broken client). If the day is genuine (an outage, a sale), accept it and rerun the night: "
+            f"`nightrec alerts silence {cause} --hours 24 --reason ...`, then `nightrec run --ds {ds}`.")
+    if notable:
+        alerts.raise_alert(settings, alerts.Alert(
+            cause=cause, severity="warning", night=ds.isoformat(), stage="validate",
+            summary=f"volume or mix unusual{' (accepted)' if accepted else ''}: {said}",
+            command=f"`nightrec report --ds {ds}`; if unexpected, check the day's landing files and their producer"))
+    return {"volume": "accepted" if accepted else band, "volume_findings": [f.text() for f in notable]}
 
 
 def _route(spark, settings, ds, days, checked, rule_list, progress) -> ValidateResult:
