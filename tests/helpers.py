@@ -80,7 +80,7 @@ class Rows:
         return self.rows[:n]
 
 
-def publish_sample(redis_url: str, prefix: str = "test", cluster: bool = False):
+def publish_sample(redis_url: str, prefix: str = "test", cluster: bool = False, ds: dt.date = dt.date(2024, 1, 1)):
     """A small version through the real loader: users 1-3 personal (items u..u+99), user 4 on segment
     gender=F, item 10's neighbours, categories comedy (even items) and drama, item 5 unavailable."""
     from nightrec.serving import loader
@@ -91,7 +91,7 @@ def publish_sample(redis_url: str, prefix: str = "test", cluster: bool = False):
     similar = [(10, encode([11, 12, 13, 14], [0.9, 0.8, 0.7, 0.6]))]
     extras = loader.Extras({"global": ([50, 40, 30], [0.9, 0.5, 0.1]), "gender=F": ([60, 61, 62], [3.0, 2.0, 1.0])},
                            {"comedy": list(range(2, 201, 2)), "drama": [3, 7, 11]}, [5])
-    return loader.publish(Rows(rows), extras, url=redis_url, prefix=prefix, ds=dt.date(2024, 1, 1),
+    return loader.publish(Rows(rows), extras, url=redis_url, prefix=prefix, ds=ds,
                           model_version="nightrec/7", similar=Rows(similar), cluster=cluster)
 
 

@@ -691,6 +691,19 @@ def alerts_silence(prefix: Annotated[str, typer.Argument(help="alerts whose caus
     console.print(f"alerts with causes starting {prefix!r} silenced until {until:%Y-%m-%d %H:%M} UTC", highlight=False)
 
 
+@app.command()
+def watch():
+    """Look once for a stale live version and a night late past its deadline, and alert (run it every
+    few minutes: the nightrec_watch DAG does, or cron)."""
+    from nightrec.pipeline.watch import main
+
+    found = main()
+    for summary in found:
+        console.print(f"[yellow]{summary}[/]", highlight=False)
+    if not found:
+        console.print("live version fresh, no night late")
+
+
 @alerts_app.command("silences")
 def alerts_silences():
     """The silences in force."""

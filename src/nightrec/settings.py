@@ -3,6 +3,7 @@ environment changes), overlaid with NIGHTREC_<SECTION>__<KEY> environment variab
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import tomllib
@@ -174,6 +175,8 @@ class ServiceSettings(_Section):
     impression_sample_rate: float = Field(ge=0, le=1)  # share of users whose answers are recorded; 0: none
     impressions_max_batches: int = Field(ge=1000)  # impression stream cap in entries (one per busy
                                                    # worker per 50 ms: 1.7M a day each)
+    max_age_hours: float = Field(gt=0)  # a live version older than this is stale: alert, /healthz degraded
+    degraded_status: int = Field(ge=200, le=599)  # /healthz's status code when degraded
 
 
 class RateLimit(_Section):
@@ -220,7 +223,16 @@ class AlertSettings(_Section):
     email_from: str
     email_to: list[str]
     fold_hours: float = Field(ge=0)  # the same cause again within this long is kept, not sent again
+    night_deadline: str  # HH:MM UTC on the day after a night's date by which it must be published; "": none
     timeout_seconds: float = Field(gt=0)  # per channel: an unreachable one never holds a night up for long
+
+
+    @field_validator("night_deadline")
+    @classmethod
+    def _time_of_day(cls, value: str) -> str:
+        if value:
+            dt.time.fromisoformat(value)
+        return value
 
 
 class ExplorationSettings(_Section):

@@ -23,7 +23,7 @@ def dagbag():
 
 def test_dag_files_import_without_errors(dagbag):
     assert dagbag.import_errors == {}
-    assert sorted(dagbag.dags) == ["nightrec_nightly", "nightrec_tune"]
+    assert sorted(dagbag.dags) == ["nightrec_nightly", "nightrec_tune", "nightrec_watch"]
 
 
 def test_schedule_and_run_policy(dagbag):
@@ -47,7 +47,7 @@ def test_the_schedule_is_a_setting():
 
 
 def test_every_task_retries(dagbag):
-    for dag in dagbag.dags.values():
+    for dag in (dagbag.dags["nightrec_nightly"], dagbag.dags["nightrec_tune"]):
         for task in dag.tasks:
             assert task.retries >= 2, task.task_id
 
@@ -75,7 +75,18 @@ def test_each_task_names_its_stage_directly(dagbag):
             assert f"from nightrec.pipeline.{task.task_id} import main" in source, task.task_id
 
 
-@pytest.mark.parametrize("name", ["nightrec_nightly.py", "nightrec_tune.py"])
+def test_the_watch_looks_every_quarter_hour_where_nights_are_scheduled_and_never_retries(dagbag):
+    dag = dagbag.dags["nightrec_watch"]
+    assert dag.schedule is None  # conf/local.toml schedules no nights: nothing to watch
+    assert [(t.task_id, t.retries) for t in dag.tasks] == [("watch", 0)]  # the next look is 15 minutes away
+    probe = ("from airflow.dag_processing.dagbag import DagBag; "
+             f"print(DagBag(dag_folder={str(DAGS / 'nightrec_watch.py')!r}).dags['nightrec_watch'].schedule)")
+    parsed = subprocess.run([sys.executable, "-c", probe], env={**os.environ, "NIGHTREC_ENV": "production"},
+                            capture_output=True, text=True, check=True)
+    assert parsed.stdout.strip().splitlines()[-1] == "*/15 * * * *"
+
+
+@pytest.mark.parametrize("name", ["nightrec_nightly.py", "nightrec_tune.py", "nightrec_watch.py"])
 def test_parsing_a_dag_file_imports_nothing_heavy(name):
     """The scheduler parses DAG files often: Spark, MLflow and the rest load only when a task runs."""
     heavy = ("pyspark", "mlflow", "great_expectations", "deltalake", "numpy", "pandas", "pyarrow", "redis")

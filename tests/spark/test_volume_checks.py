@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import alert_receivers, days_ending, write_csv, write_landing, synthetic_rows
+from helpers import alert_receivers, days_ending, synthetic_rows, write_csv, write_landing
 from nightrec.data import lake
 from nightrec.pipeline import alerts, ingest, validate
 
