@@ -73,6 +73,12 @@ def housekeeping(ds=None) -> dict:
     return airflow_task(main, ds)
 
 
+@task(trigger_rule="all_done")  # a failed night gets its report too: where and why it stopped
+def report(ds=None) -> dict:
+    from nightrec.pipeline.report import main
+    return airflow_task(main, ds)
+
+
 @dag(
     dag_id="nightrec_nightly",
     schedule=load_settings().airflow.schedule or None,  # airflow.schedule; none: runs only when triggered
@@ -91,7 +97,7 @@ def housekeeping(ds=None) -> dict:
 )
 def nightrec_nightly():
     chain(drain_events(), privacy(), ingest(), validate(), analyze(), train(), score(), publish(), smoke(),
-          housekeeping())
+          housekeeping(), report())
 
 
 nightrec_nightly()

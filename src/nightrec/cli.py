@@ -422,6 +422,20 @@ def status(count: Annotated[bool, typer.Option(help="also count users and list l
             lengths[n] = lengths.get(n, 0) + 1
         console.print(f"redis users by list length: {lengths}", highlight=False)
     console.print(_champion_summary(settings), highlight=False)
+    console.print(_last_night(settings), highlight=False)
+
+
+def _last_night(settings) -> str:
+    from nightrec.pipeline import nights
+    from nightrec.pipeline.report import night_state
+
+    runs = nights.stage_runs(settings)
+    if not runs:
+        return "last night: none recorded"
+    night = max(runs)
+    state, failed = night_state(runs[night])
+    return (f"last night: {night} {state}{' in ' + failed if failed else ''}; "
+            f"report: {nights.report_uri(settings, night)}")
 
 
 def _champion_summary(settings) -> str:
@@ -689,6 +703,26 @@ def alerts_silence(prefix: Annotated[str, typer.Argument(help="alerts whose caus
     except ValueError as error:
         raise typer.BadParameter(str(error)) from None
     console.print(f"alerts with causes starting {prefix!r} silenced until {until:%Y-%m-%d %H:%M} UTC", highlight=False)
+
+
+@app.command()
+def report(ds: DsOption,
+           open_it: Annotated[bool, typer.Option("--open", help="open it in the browser")] = False):
+    """Write the night's report (one HTML page, tonight against the nights before) and print its gist."""
+    from nightrec.pipeline import report as night_report
+
+    result = night_report.run(_settings(), _date(ds))
+    colour = {"success": "green", "failed": "red"}.get(result.state, "yellow")
+    console.print(f"night {ds}: [{colour}]{result.state}[/]"
+                  + (f" in {result.failed_stage}" if result.failed_stage else "")
+                  + f", {result.alerts} alert{'s' if result.alerts != 1 else ''}", highlight=False)
+    for line in result.summary:
+        console.print(f"  {line}", highlight=False)
+    console.print(f"report: {result.report}", highlight=False)
+    if open_it:
+        import webbrowser
+
+        webbrowser.open(result.report if "://" in result.report else Path(result.report).as_uri())
 
 
 @app.command()

@@ -10,7 +10,7 @@ GLOBAL_SOURCE = f"popular:{GLOBAL_SEGMENT}"
 
 # The nightly DAG's tasks, in order; `tune` is the weekly DAG's one task.
 STAGES = ("drain_events", "privacy", "ingest", "validate", "analyze", "train", "score", "publish", "smoke",
-          "housekeeping")
+          "housekeeping", "report")  # report runs after all of them, whether they failed or not
 TUNE = "tune"
 
 # a validated event; request_id and position (null when absent) tie it to the answer it came from

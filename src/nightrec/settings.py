@@ -224,6 +224,8 @@ class AlertSettings(_Section):
     email_to: list[str]
     fold_hours: float = Field(ge=0)  # the same cause again within this long is kept, not sent again
     night_deadline: str  # HH:MM UTC on the day after a night's date by which it must be published; "": none
+    holdout_drop: float = Field(gt=0, lt=1)  # the champion's holdout NDCG this far (relative) below ...
+    holdout_nights: int = Field(ge=3)  # ... its median over this many nights before: an alert
     timeout_seconds: float = Field(gt=0)  # per channel: an unreachable one never holds a night up for long
 
 

@@ -42,17 +42,19 @@ def airflow_task(main: Callable[[list[str]], dict], ds: str, lookback_days: int 
 def task_failed(context: Mapping) -> None:
     """Every task's on_failure_callback (after its retries): one alert per failed night (a rerun failing
     in the same task again within alerts.fold_hours is folded into it; one failing elsewhere is news)."""
-    from nightrec.pipeline import alerts
+    from nightrec.pipeline import alerts, nights
     from nightrec.settings import load_settings
 
+    settings = load_settings()
     ti, ds, error = context["ti"], context["ds"], context.get("exception")
     reason = next(iter(str(error).strip().splitlines()), "") if error else ""
     tries = ti.try_number
-    alerts.raise_alert(load_settings(), alerts.Alert(
+    alerts.raise_alert(settings, alerts.Alert(
         cause=f"night_failed:{ti.dag_id}:{ds}:{ti.task_id}", night=ds, stage=ti.task_id,
         summary=f"{ti.task_id} failed after {tries} {'try' if tries == 1 else 'tries'}: "
                 f"{reason or 'see the task log'}",
-        command=f"fix the cause, then `nightrec run --ds {ds}` (task log: {ti.log_url})"))
+        command=f"fix the cause, then `nightrec run --ds {ds}` (task log: {ti.log_url})",
+        report=nights.report_uri(settings, ds)))
 
 
 def run_stage(stage: str, ds: str, lookback_days: int = 1) -> dict:

@@ -20,6 +20,7 @@ from nightrec.modeling.dataset import ItemFacts
 from nightrec.modeling.fallbacks import is_personal
 from nightrec.pipeline.runtime import stage_main
 from nightrec.serving import loader
+from nightrec.serving.client import connect
 from nightrec.serving.experiments import Experiment
 from nightrec.serving.layout import check_name
 from nightrec.settings import Settings
@@ -37,6 +38,7 @@ class PublishStageResult:
     deleted_versions: list[str]
     experiment: str | None = None  # the id (name@start) of the experiment the version serves
     variant_users: dict[str, int] = field(default_factory=dict)
+    redis_used_memory: int | None = None  # bytes, after the load (INFO memory; a cluster's nodes summed)
 
 
 @dataclass
@@ -129,7 +131,18 @@ def run(spark: SparkSession, settings: Settings, ds: dt.date) -> PublishStageRes
                             variants=lists)
     return PublishStageResult(result.version, result.previous, result.users, result.similar_items, len(fallbacks),
                               len(extras.categories), first.model_version, result.deleted_versions,
-                              lists.experiment_id if lists else None, result.variant_users)
+                              lists.experiment_id if lists else None, result.variant_users,
+                              redis_used_memory(settings))
+
+
+def redis_used_memory(settings: Settings) -> int | None:
+    client = connect(settings.redis.url, settings.redis.cluster)
+    try:
+        if settings.redis.cluster:  # every primary's section, by node
+            return sum(int(node["used_memory"]) for node in client.info("memory", target_nodes="primaries").values())
+        return int(client.info("memory")["used_memory"])
+    finally:
+        client.close()
 
 
 def experiment_lists(settings: Settings, variants: DataFrame | None) -> loader.VariantLists | None:

@@ -10,6 +10,7 @@ import json
 import time
 from collections.abc import Callable, Sequence
 
+from nightrec.pipeline import nights
 from nightrec.settings import load_settings
 
 
@@ -30,14 +31,21 @@ def stage_main(stage: str, run: Callable, argv: Sequence[str] | None, *, lookbac
     settings = load_settings(args.env)
     extra = {"lookback_days": args.lookback_days} if lookback else {}
     started = time.monotonic()
-    if needs_spark:
-        from nightrec.data.spark import get_spark
+    try:
+        if needs_spark:
+            from nightrec.data.spark import get_spark
 
-        result = run(get_spark(settings, f"nightrec-{stage}"), settings, args.ds, **extra)
-    else:
-        result = run(settings, args.ds, **extra)
+            result = run(get_spark(settings, f"nightrec-{stage}"), settings, args.ds, **extra)
+        else:
+            result = run(settings, args.ds, **extra)
+    except Exception as error:
+        reason = next(iter(str(error).strip().splitlines()), "")
+        nights.record_stage(settings, args.ds, stage, "failed", time.monotonic() - started,
+                            error=f"{type(error).__name__}: {reason}")
+        raise
     summary = {"stage": stage, "ds": args.ds.isoformat(), "seconds": round(time.monotonic() - started, 1),
                **dataclasses.asdict(result)}
+    nights.record_stage(settings, args.ds, stage, "success", summary["seconds"], summary)
     print(json.dumps(summary, default=str), flush=True)
     return summary
 

@@ -18,7 +18,7 @@ from nightrec.data import lake, validation, volume
 from nightrec.data.landing import ADDED_LATER, added_columns_last
 from nightrec.data.tables import window
 from nightrec.errors import PermanentError
-from nightrec.pipeline import alerts
+from nightrec.pipeline import alerts, nights
 from nightrec.pipeline.progress import Progress
 from nightrec.pipeline.runtime import stage_main
 from nightrec.settings import Settings
@@ -107,7 +107,8 @@ def act_on_volume(settings: Settings, ds: dt.date, findings: list[volume.Finding
         alerts.raise_alert(settings, alerts.Alert(
             cause=cause, severity="warning", night=ds.isoformat(), stage="validate",
             summary=f"volume or mix unusual{' (accepted)' if accepted else ''}: {said}",
-            command=f"`nightrec report --ds {ds}`; if unexpected, check the day's landing files and their producer"))
+            command=f"`nightrec report --ds {ds}`; if unexpected, check the day's landing files and their producer",
+            report=nights.report_uri(settings, ds)))
     return {"volume": "accepted" if accepted else band, "volume_findings": [f.text() for f in notable]}
 
 
