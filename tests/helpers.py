@@ -164,16 +164,18 @@ def assert_table_matches_ddl(spark, settings, name: str) -> None:
 
 
 @contextlib.contextmanager
-def lookup_service(env: dict[str, str], workers: int, seconds: float = 30):
-    """`nightrec serve` on a free port with `workers` processes; yields its base URL once /healthz answers."""
+def lookup_service(env: dict[str, str], workers: int, seconds: float = 30, log: Path | None = None):
+    """`nightrec serve` on a free port with `workers` processes; yields its base URL once /healthz answers.
+    log: a file that takes what the service writes (else it goes to the test's output)."""
     import httpx
 
     from nightrec.serving.redis_server import free_port
 
     port = free_port()
     nightrec = str(Path(sys.executable).with_name("nightrec"))
+    output = open(log, "wb") if log else None  # the service writes to it until it stops
     service = subprocess.Popen([nightrec, "serve", "--port", str(port), "--workers", str(workers),
-                                "--log-level", "warning"], env=env)
+                                "--log-level", "warning"], env=env, stdout=output, stderr=output)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + seconds
@@ -189,6 +191,53 @@ def lookup_service(env: dict[str, str], workers: int, seconds: float = 30):
     finally:
         service.terminate()
         service.wait(30)
+        if output:
+            output.close()
+
+
+def send_raw(base: str, data: bytes, hang_up: bool = False, seconds: float = 10) -> tuple[int, dict, bytes]:
+    """These bytes, as they are, to the service at `base` (http://host:port), and its answer: (status,
+    headers, body). The bytes go from a thread of their own, as a server may answer and close before
+    it has read them all. hang_up: close the connection once they are sent, reading nothing: (0, {}, b"")."""
+    import socket
+    import threading
+    from urllib.parse import urlsplit
+
+    url = urlsplit(base)
+    with socket.create_connection((url.hostname, url.port), timeout=seconds) as sock:
+        if hang_up:
+            sock.sendall(data)
+            return 0, {}, b""
+
+        def write():
+            with contextlib.suppress(OSError):  # the server answered and closed first
+                sock.sendall(data)
+
+        def more() -> bytes:
+            chunk = sock.recv(65536)
+            assert chunk, "the connection closed before a whole answer came"
+            return chunk
+
+        threading.Thread(target=write, daemon=True).start()
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            answer += more()
+        head, _, body = answer.partition(b"\r\n\r\n")
+        status, *lines = head.decode("latin-1").split("\r\n")
+        headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
+        while len(body) < int(headers["content-length"]):  # every answer of the service has one
+            body += more()
+    return int(status.split()[1]), headers, body
+
+
+def counter(base: str, name: str, **labels: str) -> float:
+    """A counter's total in the service's /metrics over the samples with these labels (0 before any)."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(sample.value for family in text_string_to_metric_families(httpx.get(f"{base}/metrics").text)
+               for sample in family.samples
+               if sample.name == f"{name}_total" and labels.items() <= sample.labels.items())
 
 
 class Receivers:

@@ -790,7 +790,8 @@ def serve(host: str = "127.0.0.1", port: int = 8000,
         # /metrics adds up every worker's counters from files in this folder (prometheus_client multiprocess mode)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="nightrec-metrics-")
     uvicorn.run("nightrec.serving.api:create_app", factory=True, host=host, port=port, workers=workers,
-                log_level=log_level, access_log=access_log, proxy_headers=False)
+                log_level=log_level, access_log=access_log, proxy_headers=False,
+                http="nightrec.serving.protocol:HeadersOnly")  # trailers never pass for headers
 
 
 @app.command("mlflow-server")

@@ -1,5 +1,6 @@
 """API keys, scopes and rate limits of the lookup service, against a real redis-server: in process
-(both the fast path and FastAPI's routes) and as `nightrec serve --workers 2`."""
+(both the fast path and FastAPI's routes), and as `nightrec serve` with one worker (raw bytes over a
+socket) and with two."""
 
 import json
 import os
@@ -13,7 +14,7 @@ import redis
 from fastapi.testclient import TestClient
 
 from conftest import settings_environ
-from helpers import lookup_service, publish_sample
+from helpers import counter, lookup_service, publish_sample, send_raw
 from nightrec.serving import audit, auth
 from nightrec.serving.api import create_app
 from nightrec.serving.layout import Keys
@@ -69,18 +70,28 @@ def test_a_key_is_shown_once_and_stored_only_as_a_salted_hash(client):
                        (b"key_created", b"shop")]
 
 
+NEEDED = "an API key is needed: send Authorization: Bearer <key>"
+UNKNOWN = "unknown or revoked API key"
+
+
+def refusals(valid: str) -> list[tuple[dict, str]]:
+    """Authorization headers that present no key, or a Bearer key nobody holds; the detail each gets."""
+    forged = valid[:-4] + ("AAAA" if not valid.endswith("AAAA") else "BBBB")
+    return [({}, NEEDED), ({"Authorization": valid}, NEEDED), ({"Authorization": f"Basic {valid}"}, NEEDED),
+            ({"Authorization": "Token abc"}, NEEDED), (bearer(forged), UNKNOWN),
+            (bearer("nrk_000000000000_" + "x" * 43), UNKNOWN), (bearer("abc"), UNKNOWN)]
+
+
 @pytest.mark.parametrize("path", [FAST, FASTAPI, "/v1/items/10/similar", "/docs"])
 def test_no_key_or_an_unknown_one_gets_401(client, settings, path):
     valid = new_key(client, "read")
-    forged = valid[:-4] + ("AAAA" if not valid.endswith("AAAA") else "BBBB")
     with TestClient(create_app(settings)) as api:
-        for headers in ({}, bearer(forged), bearer("nrk_000000000000_" + "x" * 43), {"Authorization": valid},
-                        {"Authorization": f"Basic {valid}"}):
+        for headers, detail in refusals(valid):
             response = api.get(path, headers=headers)
-            assert response.status_code == 401, (headers, response.text)
+            assert (response.status_code, response.json()["detail"]) == (401, detail), headers
             assert response.headers["www-authenticate"].startswith("Bearer")
-            assert "API key" in response.json()["detail"]
         assert api.get(path, headers=bearer(valid)).status_code == 200
+        assert api.get(path, headers={"Authorization": f"bearer {valid}"}).status_code == 200  # schemes ignore case
 
 
 def test_each_scope_reaches_its_routes_only(client, settings):
@@ -149,6 +160,45 @@ def test_the_shipped_settings_turn_auth_on_for_clusters_only():
 
     assert not load_settings("local", {}).auth.enabled
     assert load_settings("cluster", {}).auth.enabled
+
+
+# --- `nightrec serve`, over a socket ----------------------------------------------------------------
+
+
+@pytest.fixture
+def served(client, redis_url, tmp_path):
+    """The service as deployed, one worker; yields its base URL."""
+    env = {**os.environ, **settings_environ(tmp_path, redis_url), "NIGHTREC_AUTH__ENABLED": "true"}
+    with lookup_service(env, workers=1) as base:
+        yield base
+
+
+def test_a_key_in_a_chunked_trailer_is_not_a_key(client, served):
+    read, events = new_key(client, "read"), new_key(client, "events")
+    for method, path, token in (("GET", FAST, read), ("GET", FASTAPI, read), ("POST", "/v1/users/3/opt-out", events)):
+        head = f"{method} {path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        trailer = f"Authorization: Bearer {token}\r\n\r\n"
+        for body in ("0\r\n", "1\r\na\r\n0\r\n"):  # the key arrives with the body, in the same packet
+            status, _, answer = send_raw(served, (head + body + trailer).encode())
+            assert (status, json.loads(answer).get("detail")) == (401, NEEDED), (method, path, body)
+        status, _, _ = send_raw(served, f"{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+                                        "Content-Length: 0\r\n\r\n".encode())
+        assert status in (200, 202)  # the same key as a header is one
+    (_, request), = client.xrange(KEYS.privacy)  # the opt-out with the key as a header alone
+    assert request[b"user_id"] == b"3"
+    assert counter(served, "nightrec_auth_rejections", reason="missing") == 6
+
+
+def test_an_authorization_header_of_another_scheme_is_no_key(client, served):
+    valid = new_key(client, "read")
+    for headers, detail in refusals(valid):
+        lines = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+        status, answer_headers, answer = send_raw(served, f"GET {FAST} HTTP/1.1\r\nHost: x\r\n{lines}\r\n".encode())
+        assert (status, json.loads(answer).get("detail")) == (401, detail), headers
+        invalid = 'Bearer realm="nightrec", error="invalid_token"'
+        assert answer_headers["www-authenticate"] == (invalid if detail == UNKNOWN else 'Bearer realm="nightrec"')
+    assert counter(served, "nightrec_auth_rejections", reason="missing") == 4
+    assert counter(served, "nightrec_auth_rejections", reason="unknown") == 3
 
 
 # --- `nightrec serve --workers 2` --------------------------------------------------------------------

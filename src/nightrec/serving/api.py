@@ -86,7 +86,6 @@ def create_app(settings: Settings | None = None, internal: bool = False):
     users' traffic, and needs no key, as it takes no requests from outside."""
     settings = settings or load_settings()
     metrics = Metrics()
-    max_body = settings.service.max_body_bytes
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -96,7 +95,7 @@ def create_app(settings: Settings | None = None, internal: bool = False):
 
     app = FastAPI(title="nightrec lookup", version="1", lifespan=lifespan,
                   description="Precomputed recommendations from the live Redis version. Layout: docs/redis-layout.md")
-    app.add_middleware(Observe, metrics=metrics, max_body_bytes=max_body)
+    app.add_middleware(Observe, metrics=metrics, max_body_bytes=settings.service.max_body_bytes)
 
     @app.exception_handler(LookupFailed)
     async def lookup_failed(request: Request, exc: LookupFailed):
@@ -133,13 +132,8 @@ def create_app(settings: Settings | None = None, internal: bool = False):
     async def post_event(request: Request):
         """Record an interaction: appended to the event stream (the nightly run drains it into the
         landing zone) and the item is left out of the user's recommendations from now on."""
-        body = bytearray()
-        async for chunk in request.stream():  # bodies without a content-length are capped as they arrive
-            body += chunk
-            if len(body) > max_body:
-                raise LookupFailed(413, f"request body over {max_body} bytes")
         try:
-            event = Event.model_validate_json(body)
+            event = Event.model_validate_json(await request.body())  # capped by Observe (413)
         except ValidationError as error:
             details = [{"loc": ["body", *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in error.errors()]
             raise LookupFailed(422, details) from None
@@ -147,6 +141,9 @@ def create_app(settings: Settings | None = None, internal: bool = False):
         return json_response({"id": stream_id, "stored": stream_id is not None}, status=202)
 
     async def privacy_request(request: Request, kind: str, user_id: int) -> Response:
+        # The body (none is expected) is read to its end first: a request cut short or malformed on the
+        # way (uvicorn answers 400 then) must not have been carried out.
+        await request.body()
         key = request.scope.get("nightrec.key")  # absent when auth is off
         request_id = await request.app.state.lookup.privacy_request(kind, user_id, key.name if key else "-")
         return json_response({"request_id": request_id, "user_id": user_id, "kind": kind}, status=202)

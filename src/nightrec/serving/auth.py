@@ -37,7 +37,7 @@ from nightrec.settings import AuthSettings, RateLimit
 
 SCOPES = ("read", "events", "admin")
 LEASE_SECONDS = 0.05  # a worker's slice of a key's bucket: this much of its rate, used within this time
-TOKEN = re.compile(rb"^Bearer nrk_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
+TOKEN = re.compile(rb"^(?i:Bearer) nrk_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")  # HTTP's schemes ignore case
 KEY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 KEY_ID = re.compile(r"^[0-9a-f]{12}$")
 # A key's token bucket: refill by elapsed time (Redis's clock, so every worker agrees) and by the
@@ -256,8 +256,9 @@ class Guard:
         authorization = next((value for name, value in scope["headers"] if name == b"authorization"), None)
         try:
             key = await self.keyring.find(authorization)
-            if key is None:
-                return await self.refuse(send, "unknown" if authorization else "missing")
+            if key is None:  # a header of another scheme (Basic, a bare key) presents no API key at all
+                bearer = authorization is not None and authorization[:7].lower() == b"bearer "
+                return await self.refuse(send, "unknown" if bearer else "missing")
             needed = required_scope(scope["method"])
             if not key.allows(needed):
                 return await self.refuse(send, "scope", f"key {key.name!r} has scope {key.scope}; "

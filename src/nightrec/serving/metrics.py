@@ -1,13 +1,18 @@
 """Prometheus metrics of the lookup service (latency and status per route, answers by source), and
-the ASGI middleware that records them and turns away oversized bodies."""
+the ASGI middleware that records them, turns away oversized bodies and counts hung-up clients apart."""
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse
+
+CLIENT_CLOSED = 499  # the status counted for a request its client gave up on (as nginx logs it)
+log = logging.getLogger("nightrec.serving")
 
 
 class Metrics:
@@ -45,8 +50,14 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+class BodyTooLarge(Exception):
+    """Raised by Observe's receive once a request's body has grown past the limit."""
+
+
 class Observe:
-    """ASGI middleware: latency and status per route for /metrics; 413 for a declared oversize body."""
+    """ASGI middleware in front of the FastAPI routes: latency and status per route for /metrics; the
+    one body limit (413), on the declared length and on what arrives; and a client that goes away
+    while its body is read is its own doing: one log line and a 499, not a 500 and its traceback."""
 
     def __init__(self, app, metrics: Metrics, max_body_bytes: int):
         self.app, self.metrics, self.max_body_bytes = app, metrics, max_body_bytes
@@ -56,6 +67,7 @@ class Observe:
             return await self.app(scope, receive, send)
         started = time.perf_counter()
         status = 500
+        received = 0
 
         async def send_status(message):
             nonlocal status
@@ -63,13 +75,26 @@ class Observe:
                 status = message["status"]
             await send(message)
 
+        async def receive_capped():  # bodies without a content-length are capped as they arrive
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_body_bytes:
+                raise BodyTooLarge
+            return message
+
         length = dict(scope["headers"]).get(b"content-length", b"")
         try:
             if length and (not length.isdigit() or int(length) > self.max_body_bytes):
-                await JSONResponse({"detail": f"request body over {self.max_body_bytes} bytes"}, 413)(
-                    scope, receive, send_status)
-            else:
-                await self.app(scope, receive, send_status)
+                raise BodyTooLarge
+            await self.app(scope, receive_capped, send_status)
+        except BodyTooLarge:
+            await JSONResponse({"detail": f"request body over {self.max_body_bytes} bytes"}, 413)(
+                scope, receive, send_status)
+        except ClientDisconnect:
+            status = CLIENT_CLOSED
+            log.warning("%s %s: the client went away before its body was in; request dropped", scope["method"],
+                        scope["path"])
         finally:
             route = scope.get("route")
             name = getattr(route, "path", "unmatched")
