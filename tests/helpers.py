@@ -307,3 +307,63 @@ def alert_receivers():
     finally:
         smtp.stop()
         http_server.shutdown()
+
+
+def open_in_chromium(url: str, expression: str, screenshot: Path, width: int = 1100) -> object:
+    """Open url in headless Chromium, evaluate a JavaScript expression in the loaded page (its value,
+    as JSON), and save a screenshot of the whole page. Driven over the DevTools protocol."""
+    import asyncio
+    import base64
+    import json
+    import shutil
+    import tempfile
+
+    import httpx
+    import websockets
+
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert binary, "Chromium is installed by `make` (scripts/ensure-system.sh)"
+    profile = tempfile.mkdtemp(prefix="nightrec-chromium-")
+    browser = subprocess.Popen([binary, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                                "--remote-debugging-port=0", f"--user-data-dir={profile}",
+                                f"--window-size={width},900", "about:blank"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    async def drive(socket_url: str):
+        async with websockets.connect(socket_url, max_size=2**28) as socket:
+            counter = iter(range(1, 10**6))
+
+            async def call(method: str, **params):
+                number = next(counter)
+                await socket.send(json.dumps({"id": number, "method": method, "params": params}))
+                while True:
+                    message = json.loads(await socket.recv())
+                    if message.get("id") == number:
+                        assert "error" not in message, message
+                        return message["result"]
+
+            await call("Page.navigate", url=url)
+            for _ in range(200):
+                state = await call("Runtime.evaluate", expression="document.readyState", returnByValue=True)
+                if state["result"]["value"] == "complete":
+                    break
+                await asyncio.sleep(0.05)
+            value = await call("Runtime.evaluate", expression=expression, returnByValue=True)
+            assert "exceptionDetails" not in value, value
+            shot = await call("Page.captureScreenshot", format="png", captureBeyondViewport=True)
+            screenshot.write_bytes(base64.b64decode(shot["data"]))
+            return value["result"]["value"]
+
+    try:
+        port_file = Path(profile) / "DevToolsActivePort"
+        deadline = time.monotonic() + 30
+        while not port_file.exists() or not port_file.read_text().strip():
+            assert time.monotonic() < deadline and browser.poll() is None, "Chromium did not start"
+            time.sleep(0.1)
+        port = int(port_file.read_text().split()[0])
+        pages = [t for t in httpx.get(f"http://127.0.0.1:{port}/json/list").json() if t["type"] == "page"]
+        return asyncio.run(drive(pages[0]["webSocketDebuggerUrl"]))
+    finally:
+        browser.terminate()
+        browser.wait(10)
+        shutil.rmtree(profile, ignore_errors=True)

@@ -738,6 +738,20 @@ def watch():
         console.print("live version fresh, no night late")
 
 
+@alerts_app.command("unsilence")
+def alerts_unsilence(prefix: Annotated[str, typer.Argument(help="the prefix of the silence to end now")]):
+    """End a silence before its time."""
+    from nightrec.pipeline import alerts
+    from nightrec.serving import audit
+
+    settings = _settings()
+    if not any(row["prefix"] == prefix for row in alerts.silences(settings)):
+        console.print(f"[red]no silence of {prefix!r} is in force[/] (`nightrec alerts silences`)", highlight=False)
+        raise typer.Exit(1)
+    alerts.silence(settings, prefix, dt.datetime.now(dt.timezone.utc), "ended", audit.cli_actor())
+    console.print(f"alerts with causes starting {prefix!r} are sent again", highlight=False)
+
+
 @alerts_app.command("silences")
 def alerts_silences():
     """The silences in force."""

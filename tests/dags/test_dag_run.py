@@ -14,7 +14,7 @@ import redis
 from deltalake import DeltaTable
 
 from conftest import settings_environ
-from helpers import alert_receivers, days_ending, write_landing
+from helpers import alert_receivers, days_ending, open_in_chromium, write_landing
 from nightrec.constants import STAGES
 from nightrec.serving.layout import Keys, decode_user
 
@@ -67,11 +67,42 @@ def test_nightly_dag_runs_end_to_end_and_a_rerun_changes_nothing(tmp_path, redis
     assert counts["gold/recommendations"] == len(recs) == 40
     assert {len(items) for items in recs.values()} == {20}
 
+    report_shows_the_night(tmp_path / "docs" / f"dt={DAY}" / "report.html", rows, tmp_path / "report.png")
+
     second = run_dag(env)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     counts_again, recs_again = snapshot(tmp_path, client)
     assert counts_again == counts
     assert recs_again == recs
+
+
+PAGE_FACTS = """JSON.stringify({
+  state: document.getElementById('state').textContent,
+  ingested: document.getElementById('rows-ingested').textContent,
+  users: document.getElementById('published-users').textContent,
+  volume: document.getElementById('volume').textContent,
+  empty: [...document.querySelectorAll('.empty')].map(e => e.textContent),
+  charts: [...document.querySelectorAll('svg[data-chart]')].map(svg => {
+    const marks = [...svg.querySelectorAll('.series, circle')];
+    const box = svg.getBoundingClientRect();
+    return {title: svg.dataset.chart, width: box.width, height: box.height, marks: marks.length,
+            drawn: marks.filter(m => { const b = m.getBBox(); return b.width > 0 || b.height > 0; }).length};
+  }),
+  resources: performance.getEntriesByType('resource').length,
+})"""
+
+
+def report_shows_the_night(report: Path, rows: int, screenshot: Path) -> None:
+    """The night's report, opened in a real browser: the night's figures, and every chart drawn."""
+    facts = json.loads(open_in_chromium(report.as_uri(), PAGE_FACTS, screenshot))
+    assert facts["state"] == "success" and facts["ingested"] == f"{rows:,}" and facts["users"] == "40"
+    assert facts["volume"] == "ok"  # tonight against the 7 days before it: the same users, the same volume
+    assert facts["empty"] == [] and facts["resources"] == 0  # every section has data; nothing fetched
+    titles = [chart["title"] for chart in facts["charts"]]
+    assert len(titles) == 3 and titles[0] == "Seconds per stage tonight", titles
+    for chart in facts["charts"]:
+        assert chart["width"] > 600 and chart["height"] > 50 and chart["marks"] == chart["drawn"] > 0, chart
+    assert screenshot.stat().st_size > 20_000
 
 
 def newest_record(env: dict) -> dict:

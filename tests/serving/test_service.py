@@ -2,6 +2,7 @@
 
 import datetime as dt
 import json
+import time
 
 import pytest
 import redis
@@ -161,9 +162,26 @@ def test_a_corrupt_stored_value_is_a_503_that_says_so(api, redis_url):
 
 
 def test_healthz_reports_the_live_version(api, redis_url):
-    body = api.get("/healthz").json()
-    assert body["status"] == "ok"
+    response = api.get("/healthz")
+    body = response.json()
+    assert response.status_code == 200 and body["status"] == "ok"
     assert body["live_version"] == redis.Redis.from_url(redis_url).get(Keys("test").live).decode()
+    assert body["live_night"] == "2024-01-01" and 0 <= body["live_age_hours"] < 0.1
+    assert body["last_night"] is None  # no night has reported yet
+
+
+def test_a_version_that_goes_stale_turns_healthz_degraded_and_shows_in_metrics(redis_url, make_settings):
+    settings = make_settings(redis_url, service__max_age_hours="0.001", service__degraded_status="503")
+    publish_sample(redis_url)
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/healthz").status_code == 200
+        time.sleep(4)  # past 3.6 s
+        stale = client.get("/healthz")
+        metrics = client.get("/metrics").text
+    assert stale.status_code == 503 and stale.json()["status"] == "degraded"
+    assert stale.json()["live_age_hours"] > 0.001 and stale.json()["max_age_hours"] == 0.001
+    age = next(line for line in metrics.splitlines() if line.startswith("nightrec_live_version_age_seconds "))
+    assert float(age.split()[1]) > 3.6
 
 
 def test_nothing_published_yet_is_a_503_not_a_500(settings):

@@ -92,3 +92,6 @@ def test_a_silence_holds_back_matching_alerts_until_it_ends_and_the_next_message
         ("stale_version", "")]
     assert alerts.silences(settings, NOW)[0]["reason"] == "database migration"
     assert alerts.silences(settings, NOW + dt.timedelta(hours=3)) == []
+    alerts.silence(settings, "night_failed:nightrec_nightly:2026-12-06", NOW + dt.timedelta(minutes=5), "ended", "ops",
+                   now=NOW)  # ended early: the newest silence of a prefix replaces the one before
+    assert alerts.silences(settings, NOW + dt.timedelta(minutes=10)) == []

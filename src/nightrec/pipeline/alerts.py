@@ -180,7 +180,8 @@ def _record(settings: Settings, alert: Alert, delivery: Delivery, now: dt.dateti
 
 def silence(settings: Settings, prefix: str, until: dt.datetime, reason: str, by: str,
             now: dt.datetime | None = None) -> None:
-    """Hold back alerts whose cause starts with prefix until `until` (they are still kept in the ledger)."""
+    """Hold back alerts whose cause starts with prefix until `until` (they are still kept in the ledger);
+    replaces an earlier silence of the same prefix (`until` now: ends it)."""
     from nightrec.data import lake
 
     if not prefix.strip() or not reason.strip():
@@ -197,8 +198,11 @@ def silences(settings: Settings, now: dt.datetime | None = None) -> list[dict]:
     if not lake.table_exists(root):
         return []
     now = now or dt.datetime.now(dt.timezone.utc)
-    rows = [row for row in lake.small_table(root).to_pylist() if row["at"] <= now < row["until"]]
-    return sorted(rows, key=lambda row: row["until"], reverse=True)
+    newest = {}  # per prefix, the newest silence set before now: a later one (an end) replaces it
+    for row in sorted(lake.small_table(root).to_pylist(), key=lambda row: row["at"]):
+        if row["at"] <= now:
+            newest[row["prefix"]] = row
+    return sorted((row for row in newest.values() if now < row["until"]), key=lambda row: row["until"], reverse=True)
 
 
 def active_silence(settings: Settings, cause: str, now: dt.datetime | None = None) -> dict | None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import html
+import json
 import statistics
 from dataclasses import dataclass, field
 
@@ -50,6 +51,39 @@ def champion_ndcg(train: dict, metric: str) -> float | None:
     if not train:
         return None
     return train["holdout"].get(metric) if train.get("promoted") else train.get("champion_holdout_ndcg")
+
+
+def night_record(settings: Settings, ds: dt.date, runs: dict[str, dict]) -> dict:
+    """What /healthz and /metrics tell about the night (the service reads it from Redis)."""
+    state, failed = night_state(runs)
+    get = lambda stage: runs.get(stage, {}).get("summary", {})  # noqa: E731
+    train, k = get("train"), settings.model.eval_k
+    coverage = None
+    if train:
+        coverage = (train["holdout"].get(f"coverage_at_{k}") if train.get("promoted")
+                    else train.get("champion_holdout_coverage"))
+    return {"night": ds.isoformat(), "state": state, "failed_stage": failed,
+            "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "stage_seconds": {stage: run["seconds"] for stage, run in runs.items() if stage != "report"},
+            "rows_ingested": get("ingest").get("rows"), "rows_quarantined": get("validate").get("quarantined_rows"),
+            "champion_holdout_ndcg": champion_ndcg(train, f"ndcg_at_{k}"), "champion_coverage": coverage,
+            "users_published": get("publish").get("users"),
+            "redis_used_memory_bytes": get("publish").get("redis_used_memory")}
+
+
+def store_night_record(settings: Settings, record: dict) -> None:
+    """Into Redis, unless a later night's record is there already (a backfill of an old night)."""
+    from nightrec.serving.client import connect
+    from nightrec.serving.layout import Keys
+
+    keys = Keys(settings.redis.prefix)
+    client = connect(settings.redis.url, settings.redis.cluster, timeout=10)
+    try:
+        stored = client.get(keys.night)
+        if stored is None or json.loads(stored)["night"] <= record["night"]:
+            client.set(keys.night, json.dumps(record))
+    finally:
+        client.close()
 
 
 def holdout_alert(settings: Settings, ds: dt.date, history: dict[str, dict[str, dict]]) -> alerts.Alert | None:
@@ -328,8 +362,10 @@ def run(settings: Settings, ds: dt.date) -> ReportResult:
     page = render(settings, ds, history, volume_history(settings, ds), quarantined_by_file(settings, ds), night_alerts)
     uri = nights.report_uri(settings, ds)
     storage.write_bytes(uri, page.encode())
-    _log_to_mlflow(settings, history.get(ds.isoformat(), {}), page, ds)
-    state, failed = night_state(history.get(ds.isoformat(), {}))
+    runs = history.get(ds.isoformat(), {})
+    store_night_record(settings, night_record(settings, ds, runs))
+    _log_to_mlflow(settings, runs, page, ds)
+    state, failed = night_state(runs)
     return ReportResult(uri, state, failed, len(night_alerts), terminal_summary(history.get(ds.isoformat(), {})))
 
 

@@ -51,6 +51,7 @@ class TrainResult:
     recipe_source: str
     holdout: dict[str, float]        # tonight's model on the holdout (ndcg, recall, precision, map at eval_k)
     champion_holdout_ndcg: float | None
+    champion_holdout_coverage: float | None  # of the champion before tonight's decision, at eval_k
     holdout_users: int               # users with held-out items
     evaluated_users: int             # of them, the sample scored
     seconds: dict[str, float]
@@ -105,12 +106,13 @@ def _train(spark: SparkSession, settings: Settings, ds: dt.date, run_id: str, si
     with progress.step("evaluate on the holdout", users=evaluated_users):
         evaluation = training.evaluate(candidate, fit_data, sampled, ks, m.cold_user_max_items)
     champion, champion_note = _champion(settings, fit_data, items, ds, opts, progress)
-    champion_ndcg = None
+    champion_ndcg = champion_coverage = None
     if champion is not None:
         with progress.step(f"evaluate champion version {champion_note}", users=evaluated_users):
             champion_evaluation = training.evaluate(champion, fit_data, sampled, ks, m.cold_user_max_items)
             champion_evaluation.lists.unpersist()
             champion_ndcg = champion_evaluation.metrics[metric]
+            champion_coverage = champion_evaluation.metrics.get(f"coverage_at_{m.eval_k}")
         decision = registry.gate(recipe.candidate, evaluation.metrics[metric], champion_ndcg,
                                  m.promotion_tolerance, metric)
     elif champion_note.startswith(UNREADABLE):  # written by an older nightrec: tonight's model replaces it
@@ -142,10 +144,10 @@ def _train(spark: SparkSession, settings: Settings, ds: dt.date, run_id: str, si
         frame.unpersist()
     current = registry.current_champion(settings.mlflow.registered_model)
     holdout = {k: round(v, 5) for k, v in evaluation.metrics.items()
-               if k in {f"{name}_at_{m.eval_k}" for name in ("ndcg", "recall", "precision", "map")}}
+               if k in {f"{name}_at_{m.eval_k}" for name in ("ndcg", "recall", "precision", "map", "coverage")}}
     return TrainResult(run_id, settings.mlflow.registered_model, current.version if current else "", version,
                        decision.promote, decision.reason, recipe.candidate, recipe_source, holdout, champion_ndcg,
-                       holdout_users, evaluated_users, {k: round(v, 1) for k, v in seconds.items()})
+                       champion_coverage, holdout_users, evaluated_users, {k: round(v, 1) for k, v in seconds.items()})
 
 
 def _champion(settings: Settings, data: dataset.TrainingSet, items, ds: dt.date,

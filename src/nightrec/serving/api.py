@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field, ValidationError
 from redis.exceptions import RedisError
 
 from nightrec.constants import MAX_ID
+from nightrec.serving import freshness
 from nightrec.serving.auth import Guard
 from nightrec.serving.fastpath import FastRecommendations
 from nightrec.serving.layout import Keys
@@ -161,15 +162,20 @@ def create_app(settings: Settings | None = None, internal: bool = False):
         return await privacy_request(request, "erasure", user_id)
 
     @app.get("/metrics", include_in_schema=False)
-    async def prometheus():
-        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+    async def prometheus(request: Request):
+        lookup = request.app.state.lookup
+        data = freshness.gauges(await freshness.read(lookup.redis, lookup.keys))
+        return Response(metrics.exposition() + data, media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz")
     async def healthz(request: Request):
+        """ok, or degraded (status service.degraded_status) once the live version is older than
+        service.max_age_hours; with the live version's night and age and the last night's state."""
         lookup = request.app.state.lookup
-        await lookup.redis.ping()
-        version = await lookup.redis.get(lookup.keys.live)
-        return {"status": "ok", "live_version": version.decode() if version else None}
+        fresh = await freshness.read(lookup.redis, lookup.keys)
+        max_age = settings.service.max_age_hours
+        status = settings.service.degraded_status if fresh.degraded(max_age) else 200
+        return json_response(fresh.health(max_age), status=status)
 
     service = FastRecommendations(app, metrics)
     if internal or not settings.auth.enabled:

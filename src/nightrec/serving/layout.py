@@ -81,6 +81,12 @@ class Keys:
         return f"{{{self.prefix}}}:experiment"
 
     @property
+    def night(self) -> str:
+        """String: the last night's record as JSON (state, stage seconds, rows, metrics), written by its
+        report: what /healthz and /metrics say about the nights."""
+        return f"{{{self.prefix}}}:night"
+
+    @property
     def explore(self) -> str:
         """Item stats (codec 4): the items exploration may show, with their impressions and clicks."""
         return f"{{{self.prefix}}}:explore"
