@@ -4,7 +4,7 @@ it) on `nightrec synth` data at three sizes, one table.
     .venv/bin/python bench/scale.py                 # S, M and L
     .venv/bin/python bench/scale.py --sizes S M     # fewer
     .venv/bin/python bench/scale.py --sizes S --stores local s3 --repeat 3   # disk and S3, side by side
-    .venv/bin/python bench/scale.py --sizes S --against ../release --repeat 3  # against an earlier checkout
+    .venv/bin/python bench/scale.py --sizes S --against ../release --repeat 3  # against earlier checkouts
 
 For each size, in its own folder under var/bench/scale/ with its own lake, MLflow store and
 redis-server: the initial load (an empty lake, all 30 days ingested at once), then a steady-state
@@ -355,7 +355,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--stores", nargs="+", choices=["local", "s3", "production"], default=["local"],
                         help="where landing, lake, docs and artifacts live (production: on S3, with the "
                              "production profile's Airflow and MLflow on PostgreSQL); several: side by side")
-    parser.add_argument("--against", type=Path, help="also run a checkout of an earlier release, side by side")
+    parser.add_argument("--against", type=Path, nargs="+", default=[],
+                        help="also run checkouts of earlier releases, side by side")
     parser.add_argument("--repeat", type=int, default=1, help="runs of each variant, taken in turn")
     parser.add_argument("--erase-one", action="store_true", help="after the steady night, a night erasing one user")
     args = parser.parse_args(argv)
@@ -367,7 +368,7 @@ def main(argv: list[str]) -> None:
             from nightrec.data.s3_server import private_s3
 
             endpoint = stack.enter_context(private_s3())
-        variants = [(store, None) for store in args.stores] + ([("local", args.against)] if args.against else [])
+        variants = [(store, None) for store in args.stores] + [("local", code) for code in args.against]
         if len(variants) == 1 and args.repeat == 1:
             results = {label: measure(label, SIZES[label], args.seed, args.work, endpoint, erase=args.erase_one)
                        for label in args.sizes}

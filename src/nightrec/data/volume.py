@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from nightrec.settings import VolumeSettings
@@ -51,22 +51,31 @@ class Finding:
         return f"{self.metric} {said}, z={self.z:+.1f}"
 
 
-def day_profile(day: DataFrame, before: DataFrame) -> dict[str, float]:
-    """The figures of one day's rows (user_id, item_id, event_type), `before`: the rows of the days it
-    is compared with (who counts as already seen). Four small aggregations; nothing per user reaches
-    the driver."""
-    profile = {f"events:{r['event_type']}": float(r["count"]) for r in day.groupBy("event_type").count().collect()}
-    profile["events"] = float(sum(profile.values()))
+def day_profiles(rows: DataFrame, days: list[dt.date], history_days: int) -> dict[dt.date, dict[str, float]]:
+    """The figures of each of `days` from rows (user_id, item_id, event_type, dt) that also cover the
+    `history_days` before the first of them (who counts as already seen). Three aggregations whatever
+    the number of days; one row per day and figure reaches the driver."""
+    wanted = F.col("dt").isin(days)
+    profiles: dict[dt.date, dict[str, float]] = {day: {} for day in days}
+    for r in rows.where(wanted).groupBy("dt", "event_type").count().collect():
+        profiles[r["dt"]][f"events:{r['event_type']}"] = float(r["count"])
+    for day, profile in profiles.items():
+        profile["events"] = float(sum(profile.values()))
     for key, noun in (("user_id", "user"), ("item_id", "item")):
-        seen = before.select(key).distinct().withColumn("seen", F.lit(True))
-        row = (day.groupBy(key).count().join(seen, key, "left")
-               .agg(F.count("*").alias("distinct"), F.max("count").alias("top"),
-                    F.sum(F.when(F.col("seen").isNull(), F.col("count"))).alias("new")).first())
-        total = profile["events"] or 1.0
-        profile[f"{noun}s"] = float(row["distinct"])
-        profile[f"top_{noun}_share"] = float(row["top"] or 0) / total
-        profile[f"new_{noun}_share"] = float(row["new"] or 0) / total
-    return profile
+        # new on a day: not active in the history_days before it (its previous active day is older, or none)
+        previous = F.lag("dt").over(Window.partitionBy(key).orderBy("dt"))
+        per_day = (rows.groupBy(key, "dt").count()
+                   .withColumn("new", previous.isNull() | (F.datediff("dt", previous) > history_days))
+                   .where(wanted).groupBy("dt")
+                   .agg(F.count("*").alias("distinct"), F.max("count").alias("top"),
+                        F.sum(F.when("new", F.col("count"))).alias("new")))
+        for r in per_day.collect():
+            profile = profiles[r["dt"]]
+            total = profile["events"] or 1.0
+            profile[f"{noun}s"] = float(r["distinct"])
+            profile[f"top_{noun}_share"] = float(r["top"] or 0) / total
+            profile[f"new_{noun}_share"] = float(r["new"] or 0) / total
+    return profiles
 
 
 def judge(today: dict[str, float], history: Iterable[dict[str, float]], v: VolumeSettings) -> list[Finding]:

@@ -25,10 +25,10 @@ def record_stage(settings: Settings, night: dt.date, stage: str, state: str, sec
                  summary: dict | None = None, error: str | None = None) -> None:
     from nightrec.data import lake
 
-    row = {"night": night.isoformat(), "stage": stage, "state": state, "finished_at": dt.datetime.now(dt.timezone.utc),
-           "seconds": round(seconds, 1), "summary": json.dumps(summary, default=str) if summary else None,
-           "error": error}
     try:
+        row = {"night": night.isoformat(), "stage": stage, "state": state,
+               "finished_at": dt.datetime.now(dt.timezone.utc), "seconds": round(seconds, 1),
+               "summary": json.dumps(summary, default=str) if summary else None, "error": error}
         lake.append_small(settings.table(STAGE_RUNS), pa.Table.from_pylist([row], schema=SCHEMA))
     except Exception:  # the stage's own work is done (or failed) either way
         log.exception("%s of %s not recorded in %s", stage, night, STAGE_RUNS)

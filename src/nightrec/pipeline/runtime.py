@@ -43,9 +43,9 @@ def stage_main(stage: str, run: Callable, argv: Sequence[str] | None, *, lookbac
         nights.record_stage(settings, args.ds, stage, "failed", time.monotonic() - started,
                             error=f"{type(error).__name__}: {reason}")
         raise
-    summary = {"stage": stage, "ds": args.ds.isoformat(), "seconds": round(time.monotonic() - started, 1),
-               **dataclasses.asdict(result)}
-    nights.record_stage(settings, args.ds, stage, "success", summary["seconds"], summary)
+    seconds = time.monotonic() - started
+    summary = {"stage": stage, "ds": args.ds.isoformat(), "seconds": round(seconds, 1), **dataclasses.asdict(result)}
+    nights.record_stage(settings, args.ds, stage, "success", seconds, summary)
     print(json.dumps(summary, default=str), flush=True)
     return summary
 

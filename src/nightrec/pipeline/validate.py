@@ -76,9 +76,7 @@ def check_volume(spark: SparkSession, settings: Settings, ds: dt.date,
         first = todo[0] - dt.timedelta(days=v.history_days)
         rows = (lake.read_table(spark, silver).where(F.col("dt").between(F.lit(first), F.lit(ds)))
                 .select("user_id", "item_id", "event_type", "dt"))
-        for day in todo:
-            computed[day] = volume.day_profile(rows.where(F.col("dt") == F.lit(day)), rows.where(
-                F.col("dt").between(F.lit(day - dt.timedelta(days=v.history_days)), F.lit(day - dt.timedelta(days=1)))))
+        computed = volume.day_profiles(rows, todo, v.history_days)
     if ds.isoformat() not in held:  # no events at all tonight: the emptiest day there is
         computed[ds] = {"events": 0.0, "users": 0.0, "items": 0.0}
     if computed:
