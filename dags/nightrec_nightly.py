@@ -73,7 +73,7 @@ def housekeeping(ds=None) -> dict:
     return airflow_task(main, ds)
 
 
-@task(trigger_rule="all_done")  # a failed night gets its report too: where and why it stopped
+@task
 def report(ds=None) -> dict:
     from nightrec.pipeline.report import main
     return airflow_task(main, ds)
@@ -96,8 +96,10 @@ def report(ds=None) -> dict:
     doc_md=__doc__,
 )
 def nightrec_nightly():
+    # report is a teardown: it runs whether the night failed or not (a failed night's report says where and
+    # why), and the run's state stays the night's own
     chain(drain_events(), privacy(), ingest(), validate(), analyze(), train(), score(), publish(), smoke(),
-          housekeeping(), report())
+          housekeeping(), report().as_teardown())
 
 
 nightrec_nightly()

@@ -112,10 +112,11 @@ def newest_record(env: dict) -> dict:
 
 
 def last_log_tail(env: dict, lines: int = 20) -> str:
-    """The last lines of the newest run's Airflow log."""
+    """The last lines of the newest run's Airflow log before its report task (which runs after a failure)."""
     runs = Path(env["AIRFLOW_HOME"]) / "logs" / "nightrec-runs"
     newest = max(runs.glob("run-*.log"), key=lambda p: p.stat().st_mtime)
-    return "\n".join(newest.read_text().splitlines()[-lines:])
+    before_report = newest.read_text().split("[DAG TEST] starting task_id=report")[0]
+    return "\n".join(before_report.splitlines()[-lines:])
 
 
 def test_bad_data_fails_the_run_with_the_reason_no_stack_trace_and_one_alert(tmp_path, redis_url):
@@ -151,3 +152,7 @@ def test_bad_data_fails_the_run_with_the_reason_no_stack_trace_and_one_alert(tmp
         # neither Python frames nor Java ones ("at org.apache...(File.scala:12)")
         assert not re.search(r"Traceback|File \"|^\s+at [\w$.]+\(|Py4JJavaError|Exception in thread", tail, re.M), tail
     assert not redis.Redis.from_url(redis_url).exists(Keys("test").live)
+    # the failed night's report says where and why it stopped (the rerun's: validate)
+    page = (tmp_path / "docs" / f"dt={DAY}" / "report.html").read_text()
+    assert "<b>validate failed:</b> ValidationFailed: interactions failed validation" in page
+    assert "class='state failed'" in page

@@ -59,7 +59,7 @@ def day_profiles(rows: DataFrame, days: list[dt.date], history_days: int) -> dic
     profiles: dict[dt.date, dict[str, float]] = {day: {} for day in days}
     for r in rows.where(wanted).groupBy("dt", "event_type").count().collect():
         profiles[r["dt"]][f"events:{r['event_type']}"] = float(r["count"])
-    for day, profile in profiles.items():
+    for profile in profiles.values():
         profile["events"] = float(sum(profile.values()))
     for key, noun in (("user_id", "user"), ("item_id", "item")):
         # new on a day: not active in the history_days before it (its previous active day is older, or none)
@@ -68,7 +68,7 @@ def day_profiles(rows: DataFrame, days: list[dt.date], history_days: int) -> dic
                    .withColumn("new", previous.isNull() | (F.datediff("dt", previous) > history_days))
                    .where(wanted).groupBy("dt")
                    .agg(F.count("*").alias("distinct"), F.max("count").alias("top"),
-                        F.sum(F.when("new", F.col("count"))).alias("new")))
+                        F.sum(F.when(F.col("new"), F.col("count"))).alias("new")))
         for r in per_day.collect():
             profile = profiles[r["dt"]]
             total = profile["events"] or 1.0

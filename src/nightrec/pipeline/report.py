@@ -14,14 +14,19 @@ from __future__ import annotations
 import datetime as dt
 import html
 import json
+import logging
 import statistics
 from dataclasses import dataclass, field
+
+from redis.exceptions import RedisError
 
 from nightrec.constants import STAGES
 from nightrec.data import lake, storage, volume
 from nightrec.pipeline import alerts, nights
 from nightrec.pipeline.runtime import stage_main
 from nightrec.settings import Settings
+
+log = logging.getLogger("nightrec.pipeline.report")
 
 HISTORY_NIGHTS = 30   # charts
 DURATION_NIGHTS = 10  # a stage's usual duration: its median over this many nights before
@@ -82,6 +87,8 @@ def store_night_record(settings: Settings, record: dict) -> None:
         stored = client.get(keys.night)
         if stored is None or json.loads(stored)["night"] <= record["night"]:
             client.set(keys.night, json.dumps(record))
+    except RedisError as error:  # the page is written either way; /healthz keeps the night before
+        log.error("the night's record not stored in Redis: %s", error)
     finally:
         client.close()
 
@@ -104,7 +111,8 @@ def holdout_alert(settings: Settings, ds: dt.date, history: dict[str, dict[str, 
                 f"{usual:.4f} over the last {len(before)} nights "
                 f"(alerts.holdout_drop={settings.alerts.holdout_drop:.0%})",
         command="`nightrec report --ds " + ds.isoformat() + "`: did the data change (volume, quarantine) or the model? "
-                "compare the runs in MLflow; `nightrec rollback` if tonight's model is to blame",
+                "compare the runs in MLflow; `nightrec rollback --ds " + ds.isoformat() + "` if the champion is to "
+                "blame",
         report=nights.report_uri(settings, ds))
 
 
@@ -131,13 +139,15 @@ WIDTH, HEIGHT, PAD = 720, 220, 40
 
 
 def line_chart(title: str, labels: list[str], series: dict[str, list[float | None]],
-               bands: list[tuple[float, float, str]] = ()) -> str:
-    """Lines over labelled nights; bands: (low, high, colour) horizontal areas behind them."""
+               bands: list[tuple[float, float, str]] = (), bands_from: int = 0) -> str:
+    """Lines over labelled nights; bands: (low, high, colour) areas behind them, from the label at
+    index bands_from to the last (the days they were computed from)."""
     values = [v for line in series.values() for v in line if v is not None] + [b for band in bands for b in band[:2]]
     if not values or not labels:
         return f'<p class="empty">{html.escape(title)}: no data yet</p>'
     low, high = min(values), max(values)
-    low, high = (low - 1, high + 1) if low == high else (low - 0.05 * (high - low), high + 0.05 * (high - low))
+    pad = 0.05 * (high - low) if high > low else 0.1 * abs(high) or 1.0
+    low, high = low - pad, high + pad
 
     def x(i: int) -> float:
         return PAD + (WIDTH - 2 * PAD) * (i / max(len(labels) - 1, 1))
@@ -145,14 +155,17 @@ def line_chart(title: str, labels: list[str], series: dict[str, list[float | Non
     def y(v: float) -> float:
         return HEIGHT - PAD - (HEIGHT - 2 * PAD) * (v - low) / (high - low)
 
-    parts = [f'<rect class="band" x="{PAD}" y="{y(b_high):.1f}" width="{WIDTH - 2 * PAD}" '
-             f'height="{max(y(b_low) - y(b_high), 0.5):.1f}" fill="{colour}" opacity="0.18"/>'
+    parts = [f'<rect class="band" x="{x(bands_from):.1f}" y="{y(b_high):.1f}" '
+             f'width="{max(x(len(labels) - 1) - x(bands_from), 4):.1f}" '
+             f'height="{max(y(b_low) - y(b_high), 0.5):.1f}" fill="{colour}" opacity="0.35"/>'
              for b_low, b_high, colour in bands]
     legend = []
     for n, (name, line) in enumerate(series.items()):
         colour = COLOURS[n % len(COLOURS)]
-        points = " ".join(f"{x(i):.1f},{y(v):.1f}" for i, v in enumerate(line) if v is not None)
-        parts.append(f'<polyline class="series" fill="none" stroke="{colour}" stroke-width="2" points="{points}"/>')
+        points = [f"{x(i):.1f},{y(v):.1f}" for i, v in enumerate(line) if v is not None]
+        if len(points) > 1:  # one night is its dot alone
+            parts.append(f'<polyline class="series" fill="none" stroke="{colour}" stroke-width="2" '
+                         f'points="{" ".join(points)}"/>')
         last = next(((i, v) for i, v in reversed(list(enumerate(line))) if v is not None), None)
         if last:
             parts.append(f'<circle cx="{x(last[0]):.1f}" cy="{y(last[1]):.1f}" r="3.5" fill="{colour}"/>')
@@ -226,16 +239,16 @@ def render(settings: Settings, ds: dt.date, history: dict[str, dict[str, dict]],
 
     earlier = [n for n in sorted(history) if n < ds.isoformat()][-DURATION_NIGHTS:]
     out.append("<h2>Stages</h2><table><tr><th>stage</th><th>state</th><th class=n>seconds</th>"
-               f"<th class=n>median of last {len(earlier)}</th></tr>")
+               f"<th class=n>usual (median of the {len(earlier)} nights before)</th></tr>")
     bars = []
-    for stage in STAGES:
+    for stage in STAGES[:-1]:  # all but this report
         run = runs.get(stage)
         usual = [history[n][stage]["seconds"] for n in earlier if history[n].get(stage, {}).get("state") == "success"]
         median = statistics.median(usual) if usual else None
         seconds = run["seconds"] if run else None
         out.append(f"<tr><td>{stage}</td><td>{run['state'] if run else 'not run'}</td>"
                    f"<td class=n>{'' if seconds is None else f'{seconds:.1f}'}</td>"
-                   f"<td class=n>{'' if median is None else f'{median:.1f}'}</td></tr>")
+                   f"<td class=n>{'–' if median is None else f'{median:.1f}'}</td></tr>")
         if seconds is not None:
             bars.append((stage, seconds, median))
     out.append("</table>" + bar_chart("Seconds per stage tonight", bars))
@@ -264,7 +277,7 @@ def render(settings: Settings, ds: dt.date, history: dict[str, dict[str, dict]],
 
     out.append("<h2>Published</h2>")
     if publish:
-        published = (("version", publish["version"]), ("previous", publish["previous"]),
+        published = (("version", publish["version"]), ("previous", publish["previous"] or "–"),
                      ("users", f"{publish['users']:,}"), ("similar items", f"{publish['similar_items']:,}"),
                      ("segments", publish["segments"]), ("categories", publish["categories"]),
                      ("model", publish["model_version"]), ("Redis memory", _bytes(publish.get("redis_used_memory"))))
@@ -320,8 +333,9 @@ def _volume_section(settings: Settings, ds: dt.date, profiles, validate: dict) -
         v = settings.volume
         bands = [(total.median - v.fail_z * total.scale, total.median + v.fail_z * total.scale, "#fca5a5"),
                  (total.median - v.warn_z * total.scale, total.median + v.warn_z * total.scale, "#fde68a")]
-    out.append(line_chart("Events per night by event type (bands: all events' warn and fail bands tonight)",
-                          [d.isoformat() for d in days], series, bands))
+    out.append(line_chart("Events per night by event type (shaded: tonight's warn and fail bands of all events, "
+                          "over the days they come from)", [d.isoformat() for d in days], series, bands,
+                          bands_from=max(len(days) - 1 - settings.volume.history_days, 0)))
     return "".join(out)
 
 
