@@ -239,7 +239,8 @@ def champion_figures(runs: list[ChampionRun], guards: dict[str, int]) -> dict[st
             "any_false": float(np.mean([s.any() for s in steady])),
             "caught_1": float(np.mean(caught <= 1)), "caught_2": float(np.mean(caught <= 2)),
             "caught_3": float(np.mean(caught <= 3)), "median_nights": float(np.median(caught)),
-            "p90_nights": float(np.quantile(caught, 0.9, method="higher")), "missed": float(np.mean(~np.isfinite(caught))),
+            "p90_nights": float(np.quantile(caught, 0.9, method="higher")),
+            "missed": float(np.mean(~np.isfinite(caught))),
         }
     return figures
 
