@@ -279,13 +279,15 @@ def command(args, seeds: list[int]) -> str:
             + " ".join(f"--seed {s}" for s in seeds))
 
 
-RULES = {"old": "old: tonight vs the 7 nights before pooled, drop > 5% and p < 0.05", "new": "new"}
+def rule_name(rule: str) -> str:
+    if rule == "old":
+        return "old: tonight vs the 7 nights before pooled, drop > 5% and p < 0.05"
+    x = settings_experiments()
+    return (f"new: weekday baseline ({x.baseline_weeks} weeks) + day-to-day spread, CUSUM k={x.rollback_k:g} "
+            f"h={x.rollback_h:g} over {x.rollback_window} nights, fall > {x.rollback_drop:.0%}")
 
 
 def print_seed(args, r: dict) -> None:
-    x = settings_experiments()
-    RULES["new"] = (f"new: weekday baseline ({x.baseline_weeks} weeks) + day-to-day spread, CUSUM k={x.rollback_k:g} "
-                    f"h={x.rollback_h:g} over {x.rollback_window} nights, fall > {x.rollback_drop:.0%}")
     print(f"\n{command(args, [r['seed']])}")
     print(f"traffic: click probability Beta{BETA} per user x a weekly cycle of +-{args.amplitude:.0%}; visits on a "
           f"night with a user's own Beta{VISITS} probability; floor(Pareto({PARETO:g})) answers per visit (at most "
@@ -305,7 +307,7 @@ def print_seed(args, r: dict) -> None:
           f"nights to catch: median | 90th pct | not caught in {FALL_NIGHTS} |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for rule, f in r["champion"].items():
-        print(f"| {RULES[rule]} | {f['false_per_90']:.2f} | {f['fired_per_90']:.2f} | {f['any_false']:.1%} | "
+        print(f"| {rule_name(rule)} | {f['false_per_90']:.2f} | {f['fired_per_90']:.2f} | {f['any_false']:.1%} | "
               f"{f['caught_1']:.1%} | {f['caught_2']:.1%} | {f['caught_3']:.1%} | {f['median_nights']:g} | "
               f"{f['p90_nights']:g} | {f['missed']:.1%} |")
 
@@ -326,7 +328,7 @@ def print_median(args, results: list[dict]) -> None:
     print("|---|---:|---:|---:|---:|")
     for rule in results[0]["champion"]:
         got = [r["champion"][rule] for r in results]
-        print(f"| {RULES[rule]} | {spread([f['false_per_90'] for f in got], '.2f')} | "
+        print(f"| {rule_name(rule)} | {spread([f['false_per_90'] for f in got], '.2f')} | "
               f"{spread([f['caught_2'] for f in got], '.1%')} | {spread([f['median_nights'] for f in got], 'g')} | "
               f"{spread([f['p90_nights'] for f in got], 'g')} |")
 
