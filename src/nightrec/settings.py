@@ -206,8 +206,15 @@ class ExperimentSettings(_Section):
     min_users: int = Field(ge=10)  # users per variant before the experiment's decisive look
     alpha: float = Field(gt=0, lt=0.5)  # two-sided significance of that look
     harm_z: float = Field(gt=0)  # before it: stop early when the treatment is worse beyond this z
-    rollback_drop: float = Field(gt=0, lt=1)  # roll the champion back when its CTR falls this much (relative)
-    baseline_nights: int = Field(ge=1)  # ... below its CTR over this many previous nights, significantly
+    # the champion check (experiment_stats.champion_check): each night against the same weekday in the
+    # baseline_weeks weeks before; rolled back when the CUSUM of the nightly falls, sum of (-z - rollback_k)
+    # over the last nights (at most rollback_window), exceeds rollback_h and those nights fell more than
+    # rollback_drop (relative)
+    rollback_drop: float = Field(gt=0, lt=1)
+    baseline_weeks: int = Field(ge=2, le=12)
+    rollback_window: int = Field(ge=1, le=28)  # nights the CUSUM looks back over; one rollback per this many
+    rollback_k: float = Field(ge=0)  # the CUSUM's reference value: a night adds to it when z < -rollback_k
+    rollback_h: float = Field(gt=0)  # its decision interval
 
 
 class AlertSettings(_Section):

@@ -11,9 +11,9 @@ import pytest
 import redis
 from mlflow import MlflowClient
 
-from helpers import assert_table_matches_ddl, tiny_bundle, write_csv
+from helpers import alert_receivers, assert_table_matches_ddl, tiny_bundle, write_csv
 from nightrec.modeling import experiment_store, registry, tracking
-from nightrec.pipeline import analyze, ingest, validate
+from nightrec.pipeline import alerts, analyze, ingest, validate
 from nightrec.serving.experiments import ExperimentError, parse_variant
 from nightrec.serving.layout import Keys
 
@@ -150,8 +150,16 @@ def ab_night(spark, settings, seed: int, control_rate: float, treatment_rate: fl
 
 def test_a_clearly_better_treatment_is_promoted_and_the_experiment_ends(spark, make_settings, settings, champion,
                                                                         redis_url):
-    settings = make_settings(redis_url, EXPERIMENTS__CLICK_EVENTS='["click"]', EXPERIMENTS__MIN_USERS="300")
-    result = ab_night(spark, settings, 7, 0.10, 0.30)
+    with alert_receivers() as received:
+        settings = make_settings(redis_url, EXPERIMENTS__CLICK_EVENTS='["click"]', EXPERIMENTS__MIN_USERS="300",
+                                 **received.settings())
+        result = ab_night(spark, settings, 7, 0.10, 0.30)
+        received.wait(posts=2, mails=1)
+    e = experiment_store.all_experiments(settings)[0].experiment
+    hook = dict(received.posts)["/hook"]
+    assert (hook["cause"], hook["severity"]) == (f"experiment_decision:{e.id}:promote", "warning")
+    assert hook["summary"].startswith("experiment ab1 ended, promoted: treatment: ")
+    assert hook["command"].startswith("`nightrec experiment status`")
     assert result.decision == "promote" and "significantly better" in result.reason
     assert "nightrec/1 is now the champion" in result.reason
     assert registry.current_champion(champion).version == "1"
@@ -182,30 +190,40 @@ def test_a_worse_treatment_stops_early_and_an_unclear_one_ends_on_its_last_day(s
     assert "experiment-ab2-b" not in client.get_registered_model(champion).aliases
 
 
-def test_the_champion_is_rolled_back_once_when_its_ctr_falls(spark, settings, champion):
-    rng = random.Random(9)
-    impressions, events = {}, {}
-    for back, rate in ((3, 0.30), (2, 0.30), (1, 0.30), (0, 0.15)):
-        day = DS - dt.timedelta(days=back)
-        impressions[day], events[day] = clicks(rng, f"{back}", range(1, 301), rate, day)
-    land(settings, impressions, events)
-    result = night(spark, settings, days=4)
-    assert result.champion_check == "rollback" and "champion version 2 -> 1" in result.champion_reason
-    assert registry.current_champion(champion).version == "1"
-    again = analyze.run(spark, settings, DS)  # the same fall on the next look: not walked back further
-    assert again.champion_check == "keep" and "the champion is now nightrec/1" in again.champion_reason
-    assert registry.current_champion(champion).version == "1"
+def test_a_steady_champion_is_kept_a_fall_is_rolled_back_once_and_the_alert_reaches_its_channels(
+        spark, make_settings, redis_url, champion):
+    yesterday = DS - dt.timedelta(days=1)
+    with alert_receivers() as received:
+        settings = make_settings(redis_url, EXPERIMENTS__CLICK_EVENTS='["click"]', **received.settings())
+        rng = random.Random(9)
+        impressions, events = {}, {}
+        for back in range(15, -1, -1):  # two weeks and a night of steady traffic, then tonight at half the rate
+            day = DS - dt.timedelta(days=back)
+            impressions[day], events[day] = clicks(rng, f"{back:02d}", range(1, 301), 0.15 if back == 0 else 0.30, day)
+        land(settings, impressions, events)
+        ingest.run(spark, settings, yesterday, 15)
+        validate.run(spark, settings, yesterday, 15)
+        steady = analyze.run(spark, settings, yesterday, 15)  # a Sunday against the two Sundays before
+        assert steady.champion_check == "keep" and "the geometric mean of 2 Sundays before" in steady.champion_reason
+        assert registry.current_champion(champion).version == "2" and not alerts.recorded(settings)
 
-
-def test_a_steady_champion_is_kept(spark, settings, champion):
-    rng = random.Random(10)
-    impressions, events = {}, {}
-    for back in (2, 1, 0):
-        day = DS - dt.timedelta(days=back)
-        impressions[day], events[day] = clicks(rng, f"{back}", range(1, 301), 0.3, day)
-    land(settings, impressions, events)
-    result = night(spark, settings, days=3)
-    assert result.champion_check == "keep" and registry.current_champion(champion).version == "2"
+        result = night(spark, settings)
+        assert result.champion_check == "rollback" and "champion version 2 -> 1" in result.champion_reason
+        assert "vs its weekday baseline" in result.champion_reason and "2 Mondays before: -" in result.champion_reason
+        assert "CUSUM of the nightly falls" in result.champion_reason and "> 1.4" in result.champion_reason
+        assert registry.current_champion(champion).version == "1"
+        received.wait(posts=2, mails=1)
+        again = analyze.run(spark, settings, DS)  # the same fall on the next look: not walked back further
+        assert again.champion_check == "keep" and "the champion is now nightrec/1" in again.champion_reason
+        assert registry.current_champion(champion).version == "1"
+    hook = dict(received.posts)["/hook"]
+    assert (hook["cause"], hook["severity"], hook["night"], hook["stage"]) == (
+        f"rollback:{champion}:{DS}", "critical", DS.isoformat(), "analyze")
+    assert hook["summary"].startswith(f"champion {champion} rolled back from version 2 to 1: tonight's CTR@10")
+    assert hook["command"].startswith("`nightrec status`") and "--to 2" in hook["command"]
+    assert "First: `nightrec status`" in dict(received.posts)["/slack"]["text"] and len(received.mails) == 1
+    assert len(received.posts) == 2  # the second look kept: no second alert
+    assert [r["cause"] for r in alerts.recorded(settings, DS.isoformat())] == [f"rollback:{champion}:{DS}"]
 
 
 def test_the_exploration_pool_holds_the_least_shown_available_items(spark, make_settings, redis_url, champion):

@@ -8,14 +8,19 @@ pass as a win.
 
 The protocol (`decide`) looks every night. Before the planned sample only harm can end an experiment, and only
 beyond a strict boundary (|z| > 3 by default, as in an O'Brien-Fleming-style design), so nightly peeks barely
-add false positives; at the planned sample comes the one fixed-horizon two-sided test. `rollback_check` guards
-the champion against a sudden fall of its daily rate.
+add false positives; at the planned sample comes the one fixed-horizon two-sided test.
+
+`champion_check` guards the champion against a fall of its daily rate: each night against the same weekday in
+the weeks before (a weekly cycle cancels), with the day-to-day variation beyond sampling noise in its error, and
+a CUSUM over the last nights, so that one borderline night does not roll back and a sustained fall does.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import operator
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 
@@ -280,36 +285,165 @@ def decide(comparison: Comparison, users_per_variant: int, min_users: int, *, al
                                      f"ended, champion kept")
 
 
-def rollback_check(today: Estimate, baseline: Estimate, drop: float = 0.05, alpha: float = 0.05,
-                   metric: str = "CTR@10") -> Decision:
-    """Automatic rollback of the champion: "rollback" when today's rate fell more than `drop` (relative) below
-    the trailing baseline AND the fall is significant (one-sided unpooled z test of today < baseline, p < alpha);
-    else "keep". Both conditions: a large fall on a handful of users is noise, a significant 1% fall on millions of
-    impressions is not worth a rollback. Today and the baseline share users, which the test treats as
-    independent; the positive correlation makes it conservative (fewer rollbacks), never trigger-happy.
+@dataclass(frozen=True)
+class NightVsBaseline:
+    """One night's rate against its weekday baseline, on the log scale (a fall is a ratio).
+
+    baseline: the geometric mean of the rates of the same weekday in the weeks before (`weeks` of them), so
+    a weekly cycle cancels; change = rate / baseline - 1. se is that of log(rate / baseline): the night's
+    own sampling error (delta method, per user), the baseline nights' and, on each of them, the day-to-day
+    variation beyond sampling noise (`spread`, the standard deviation of a log rate, from the weeks before).
+    z = log(rate / baseline) / se.
     """
-    _check_alpha(alpha)
+
+    night: dt.date
+    rate: float
+    baseline: float
+    change: float
+    z: float
+    se: float
+    spread: float
+    weeks: int
+
+    def as_dict(self, prefix: str) -> dict[str, float]:
+        """Flat keys: prefix_rate, prefix_baseline, prefix_change, prefix_z, prefix_se, ..."""
+        return {f"{prefix}_{name}": float(value) for name, value in asdict(self).items() if name != "night"}
+
+
+@dataclass(frozen=True)
+class ChampionCheck:
+    """The champion check's verdict: action ("rollback" or "keep") and a sentence with the figures; the
+    nights judged in the window (oldest first); the CUSUM tonight and the run of nights it sums (`run`
+    nights, whose rates fell by `fall` against their baselines, as a geometric mean)."""
+
+    action: str
+    reason: str
+    nights: tuple[NightVsBaseline, ...]
+    cusum: float
+    run: int
+    fall: float
+
+    @property
+    def tonight(self) -> NightVsBaseline | None:
+        return self.nights[-1] if self.nights else None
+
+    def as_dict(self) -> dict[str, float]:
+        """Flat keys for MLflow: tonight_* (see NightVsBaseline) and cusum, cusum_nights, cusum_fall."""
+        tonight = self.tonight.as_dict("tonight") if self.tonight else {}
+        return {**tonight, "cusum": self.cusum, "cusum_nights": float(self.run), "cusum_fall": self.fall}
+
+
+def _log_rate(estimate: Estimate | None) -> tuple[float, float] | None:
+    """(log rate, its variance by the delta method, (se / rate)^2); None when the night has no usable rate."""
+    if estimate is None or not estimate.value > 0.0 or not math.isfinite(estimate.value) or not math.isfinite(
+            estimate.se):
+        return None
+    return math.log(estimate.value), (estimate.se / estimate.value) ** 2
+
+
+def day_spread(nightly: Mapping[dt.date, Estimate], before: dt.date, weeks: int = 5) -> float:
+    """The day-to-day standard deviation of the log rate beyond sampling noise, tau, from the `weeks` weeks
+    of nights before `before`, the weekly cycle removed.
+
+    Method of moments (random effects): each night's log rate is its weekday's level plus noise of variance
+    v_j + tau^2, v_j its delta-method variance. The sum of squares about the weekday means, SS, has
+    expectation sum_weekdays (1 - 1/n_w) sum_j v_j + df tau^2 with df = nights - weekdays seen, so
+    tau^2 = max(0, (SS - sum (1 - 1/n_w) v_j) / df); 0 without a degree of freedom. Nights of another
+    quality (a fall the rollback missed, an outage) raise it, which only makes the check more careful.
+    """
+    groups: dict[int, list[tuple[float, float]]] = {}
+    for back in range(1, 7 * weeks + 1):
+        day = before - dt.timedelta(days=back)
+        logged = _log_rate(nightly.get(day))
+        if logged is not None:
+            groups.setdefault(back % 7, []).append(logged)
+    squares = expected = 0.0
+    df = 0
+    for rows in groups.values():
+        level = sum(log for log, _ in rows) / len(rows)
+        squares += sum((log - level) ** 2 for log, _ in rows)
+        expected += (1.0 - 1.0 / len(rows)) * sum(variance for _, variance in rows)
+        df += len(rows) - 1
+    return math.sqrt(max(squares - expected, 0.0) / df) if df else 0.0
+
+
+def weekday_baseline(nightly: Mapping[dt.date, Estimate], night: dt.date, weeks: int = 5,
+                     min_weeks: int = 2) -> NightVsBaseline | None:
+    """The night against the same weekday in the `weeks` weeks before (see NightVsBaseline); None when the
+    night has no rate or fewer than `min_weeks` of those nights have one (a week missing is skipped)."""
+    if weeks < 1 or not 1 <= min_weeks <= weeks:
+        raise ValueError(f"need 1 <= min_weeks <= weeks, got {min_weeks} and {weeks}")
+    tonight = _log_rate(nightly.get(night))
+    same_weekday = [_log_rate(nightly.get(night - dt.timedelta(days=7 * w))) for w in range(1, weeks + 1)]
+    same_weekday = [logged for logged in same_weekday if logged is not None]
+    if tonight is None or len(same_weekday) < min_weeks:
+        return None
+    spread = day_spread(nightly, night, weeks)
+    tau2, count = spread * spread, len(same_weekday)
+    level = sum(log for log, _ in same_weekday) / count
+    variance = tonight[1] + tau2 + sum(v + tau2 for _, v in same_weekday) / (count * count)
+    difference = tonight[0] - level
+    se = math.sqrt(variance)
+    z = difference / se if se > 0.0 else (0.0 if difference == 0.0 else math.copysign(math.inf, difference))
+    return NightVsBaseline(night, math.exp(tonight[0]), math.exp(level), math.expm1(difference), z, se, spread,
+                           count)
+
+
+def champion_check(nightly: Mapping[dt.date, Estimate], tonight: dt.date, *, weeks: int = 5, window: int = 7,
+                   k: float = 1.0, h: float = 1.4, drop: float = 0.05, min_weeks: int = 2,
+                   metric: str = "CTR@10") -> ChampionCheck:
+    """Automatic rollback of the champion: has its rate fallen, against the same weekday in the weeks
+    before, for long enough and by enough?
+
+    Each night of the last `window` (tonight included) is judged against its weekday baseline
+    (weekday_baseline: z). The statistic is a one-sided CUSUM (Page 1954) of the nightly falls, S =
+    max(0, the largest sum of (-z_i - k) over the runs of consecutive judged nights ending tonight): one
+    night must be worse than k + h standard errors, two consecutive nights together worse than 2k + h, and so
+    on, so a borderline night alone never rolls back, a sustained fall is caught within a night or two, and a
+    collapse at once. It is recomputed every night from the stored nights (no state carried between
+    nights); a night without a judgement (no traffic, too little history) ends a run.
+
+    "rollback" when S > h AND the run's nights fell more than `drop` (relative, their geometric mean against
+    their baselines): a significant 1% fall on millions of impressions is not worth a rollback. Else "keep".
+    nightly: each night's rate (ratio_of_sums of its per-user sums), by day; it needs `weeks` weeks and
+    `window` - 1 nights of history before tonight to judge every night of the window.
+    """
+    if window < 1 or k < 0.0 or h <= 0.0:
+        raise ValueError(f"need window >= 1, k >= 0 and h > 0, got {window}, {k} and {h}")
     if not 0.0 <= drop < 1.0:
         raise ValueError(f"drop must lie in [0, 1), got {drop}")
-    figures = (today.value, today.se, baseline.value, baseline.se)
-    if any(math.isnan(v) for v in figures):
-        return Decision("keep", f"today's {metric} or its trailing baseline is missing (nan): nothing to compare, "
-                                f"champion kept")
-    if baseline.value == 0.0:
-        return Decision("keep", f"the trailing baseline of {metric} is 0: no relative change to judge, champion kept")
-    difference = today.value - baseline.value
-    change = difference / baseline.value
-    z, _ = _z_and_p(difference, math.hypot(today.se, baseline.se))
-    p = float(stats.norm.cdf(z))  # one-sided: is today below the baseline?
-    said = (f"today's {metric} {today.value:.4g} vs trailing baseline {baseline.value:.4g} ({change:+.1%}, "
-            f"one-sided p={p:.3g})")
-    fell = change < -drop
-    significant = p < alpha
-    if fell and significant:
-        return Decision("rollback", f"{said} fell more than {drop:.0%} and significantly (p<{alpha:g}): rolled back")
-    if fell:
-        return Decision("keep", f"{said} fell more than {drop:.0%} but not significantly (p>={alpha:g}): kept")
-    return Decision("keep", f"{said} is not more than {drop:.0%} below the baseline: kept")
+    judged = [weekday_baseline(nightly, tonight - dt.timedelta(days=back), weeks, min_weeks)
+              for back in range(window - 1, -1, -1)]
+    last = judged[-1]
+    if last is None:
+        said = "has no rate" if _log_rate(nightly.get(tonight)) is None else (
+            f"has fewer than {min_weeks} {tonight:%A}s with a rate in the {weeks} weeks before")
+        return ChampionCheck("keep", f"tonight's {metric} {said}: nothing to compare it with, champion kept",
+                             (), 0.0, 0, NAN)
+    run: list[NightVsBaseline] = []
+    for night in reversed(judged):
+        if night is None:
+            break
+        run.insert(0, night)
+    nights = tuple(run)
+    best, total, length = 0.0, 0.0, 0
+    for back, night in enumerate(reversed(run), start=1):
+        total += -night.z - k
+        if total > best:
+            best, length = total, back
+    fell = math.expm1(sum(math.log1p(n.change) for n in run[-length:]) / length) if length else 0.0
+    said = (f"tonight's {metric} {last.rate:.4g} vs its weekday baseline {last.baseline:.4g} (the geometric mean of "
+            f"{last.weeks} {last.night:%A}s before: {last.change:+.1%}, z={last.z:.2f} with a day-to-day spread of "
+            f"{last.spread:.1%}); CUSUM of the nightly falls (sum of -z-{k:g}")
+    said += (f" over the last {length} night{'s' if length > 1 else ''}, which fell {fell:+.1%}) S={best:.2f}"
+             if length else ") S=0")
+    if best > h and fell < -drop:
+        return ChampionCheck("rollback", f"{said} > {h:g} and the fall is more than {drop:.0%}: rolled back",
+                             nights, best, length, fell)
+    if best > h:
+        return ChampionCheck("keep", f"{said} > {h:g} but the fall is not more than {drop:.0%}: kept", nights,
+                             best, length, fell)
+    return ChampionCheck("keep", f"{said} <= {h:g}: kept", nights, best, length, fell)
 
 
 def required_users(base_rate: float, relative_lift: float, impressions_per_user: float, icc_inflation: float = 1.0,

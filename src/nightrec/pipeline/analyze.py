@@ -9,8 +9,9 @@
    decision by rule (nightrec.modeling.experiment_stats): continue, stop early (significantly
    worse), promote the treatment's model (significantly better at the planned sample) or end with
    no difference; after its --until day it ends. Logged to MLflow: a run per experiment-night.
-3. The champion's CTR tonight against its trailing baseline: rolled back when it fell more than
-   `experiments.rollback_drop`, significantly.
+3. The champion's CTR, night by night, against the same weekday in the weeks before: rolled back when
+   the CUSUM of the nightly falls crosses its limit and those nights fell more than
+   `experiments.rollback_drop` (nightrec.modeling.experiment_stats.champion_check); an alert says so.
 4. With exploration on: the least-shown available items with their impression and click counts ->
    Redis `{<p>}:explore`, which the lookup samples from (nightrec.serving.exploration).
 
@@ -30,8 +31,9 @@ from nightrec.data.tables import attributes, window
 from nightrec.errors import PermanentError
 from nightrec.modeling import experiment_store, registry
 from nightrec.modeling.dataset import ItemFacts
-from nightrec.modeling.experiment_stats import compare, decide_variants, rollback_check
+from nightrec.modeling.experiment_stats import champion_check, compare, decide_variants
 from nightrec.modeling.online import group_metrics, item_outcomes, per_user, user_outcomes
+from nightrec.pipeline import alerts, nights
 from nightrec.pipeline.progress import Progress
 from nightrec.pipeline.runtime import stage_main
 from nightrec.serving import audit
@@ -154,6 +156,12 @@ def analyze_experiment(settings: Settings, stored: experiment_store.StoredExperi
         experiment_store.end(settings, f"{ds}: {action}: {reason}", status=experiment_store.ENDED,
                            actor=audit.night_actor(ds.isoformat()))
     experiment_store.log_night(settings, stored, ds, logged, action, reason, metric)
+    if action in ("promote", "stop"):
+        alerts.raise_alert(settings, alerts.Alert(
+            cause=f"experiment_decision:{e.id}:{action}", severity="warning", night=ds.isoformat(), stage="analyze",
+            summary=f"experiment {e.name} ended, {'promoted' if action == 'promote' else 'stopped'}: {reason}",
+            command="`nightrec experiment status`, then `nightrec status` (the champion tonight's training is "
+                    "gated against)", report=nights.report_uri(settings, ds)))
     result.experiment, result.decision, result.reason = e.name, action, reason
     result.variants = {name: {"users": m.users, "impressions": m.impressions, metric: round(m.ctr.value, 6),
                               f"{metric}_low": round(m.ctr.low, 6), f"{metric}_high": round(m.ctr.high, 6)}
@@ -173,35 +181,50 @@ def promote(settings: Settings, variant) -> str:
 
 def check_champion(spark: SparkSession, settings: Settings, ds: dt.date, outcomes: DataFrame,
                    result: AnalyzeResult) -> None:
-    """Production traffic (answers from the main lists) tonight vs the nights before."""
+    """Production traffic (answers from the main lists), night by night, against the same weekday in the
+    weeks before (experiment_stats.champion_check): per-user sums per night, one row per night to the driver."""
     x = settings.experiments
-    first = ds - dt.timedelta(days=x.baseline_nights)
+    first = ds - dt.timedelta(days=7 * x.baseline_weeks + x.rollback_window - 1)  # every night of the window judged
     main_lists = served_main_lists(settings)
     production = outcomes.where(F.col("dt").between(F.lit(first), F.lit(ds)) & F.col("personalized") & main_lists)
-    group = F.when(F.col("dt") == F.lit(ds), "today").otherwise("baseline")
-    metrics = group_metrics(per_user(production, group), x.alpha)
-    if "today" not in metrics or "baseline" not in metrics:
-        result.champion_check = "keep"
-        result.champion_reason = f"no production impressions {'tonight' if 'today' not in metrics else 'before'}"
-        return
-    decision = rollback_check(metrics["today"].ctr, metrics["baseline"].ctr, x.rollback_drop, x.alpha,
-                              f"CTR@{x.k}")
-    action, reason = decision.action, decision.reason
+    metrics = group_metrics(per_user(production, F.col("dt")), x.alpha)
+    nightly = {day: m.ctr for day, m in metrics.items()}
+    check = champion_check(nightly, ds, weeks=x.baseline_weeks, window=x.rollback_window, k=x.rollback_k,
+                           h=x.rollback_h, drop=x.rollback_drop, metric=f"CTR@{x.k}")
+    action, reason = check.action, check.reason
+    rolled_back = None
     if action == "rollback":
-        kept = reason_to_keep(spark, settings, ds, first, main_lists, result)
+        kept = reason_to_keep(spark, settings, ds, ds - dt.timedelta(days=x.rollback_window - 1), main_lists, result)
         if kept:
             action, reason = "keep", f"{reason.removesuffix(': rolled back')}; {kept}: kept"
         else:
             try:
-                old, new = registry.rollback(settings.mlflow.registered_model)
-                reason += f": champion version {old} -> {new}"
+                rolled_back = registry.rollback(settings.mlflow.registered_model)
+                reason += f": champion version {rolled_back[0]} -> {rolled_back[1]}"
                 audit.record(settings, "rollback", audit.night_actor(ds.isoformat()), settings.mlflow.registered_model,
-                             **{"from": old, "to": new, "reason": reason})
+                             **{"from": rolled_back[0], "to": rolled_back[1], "reason": reason})
             except PermanentError as error:
                 reason += f", but there is nothing to roll back to ({error})"
-    logged = {**metrics["today"].as_dict("today", x.k), **metrics["baseline"].as_dict("baseline", x.k)}
+            alert_rollback(settings, ds, check.reason.removesuffix(": rolled back"), rolled_back)
+    logged = {**check.as_dict(), **(metrics[ds].as_dict("today", x.k) if ds in metrics else {})}
     experiment_store.log_champion_check(settings, ds, logged, action, reason)
     result.champion_check, result.champion_reason = action, reason
+
+
+def alert_rollback(settings: Settings, ds: dt.date, said: str, rolled_back: tuple[str, str] | None) -> None:
+    """The champion check fell (`said`: what was compared, the statistic and its limit): the team hears of it,
+    rolled back or (nothing to roll back to) not; cause rollback:<model>:<night> (docs/runbook.md)."""
+    name = settings.mlflow.registered_model
+    if rolled_back:
+        summary = f"champion {name} rolled back from version {rolled_back[0]} to {rolled_back[1]}: {said}"
+        command = (f"`nightrec status`, then the MLflow run `champion check {ds}`; to undo: "
+                   f"`nightrec rollback --ds {ds} --to {rolled_back[0]}`")
+    else:
+        summary = f"champion {name} fell but there is no earlier version to roll back to: {said}"
+        command = f"`nightrec status`, then roll back by hand: `nightrec rollback --ds {ds} --to VERSION`"
+    alerts.raise_alert(settings, alerts.Alert(cause=f"rollback:{name}:{ds}", summary=summary, command=command,
+                                              severity="critical", night=ds.isoformat(), stage="analyze",
+                                              report=nights.report_uri(settings, ds)))
 
 
 def served_main_lists(settings: Settings) -> Column:
@@ -217,7 +240,7 @@ def served_main_lists(settings: Settings) -> Column:
 def reason_to_keep(spark: SparkSession, settings: Settings, ds: dt.date, first: dt.date, main_lists: Column,
                    result: AnalyzeResult) -> str | None:
     """Why a fall must not roll the champion back tonight, if there is a reason: the rollback judges the
-    version that served tonight's answers, once per baseline window."""
+    version that served tonight's answers, once per window (a rollback on `first` or later keeps)."""
     if result.decision == "promote":
         return "an experiment promoted a new champion tonight"
     name = settings.mlflow.registered_model
