@@ -76,3 +76,22 @@ CREATE TABLE IF NOT EXISTS nightrec.privacy_reports (
 CREATE TABLE IF NOT EXISTS nightrec.audit_log (
   id STRING, at TIMESTAMP, action STRING, actor STRING, target STRING, detail STRING
 ) USING DELTA LOCATION '${lake}/audit/log';
+
+-- Operations records, written in the stage's process with delta-rs (nightrec.pipeline.nights, alerts,
+-- nightrec.data.volume): figures and messages, no user ids.
+CREATE TABLE IF NOT EXISTS nightrec.ops_stage_runs (
+  night STRING, stage STRING, state STRING, finished_at TIMESTAMP, seconds DOUBLE, summary STRING, error STRING
+) USING DELTA LOCATION '${lake}/ops/stage_runs';
+
+CREATE TABLE IF NOT EXISTS nightrec.ops_day_profiles (
+  dt STRING, metric STRING, value DOUBLE
+) USING DELTA PARTITIONED BY (dt) LOCATION '${lake}/ops/day_profiles';
+
+CREATE TABLE IF NOT EXISTS nightrec.ops_alerts (
+  at TIMESTAMP, cause STRING, severity STRING, night STRING, stage STRING, summary STRING, command STRING,
+  report STRING, sent_to ARRAY<STRING>, failed ARRAY<STRING>, folded BOOLEAN, silenced STRING
+) USING DELTA LOCATION '${lake}/ops/alerts';
+
+CREATE TABLE IF NOT EXISTS nightrec.ops_silences (
+  at TIMESTAMP, prefix STRING, until TIMESTAMP, reason STRING, by STRING
+) USING DELTA LOCATION '${lake}/ops/silences';

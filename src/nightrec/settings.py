@@ -89,6 +89,7 @@ class ValidationSettings(_Section):
 class VolumeSettings(_Section):
     """Each day's volume and mix against the days before it (nightrec.data.volume, docs/runbook.md)."""
 
+    enabled: bool  # off: no profiles, no judgement (a source too young or too bursty to judge by its past)
     history_days: int = Field(ge=3)  # a day is compared with this many complete days before it
     min_history_days: int = Field(ge=3)  # with fewer days of history, the day is profiled, not judged
     warn_z: float = Field(gt=0)  # robust z-score (median and MAD of the history) that warns ...

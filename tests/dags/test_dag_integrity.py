@@ -63,8 +63,10 @@ def test_tasks_run_the_stages_in_order(dagbag):
     assert sorted(t.task_id for t in dag.tasks) == sorted(STAGE_ORDER)
     for upstream, downstream in zip(STAGE_ORDER, STAGE_ORDER[1:]):
         assert dag.get_task(upstream).downstream_task_ids == {downstream}
-    assert STAGE_ORDER[-1] == "housekeeping"  # retention runs once the night's work is live
-    assert dag.get_task("housekeeping").downstream_task_ids == set()
+    assert STAGE_ORDER[-2:] == ("housekeeping", "report")  # retention runs once the night's work is live
+    report = dag.get_task("report")  # then the night's report, whatever happened before it
+    assert report.is_teardown and report.downstream_task_ids == set()
+    assert [t.task_id for t in dag.leaves] == ["report"] and report.trigger_rule == "all_done_setup_success"
 
 
 def test_each_task_names_its_stage_directly(dagbag):

@@ -14,7 +14,7 @@ import redis
 from deltalake import DeltaTable
 
 from conftest import settings_environ
-from helpers import alert_receivers, days_ending, open_in_chromium, write_landing
+from helpers import alert_receivers, days_ending, open_in_chromium, synthetic_rows, write_csv, write_landing
 from nightrec.constants import STAGES
 from nightrec.serving.layout import Keys, decode_user
 
@@ -44,7 +44,7 @@ def snapshot(home: Path, client: redis.Redis) -> tuple[dict, dict]:
 
 def test_nightly_dag_runs_end_to_end_and_a_rerun_changes_nothing(tmp_path, redis_url):
     rows = write_landing(tmp_path / "landing", days_ending(DAY, 8), users=40, items=120)
-    env = {**os.environ, **settings_environ(tmp_path, redis_url)}
+    env = {**os.environ, **settings_environ(tmp_path, redis_url, volume__enabled="true")}
     before = time.time()
     first = run_dag(env)
     wall = time.time() - before
@@ -156,3 +156,26 @@ def test_bad_data_fails_the_run_with_the_reason_no_stack_trace_and_one_alert(tmp
     page = (tmp_path / "docs" / f"dt={DAY}" / "report.html").read_text()
     assert "<b>validate failed:</b> ValidationFailed: interactions failed validation" in page
     assert "class='state failed'" in page
+
+
+def test_a_night_with_a_tenth_of_the_usual_events_stops_before_training_and_says_why(tmp_path, redis_url):
+    landing = tmp_path / "landing"
+    write_landing(landing, days_ending(DAY - dt.timedelta(days=1), 8), users=40, items=120)  # 120 events a day
+    thin = synthetic_rows(DAY, users=4, items=120)  # a tenth of the users: a tenth of the events
+    write_csv(landing / "interactions" / f"dt={DAY}" / "events.csv", thin)
+    with alert_receivers() as received:
+        env = {**os.environ, **settings_environ(tmp_path, redis_url, volume__enabled="true"), **received.environ()}
+        night = subprocess.run([str(Path(sys.executable).with_name("nightrec")), "run", "--ds", str(DAY),
+                                "--lookback-days", "9"], env=env, capture_output=True, text=True, timeout=900)
+        received.wait(posts=2, mails=1)
+    assert night.returncode != 0 and "VolumeCheckFailed" in night.stdout, night.stdout[-3000:]
+    ran = DeltaTable(str(tmp_path / "lake" / "ops" / "stage_runs")).to_pyarrow_table().column("stage").to_pylist()
+    assert "validate" in ran and "train" not in ran  # stopped before training
+    (mail,) = received.mails
+    assert "validate failed after 1 try: VolumeCheckFailed: the day's volume or mix is far outside" in mail["Subject"]
+    assert "events 12 (usually 120, -90%)" in mail.get_content()
+    page = (tmp_path / "docs" / f"dt={DAY}" / "report.html").read_text()
+    assert "<b>validate failed:</b> VolumeCheckFailed" in page and "events 12 (usually 120, -90%)" in page
+    silver = DeltaTable(str(tmp_path / "lake" / "silver" / "interactions")).to_pyarrow_table(
+        partitions=[("dt", "=", str(DAY))])
+    assert silver.num_rows == len(thin)  # the lake keeps the day

@@ -187,9 +187,11 @@ def test_sql_table_definitions_match_the_tables_written(spark, pipeline):
 
     settings = pipeline[0]
     # the experiments' tables are checked where they are written: tests/spark/test_analyze.py, test_promotion.py;
-    # the records of requests in tests/integration/test_erasure.py
+    # the records of requests in tests/integration/test_erasure.py; the operations records in
+    # tests/spark/test_volume_checks.py
     elsewhere = {"silver_impressions", "quarantine_impressions", "silver_user_outcomes", "silver_item_outcomes",
-                 "gold_variant_recommendations", "privacy_requests", "privacy_reports", "audit_log"}
-    assert len(ddl_tables()) == 16
+                 "gold_variant_recommendations", "privacy_requests", "privacy_reports", "audit_log",
+                 "ops_stage_runs", "ops_day_profiles", "ops_alerts", "ops_silences"}
+    assert len(ddl_tables()) == 20
     for name in set(ddl_tables()) - elsewhere:
         assert_table_matches_ddl(spark, settings, name)

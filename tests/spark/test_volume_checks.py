@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from helpers import alert_receivers, days_ending, synthetic_rows, write_csv, write_landing
+from helpers import alert_receivers, assert_table_matches_ddl, days_ending, synthetic_rows, write_csv, write_landing
 from nightrec.data import lake
-from nightrec.pipeline import alerts, ingest, validate
+from nightrec.pipeline import alerts, ingest, nights, validate
 
 DAY = dt.date(2024, 3, 15)
 
@@ -26,7 +26,7 @@ def night(spark, settings, day: dt.date, lookback: int = 1):
 
 def test_a_thin_day_fails_validate_a_busier_one_warns_and_a_silence_accepts(spark, make_settings):
     with alert_receivers() as received:
-        settings = make_settings(**received.settings())
+        settings = make_settings(volume__enabled="true", **received.settings())
         write_landing(Path(settings.path("landing")), days_ending(DAY - dt.timedelta(days=1), 14))  # 180 rows a day
         thin = land(settings, DAY, users=6)  # a tenth of the users, a tenth of the events
         with pytest.raises(validate.VolumeCheckFailed, match=r"events 18 \(usually 180, -90%\)") as failed:
@@ -51,3 +51,7 @@ def test_a_thin_day_fails_validate_a_busier_one_warns_and_a_silence_accepts(spar
         assert accepted.volume == "accepted" and accepted.volume_findings
         assert [r["silenced"] for r in alerts.recorded(settings, str(DAY))] == [f"volume:{DAY}"]
     assert len(received.mails) == 1  # the silenced one was kept, not sent
+
+    nights.record_stage(settings, DAY, "validate", "success", 12.5, {"rows": thin})
+    for name in ("ops_stage_runs", "ops_day_profiles", "ops_alerts", "ops_silences"):
+        assert_table_matches_ddl(spark, settings, name)

@@ -42,7 +42,7 @@ class ValidateResult:
     bad_rows_by_rule: dict[str, int]
     gx_unexpected: dict[str, int]
     data_docs: str | None
-    volume: str = "unjudged"  # ok, warn, accepted (a fail under a silence) or unjudged (short history)
+    volume: str = "unjudged"  # ok, warn, accepted (a fail under a silence), unjudged (short history) or off
     volume_findings: list[str] = field(default_factory=list)  # the figures outside the ok band
 
 
@@ -57,6 +57,8 @@ def run(spark: SparkSession, settings: Settings, ds: dt.date, lookback_days: int
         result = _route(spark, settings, ds, days, checked, rule_list, progress)
     finally:
         checked.unpersist()
+    if not settings.volume.enabled:
+        return replace(result, volume="off")
     with progress.step("volume and mix against the days before"):
         findings = check_volume(spark, settings, ds, days)
     return replace(result, **act_on_volume(settings, ds, findings))
