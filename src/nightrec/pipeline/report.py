@@ -17,6 +17,7 @@ import json
 import logging
 import statistics
 from dataclasses import dataclass, field
+from functools import partial
 
 from redis.exceptions import RedisError
 
@@ -43,6 +44,11 @@ class ReportResult:
 
 # --- Facts ---
 
+def summary_of(runs: dict[str, dict], stage: str) -> dict:
+    """A stage's summary in the night's runs ({} when it did not run or failed)."""
+    return runs.get(stage, {}).get("summary", {})
+
+
 def night_state(runs: dict[str, dict]) -> tuple[str, str | None]:
     failed = next((s for s in STAGES if runs.get(s, {}).get("state") == "failed"), None)
     if failed:
@@ -61,7 +67,7 @@ def champion_ndcg(train: dict, metric: str) -> float | None:
 def night_record(settings: Settings, ds: dt.date, runs: dict[str, dict]) -> dict:
     """What /healthz and /metrics tell about the night (the service reads it from Redis)."""
     state, failed = night_state(runs)
-    get = lambda stage: runs.get(stage, {}).get("summary", {})  # noqa: E731
+    get = partial(summary_of, runs)
     train, k = get("train"), settings.model.eval_k
     coverage = None
     if train:
@@ -226,7 +232,7 @@ def render(settings: Settings, ds: dt.date, history: dict[str, dict[str, dict]],
            night_alerts: list[dict]) -> str:
     runs = history.get(ds.isoformat(), {})
     state, failed = night_state(runs)
-    get = lambda stage: runs.get(stage, {}).get("summary", {})  # noqa: E731
+    get = partial(summary_of, runs)
     ingest, validate, train = get("ingest"), get("validate"), get("train")
     publish, analyze = get("publish"), get("analyze")
     out = [f"<!doctype html><html><head><meta charset='utf-8'><title>nightrec night {ds}</title>"
@@ -384,7 +390,7 @@ def run(settings: Settings, ds: dt.date) -> ReportResult:
 
 
 def terminal_summary(runs: dict[str, dict]) -> list[str]:
-    get = lambda stage: runs.get(stage, {}).get("summary", {})  # noqa: E731
+    get = partial(summary_of, runs)
     lines = []
     if get("validate"):
         v = get("validate")
