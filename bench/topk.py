@@ -1,4 +1,5 @@
-"""Top-100 generation: nightrec.modeling.topk vs Spark's ALSModel.recommendForAllUsers(100), same factors.
+"""Top-100 generation: nightrec.modeling.topk vs Spark's ALSModel.recommendForAllUsers(100), same factors;
+then the nightly path (a blend, its rules, lists packed for Redis) part by part against the FLOP bound.
 
     .venv/bin/python bench/topk.py --users 100000 --items 20000 --rank 64
 
@@ -12,6 +13,7 @@ this machine's best float32 matmul rate (big blocks, all cores): no exact method
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import sys
 import time
 
@@ -20,7 +22,10 @@ from pyspark.ml.recommendation import ALS
 from pyspark.sql import functions as F
 
 from nightrec.data.spark import get_spark
-from nightrec.modeling.topk import factor_matrix, top_k_unseen
+from nightrec.modeling.candidates.als import AlsComponent
+from nightrec.modeling.candidates.itemknn import ItemKnnComponent
+from nightrec.modeling.scoring import Bundle, Rules, Spent, SpentSum, recommend, user_rows
+from nightrec.modeling.topk import factor_matrix, matmul_rate, top_k_unseen
 from nightrec.settings import load_settings
 
 
@@ -30,25 +35,13 @@ def timed(action) -> tuple[float, object]:
     return time.perf_counter() - started, result
 
 
-def matmul_rate(rank: int) -> float:
-    """Best float32 FLOP/s of numpy matmul here: big output blocks, all cores, best of 5 runs."""
-    rng = np.random.default_rng(0)
-    best = 0.0
-    for rows, cols in [(1024, 4096), (2048, 8192), (4096, 4096)]:
-        a, b = rng.normal(size=(rows, rank)).astype(np.float32), rng.normal(size=(rank, cols)).astype(np.float32)
-        out = np.empty((rows, cols), dtype=np.float32)
-        for _ in range(5):
-            seconds, _ = timed(lambda: np.matmul(a, b, out=out))  # noqa: B023 (timed calls it within this iteration)
-            best = max(best, 2 * rows * rank * cols / seconds)
-    return best
-
-
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--users", type=int, default=100_000)
     parser.add_argument("--items", type=int, default=20_000)
     parser.add_argument("--rank", type=int, default=64)
     parser.add_argument("--k", type=int, default=100)
+    parser.add_argument("--head", type=int, default=5000, help="items the item-item model covers (the nightly path)")
     args = parser.parse_args(argv)
     spark = get_spark(load_settings(), "nightrec-bench-topk")
     cores = spark.sparkContext.defaultParallelism
@@ -85,7 +78,7 @@ def main(argv: list[str]) -> None:
 
     flop_bound = 2 * n_users * n_items * args.rank / matmul_rate(args.rank)
     print(f"\n$ .venv/bin/python bench/topk.py --users {args.users} --items {args.items} --rank {args.rank} "
-          f"--k {args.k}")
+          f"--k {args.k} --head {args.head}")
     print(f"{n_users} users x {n_items} items, rank {args.rank}, top {args.k}, {cores} cores\n")
     print("| method                                    | seconds | vs recommendForAllUsers |")
     print("|-------------------------------------------|--------:|------------------------:|")
@@ -96,6 +89,44 @@ def main(argv: list[str]) -> None:
     print(f"\nexactness on {len(mine)} users, nothing excluded, vs recommendForAllUsers: identical lists {same}, "
           f"identical sets {same_sets} (order differs only on float ties)")
     print(f"exactness on {len(unseen)} users, seen items excluded, vs numpy full sort: identical lists {same_unseen}")
+
+    blend_seconds, spent = nightly_blend(items, interactions, args.k, args.head)
+    rate = matmul_rate(args.rank, threads=1)
+    print(f"\nThe nightly path (nightrec.modeling.scoring.recommend) on the same factors: ALS folded in from each "
+          f"user's history, blended with an item-item model over the {min(args.head, n_items):,} most popular "
+          f"items, at most 40 items of one of 20 categories per list, lists packed for Redis: "
+          f"{blend_seconds:.2f} s, {blend_seconds / flop_bound:.1f}x the ALS matmul's FLOP bound\n")
+    print("| part | core-s | ns per (user, item) pair | share of its FLOP bound (one core) |")
+    print("|---|--:|--:|--:|")
+    pairs = max(spent.pairs, 1)
+    for part, seconds in sorted(spent.seconds.items(), key=lambda kv: -kv[1]):
+        bound = spent.flop.get(part, 0.0) / rate
+        print(f"| {part} | {seconds:.2f} | {seconds / pairs * 1e9:.2f} | "
+              f"{f'{bound / seconds:.0%}' if bound > 0 else '–'} |")
+    total = sum(spent.seconds.values())
+    print(f"| all | {total:.2f} | {total / pairs * 1e9:.2f} | {sum(spent.flop.values()) / rate / total:.0%} |")
+
+
+def nightly_blend(items, interactions, k: int, head: int):
+    """Seconds of recommend() over every user, and where the time went (Spent)."""
+    spark = items.sparkSession
+    arrow = items.toArrow()
+    item_ids, matrix = factor_matrix(arrow.column("id").combine_chunks(), arrow.column("features").combine_chunks())
+    head = min(head, len(item_ids))
+    rng = np.random.default_rng(0)  # the weights' values do not change the cost
+    knn = ItemKnnComponent(np.arange(head), (rng.normal(size=(head, head)) * 0.01).astype(np.float32))
+    rules = Rules(categories=(item_ids % 20).astype(np.int32), max_per_category=40)
+    bundle = Bundle(item_ids, {"als": AlsComponent(matrix, alpha=0.3, reg_param=0.15), "itemknn": knn},
+                    {"als": 0.5, "itemknn": 0.5}, rules)
+    as_of = dt.datetime(2024, 1, 1)
+    feedback = interactions.groupBy("user_id", "item_id").agg(F.sum("strength").cast("float").alias("strength"))
+    rows = user_rows(feedback.withColumn("last_ts", F.lit(as_of)), as_of, 90.0).cache()
+    rows.count()
+    spent = spark.sparkContext.accumulator(Spent(), SpentSum())
+    seconds, _ = timed(lambda: recommend(bundle, rows, k, serving_values=True, spent=spent)
+                       .write.format("noop").mode("overwrite").save())
+    rows.unpersist()
+    return seconds, spent.value
 
 
 def brute_force_unseen(users, items, seen, k: int) -> dict[int, list[int]]:

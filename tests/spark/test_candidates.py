@@ -15,7 +15,7 @@ from nightrec.modeling import dataset, recipe, search, training
 from nightrec.modeling.candidates import itemknn
 from nightrec.modeling.candidates.popularity import ranked_lists, segment_lists
 from nightrec.modeling.fallbacks import new_user_recs
-from nightrec.modeling.scoring import recommend, user_block
+from nightrec.modeling.scoring import Spent, SpentSum, recommend, user_block
 
 AS_OF = dt.datetime(2024, 6, 1, tzinfo=dt.timezone.utc)
 FEEDBACK_SCHEMA = "user_id int, item_id int, strength float, last_ts timestamp"
@@ -131,8 +131,12 @@ def test_spark_scoring_equals_the_driver_for_a_blend(spark):
     bundles, _ = search.fit_bundles(data, selection, opts)
     hybrid = bundles[recipe.HYBRID]
     rows = data.user_rows()
+    spent = spark.sparkContext.accumulator(Spent(), SpentSum())
     in_spark = {r.user_id: (r.item_ids, r.scores)
-                for r in recommend(hybrid, rows, 5, scores_per_block=48 * 5).collect()}
+                for r in recommend(hybrid, rows, 5, scores_per_block=48 * 5, spent=spent).collect()}
+    # every task's time came back: each of the 40 users against the 48 items, part by part
+    assert spent.value.pairs == 40 * 48
+    assert {"score als", "score itemknn", "score popularity", "selection"} <= set(spent.value.seconds)
     batch = rows.orderBy("user_id").toArrow().combine_chunks().to_batches()[0]
     on_driver = hybrid.ranked(user_block(batch, data.catalog), 5).to_pylist()
     assert len(in_spark) == 40

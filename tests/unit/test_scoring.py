@@ -5,8 +5,11 @@ import pyarrow as pa
 import pytest
 import scipy.sparse as sp
 
+from nightrec.modeling.candidates.als import AlsComponent
+from nightrec.modeling.candidates.itemknn import ItemKnnComponent
 from nightrec.modeling.candidates.popularity import PopularityComponent
-from nightrec.modeling.scoring import Bundle, Rules, UserBlock, cap_categories, standardize, user_block
+from nightrec.modeling.scoring import Bundle, Rules, Spent, UserBlock, standardize, user_block
+from nightrec.modeling.topk import best_k
 
 
 class Fixed:
@@ -42,9 +45,10 @@ def test_consumed_and_unavailable_items_are_never_recommended():
 def test_category_cap_keeps_at_most_n_per_category_in_score_order():
     scores = np.array([[9, 8, 7, 6, 5, 4, 3, 2]], dtype=np.float32)
     categories = np.array([0, 0, 0, 1, 1, 0, -1, 1])
-    cap_categories(scores, categories, cap=2, k=8)
-    kept = np.flatnonzero(np.isfinite(scores[0])).tolist()
-    assert kept == [0, 1, 3, 4, 6]  # third item of category 0 dropped, as is the third of category 1; -1 uncapped
+    got = best_k(np.array([1]), scores, np.arange(10, 18), 8, categories=categories, cap=2)
+    # third item of category 0 passed over, as is the third of category 1; -1 uncapped
+    assert got.column("item_ids").to_pylist() == [[10, 11, 13, 14, 16]]
+    assert got.column("scores").to_pylist() == [[9, 8, 6, 5, 3]]
 
 
 def test_category_cap_through_the_bundle_fills_the_list_with_other_categories():
@@ -73,6 +77,46 @@ def test_blend_standardises_components_so_scale_does_not_decide():
     blended = even.scores(block_of([[]], 3))
     np.testing.assert_allclose(blended, 0.5 * standardize(big.scores) + 0.5 * standardize(small.scores), rtol=1e-6)
     assert blended[0].argmax() == 2  # raw sums would follow the bigger scale and pick item 0
+
+
+def random_hybrid(rng, n_users=40, n_items=300, covered=60, rules=None):
+    """ALS, item-item over the head and a plain dense component, blended; random histories."""
+    als = AlsComponent(rng.normal(size=(n_items, 8)).astype(np.float32), alpha=0.3, reg_param=0.1)
+    als.item_factors[rng.random(n_items) < 0.1] = 0  # items the fit never saw
+    knn = ItemKnnComponent(np.sort(rng.choice(n_items, covered, replace=False)),
+                           rng.normal(size=(covered, covered)).astype(np.float32))
+    dense = Fixed(rng.normal(loc=50, size=(n_users, n_items)))  # far from zero: its centring matters
+    bundle = Bundle(np.arange(1000, 1000 + n_items), {"als": als, "itemknn": knn, "dense": dense},
+                    {"itemknn": 0.3, "als": 0.5, "dense": 0.2}, rules or Rules())
+    block = block_of([list(rng.choice(n_items, rng.integers(0, 30), replace=False)) for _ in range(n_users)], n_items)
+    return bundle, block
+
+
+def test_the_blend_is_each_component_standardised_and_weighted_however_it_is_computed():
+    bundle, block = random_hybrid(np.random.default_rng(5))
+    textbook = sum(w * standardize(bundle.components[name].score(block)) for name, w in bundle.weights.items())
+    np.testing.assert_allclose(bundle.scores(block), textbook, rtol=1e-4, atol=1e-4)
+
+
+def test_ranked_lists_are_the_textbook_blend_after_the_rules():
+    rng = np.random.default_rng(9)
+    n_items, cap, k = 300, 3, 20
+    categories = rng.integers(-1, 6, n_items).astype(np.int32)
+    unavailable = rng.random(n_items) < 0.05
+    bundle, block = random_hybrid(rng, n_items=n_items,
+                                  rules=Rules(unavailable=unavailable, categories=categories, max_per_category=cap))
+    textbook = sum(w * standardize(bundle.components[name].score(block)) for name, w in bundle.weights.items())
+    got = bundle.ranked(block, k)
+    for row, (items, scores) in enumerate(zip(lists(got), got.column("scores").to_pylist())):
+        seen = set(block.history[row].indices)
+        expected, taken = [], {}
+        for i in np.argsort(-textbook[row], kind="stable")[:4 * k]:
+            if i in seen or unavailable[i] or (categories[i] >= 0 and taken.get(categories[i], 0) >= cap):
+                continue
+            taken[categories[i]] = taken.get(categories[i], 0) + 1
+            expected.append(i)
+        assert items == [int(bundle.item_ids[i]) for i in expected[:k]], row
+        np.testing.assert_allclose(scores, textbook[row][expected[:k]], rtol=1e-4, atol=1e-4)
 
 
 def test_popularity_scores_every_user_alike():
@@ -163,3 +207,22 @@ def test_validation_sample_scores_in_user_blocks_exactly_as_in_one_piece():
         blend = 0.3 * standardize(a.scores) + 0.7 * standardize(b.scores)
         assert (shortlist.ndcg(0.3 * shortlist.z["a"] + 0.7 * shortlist.z["b"])
                 == pytest.approx(dense_ndcg(blend, unavailable)))
+
+
+def test_spent_says_where_scoring_time_goes_and_how_close_to_the_flop_bound():
+    bundle, block = random_hybrid(np.random.default_rng(2), n_users=30, n_items=2000)
+    spent = Spent()
+    bundle.ranked(block, 10, spent)
+    assert spent.pairs == 30 * 2000
+    assert set(spent.seconds) == {"score als", "score itemknn", "score dense", "blend", "rules (seen, unavailable)",
+                                  "selection"}
+    assert spent.flop["score als"] >= 2 * 30 * 2000 * 8  # the matmul alone
+    assert spent.flop["selection"] == 0
+    both = Spent().merge(spent).merge(spent)
+    assert both.pairs == 2 * spent.pairs and both.seconds["blend"] == 2 * spent.seconds["blend"]
+    lines = spent.lines(flop_rate=1e9)
+    assert lines[0].startswith(f"{sum(spent.seconds.values()):.1f} core-s over 60,000 (user, item) pairs")
+    als = next(line for line in lines if "score als" in line)
+    share = spent.flop["score als"] / 1e9 / spent.seconds["score als"]
+    assert als.endswith(f", {share:.0%} of its FLOP bound")
+    assert "FLOP bound" not in next(line for line in lines if "selection" in line)

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
 
 import numpy as np
 import pyarrow as pa
 import scipy.sparse as sp
-from pyspark import TaskContext
+from numba import njit
+from pyspark import AccumulatorParam, TaskContext
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from threadpoolctl import threadpool_limits
@@ -26,7 +29,6 @@ from nightrec.modeling.topk import SCORES_PER_BLOCK, best_k
 from nightrec.serving.layout import encode_many
 
 OUTPUT_SCHEMA = "user_id int, item_ids array<int>, scores array<float>"
-CANDIDATES_PER_SLOT = 4  # with a category cap, look this many times k deep for capped replacements
 
 
 @dataclass
@@ -80,6 +82,51 @@ class Rules:
 
 
 @dataclass
+class Spent:
+    """Where scoring's time goes: core-seconds and floating-point operations by part, summed over
+    blocks (and over Spark tasks: SpentSum). A part's FLOP bound is its operations at the best
+    matmul rate of one core; arithmetic parts are judged against it, the rest by ns per pair."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+    flop: dict[str, float] = field(default_factory=dict)
+    pairs: int = 0  # (user, catalog item) pairs scored
+
+    @contextmanager
+    def part(self, name: str, flop: float = 0.0):
+        started = time.perf_counter()
+        yield
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
+        self.flop[name] = self.flop.get(name, 0.0) + flop
+
+    def merge(self, other: Spent) -> Spent:
+        for name, seconds in other.seconds.items():
+            self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+            self.flop[name] = self.flop.get(name, 0.0) + other.flop.get(name, 0.0)
+        self.pairs += other.pairs
+        return self
+
+    def lines(self, flop_rate: float) -> list[str]:
+        """A line per part, largest first: core-seconds, ns per pair, share of its FLOP bound."""
+        pairs, total = max(self.pairs, 1), sum(self.seconds.values())
+        lines = [f"{total:.1f} core-s over {self.pairs:,} (user, item) pairs: {total / pairs * 1e9:.2f} ns per pair"]
+        for name, seconds in sorted(self.seconds.items(), key=lambda kv: -kv[1]):
+            bound = self.flop.get(name, 0.0) / flop_rate
+            share = f", {bound / seconds:.0%} of its FLOP bound" if bound > 0 and seconds > 0 else ""
+            lines.append(f"  {name}: {seconds:.1f} core-s, {seconds / pairs * 1e9:.2f} ns per pair{share}")
+        return lines
+
+
+class SpentSum(AccumulatorParam):
+    """Spent, summed over Spark tasks."""
+
+    def zero(self, value: Spent) -> Spent:
+        return Spent()
+
+    def addInPlace(self, a: Spent, b: Spent) -> Spent:
+        return a.merge(b)
+
+
+@dataclass
 class Bundle:
     item_ids: np.ndarray                     # the catalog, sorted ascending
     components: dict[str, Component]
@@ -89,64 +136,113 @@ class Bundle:
 
     def scores(self, block: UserBlock) -> np.ndarray:
         """Blended scores: each component standardised per user (scales differ), then weighted."""
+        total, shift = self.blend(block, Spent())
+        return total if shift is None else total + shift[:, None].astype(np.float32)
+
+    def blend(self, block: UserBlock, spent: Spent) -> tuple[np.ndarray, np.ndarray | None]:
+        """The blend up to a constant per user, and that constant (None for a single component).
+
+        Σ w·(s − μ)/σ = Σ (w/σ)·s − Σ w·μ/σ: the order needs only the first sum, and a component can
+        give it without a pass of its own: ALS scales its user factors before the matmul (μ and σ
+        from its item factors), the item-item model adds its covered columns only. The second sum
+        is added to the k scores kept."""
         used = [(name, w) for name, w in self.weights.items() if w > 0]
         if len(used) == 1:
-            return self.components[used[0][0]].score(block).astype(np.float32, copy=False)
-        total = None
-        for name, weight in used:
-            part = standardize(self.components[name].score(block), np.float32(weight))
-            total = part if total is None else np.add(total, part, out=total)
-        return total
+            component = self.components[used[0][0]]
+            with spent.part(f"score {used[0][0]}", _flop(component, block)):
+                return component.score(block).astype(np.float32, copy=False), None
+        n_users, n_items = len(block.user_ids), len(self.item_ids)
+        total, shift = None, np.zeros(n_users)
+        sparse = [(name, w) for name, w in used if hasattr(self.components[name], "covered_scores")]
+        for name, weight in [u for u in used if u not in sparse] + sparse:
+            component = self.components[name]
+            if hasattr(component, "covered_scores"):  # zero outside a few columns
+                with spent.part(f"score {name}", _flop(component, block)):
+                    columns, part = component.covered_scores(block)
+                with spent.part("blend"):
+                    mean, std = row_moments(part, n_items)
+                    total = np.zeros((n_users, n_items), dtype=np.float32) if total is None else total
+                    total[:, columns] += part * (weight / std).astype(np.float32)[:, None]
+                    shift -= weight * mean / std
+                continue
+            with spent.part(f"score {name}", _flop(component, block)):
+                if hasattr(component, "scaled_scores"):  # (w/σ)·s straight from its arithmetic
+                    part, mean, std = component.scaled_scores(block, weight)
+                    shift -= weight * mean / std
+                else:
+                    part = component.score(block)
+            with spent.part("blend"):
+                if not hasattr(component, "scaled_scores"):
+                    part = standardize(part, np.float32(weight))
+                total = part if total is None else np.add(total, part, out=total)
+        return total, shift
 
-    def ranked(self, block: UserBlock, k: int) -> pa.RecordBatch:
+    def ranked(self, block: UserBlock, k: int, spent: Spent | None = None) -> pa.RecordBatch:
         """Top-k per user after the rules: unseen, available, category cap."""
-        scores = self.scores(block)
-        scores[block.history.nonzero()] = -np.inf
-        if self.rules.unavailable is not None:
-            scores[:, self.rules.unavailable] = -np.inf
-        if self.rules.categories is not None and self.rules.max_per_category:
-            cap_categories(scores, self.rules.categories, self.rules.max_per_category, k)
-        return best_k(block.user_ids, scores, self.item_ids, min(k, len(self.item_ids)))
+        spent = spent if spent is not None else Spent()
+        scores, shift = self.blend(block, spent)
+        with spent.part("rules (seen, unavailable)"):
+            scores[block.history.nonzero()] = -np.inf
+            if self.rules.unavailable is not None:
+                scores[:, self.rules.unavailable] = -np.inf
+        capped = self.rules.categories is not None and self.rules.max_per_category
+        with spent.part("selection (category cap included)" if capped else "selection"):
+            ranked = best_k(block.user_ids, scores, self.item_ids, min(k, len(self.item_ids)), shift=shift,
+                            categories=self.rules.categories if capped else None, cap=self.rules.max_per_category)
+        spent.pairs += scores.size
+        return ranked
 
     def with_rules(self, rules: Rules) -> Bundle:
         return dataclasses.replace(self, rules=rules)
 
 
+def _flop(component: Component, block: UserBlock) -> float:
+    """A component's floating-point operations for a block (0 when it does not say)."""
+    return float(component.flop(block)) if hasattr(component, "flop") else 0.0
+
+
 def standardize(scores: np.ndarray, weight: float = 1.0) -> np.ndarray:
-    """Per-row z-score times weight, in place on a float32 array (a component's fresh scores: at a
-    100k catalog the temporaries of the textbook formula cost as much as the ALS matmul); a
+    """Per-row z-score times weight, in place on a float32 array, in one read and one write of it
+    (a component's fresh scores: at a 100k catalog a pass costs as much as the ALS matmul); a
     constant row becomes zeros."""
-    scores = scores.astype(np.float32, copy=False)
-    scores -= scores.mean(axis=1, keepdims=True)
-    # after centring, the variance is the mean square (einsum: no squared temporary)
-    std = np.sqrt(np.einsum("ij,ij->i", scores, scores) / np.float32(scores.shape[1]))[:, None]
-    scores *= np.float32(weight) / np.where(std > 0, std, np.float32(1.0))
+    scores = np.ascontiguousarray(scores, dtype=np.float32)
+    mean, std = row_moments(scores, scores.shape[1])
+    _center_and_scale(scores, mean.astype(np.float32), (weight / std).astype(np.float32))
     return scores
 
 
-def cap_categories(scores: np.ndarray, categories: np.ndarray, cap: int, k: int) -> None:
-    """In place: walking each row best first, an item whose category already has `cap` items above
-    it is dropped (-inf). Only the CANDIDATES_PER_SLOT x k best are walked; the rest are dropped."""
-    n_rows, n_items = scores.shape
-    depth = min(n_items, CANDIDATES_PER_SLOT * k)
-    top = np.argpartition(-scores, depth - 1, axis=1)[:, :depth]
-    order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
-    top = np.take_along_axis(top, order, axis=1)
-    cats = categories[top]
-    # Occurrence number of each candidate within its category, in score order.
-    by_cat = np.argsort(cats, axis=1, kind="stable")
-    sorted_cats = np.take_along_axis(cats, by_cat, axis=1)
-    positions = np.broadcast_to(np.arange(depth), (n_rows, depth))
-    new_run = np.ones_like(sorted_cats, dtype=bool)
-    new_run[:, 1:] = sorted_cats[:, 1:] != sorted_cats[:, :-1]
-    run_start = np.maximum.accumulate(np.where(new_run, positions, 0), axis=1)
-    occurrence = np.empty_like(by_cat)
-    np.put_along_axis(occurrence, by_cat, positions - run_start, axis=1)
-    allowed = np.zeros(scores.shape, dtype=bool)
-    keep = (occurrence < cap) | (cats < 0)
-    rows = np.broadcast_to(np.arange(n_rows)[:, None], top.shape)
-    allowed[rows[keep], top[keep]] = True
-    scores[~allowed] = -np.inf
+def row_moments(scores: np.ndarray, n_columns: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's mean and standard deviation over n_columns, the columns beyond the array's being
+    zeros; a standard deviation of 0 is reported as 1 (a constant row stays constant)."""
+    sums, squares = _sums(np.ascontiguousarray(scores, dtype=np.float32))
+    mean = sums / max(n_columns, 1)
+    variance = np.maximum(squares / max(n_columns, 1) - mean * mean, 0.0)
+    std = np.sqrt(variance)
+    # a variance at float32 rounding of the mean's square is a constant row
+    return mean, np.where(std > 1e-6 * np.maximum(np.abs(mean), 1e-30), std, 1.0)
+
+
+@njit(nogil=True, cache=True)
+def _sums(scores):
+    """Each row's sum and sum of squares, in float64: one read of the array."""
+    n_rows, n_columns = scores.shape
+    sums, squares = np.zeros(n_rows), np.zeros(n_rows)
+    for r in range(n_rows):
+        total, total_sq = 0.0, 0.0
+        for j in range(n_columns):
+            v = np.float64(scores[r, j])
+            total += v
+            total_sq += v * v
+        sums[r], squares[r] = total, total_sq
+    return sums, squares
+
+
+@njit(nogil=True, cache=True)
+def _center_and_scale(scores, mean, scale):
+    for r in range(scores.shape[0]):
+        m, c = mean[r], scale[r]
+        for j in range(scores.shape[1]):
+            scores[r, j] = (scores[r, j] - m) * c
 
 
 def user_rows(feedback: DataFrame, as_of: dt.datetime, half_life_days: float) -> DataFrame:
@@ -160,20 +256,26 @@ def user_rows(feedback: DataFrame, as_of: dt.datetime, half_life_days: float) ->
 
 
 def recommend(bundle: Bundle, users: DataFrame, k: int, scores_per_block: int = SCORES_PER_BLOCK,
-              serving_values: bool = False) -> DataFrame:
+              serving_values: bool = False, spent=None) -> DataFrame:
     """users: user_rows(...) of the users to score. Returns (user_id, item_ids, scores), best first;
     with serving_values also `value`, each list packed as Redis stores it (done here, where the lists
-    are numpy arrays already, so the loader only moves bytes)."""
+    are numpy arrays already, so the loader only moves bytes). spent: an accumulator of Spent
+    (SpentSum) that each task adds its time to."""
     spark = users.sparkSession
     shared = spark.sparkContext.broadcast(bundle)
 
     def score(batches):
-        model = shared.value
+        model, mine = shared.value, Spent()
         # Spark already runs one task per core: more BLAS threads per task would only oversubscribe.
         with threadpool_limits(TaskContext.get().cpus()):
             for batch in batches:
-                for ranked in _score_batch(model, batch, k, scores_per_block):
-                    yield with_serving_value(ranked) if serving_values else ranked
+                for ranked in _score_batch(model, batch, k, scores_per_block, mine):
+                    if serving_values:
+                        with mine.part("serving values"):
+                            ranked = with_serving_value(ranked)
+                    yield ranked
+        if spent is not None:
+            spent.add(mine)
 
     return users.mapInArrow(score, OUTPUT_SCHEMA + (", value binary" if serving_values else ""))
 
@@ -188,11 +290,13 @@ def with_serving_value(lists: pa.RecordBatch) -> pa.RecordBatch:
                                       names=[*lists.schema.names, "value"])
 
 
-def _score_batch(bundle: Bundle, batch: pa.RecordBatch, k: int, scores_per_block: int):
+def _score_batch(bundle: Bundle, batch: pa.RecordBatch, k: int, scores_per_block: int, spent: Spent):
     n_items = len(bundle.item_ids)
     block_rows = max(1, scores_per_block // max(n_items, 1))
     for start in range(0, batch.num_rows, block_rows):
-        yield bundle.ranked(user_block(batch.slice(start, block_rows), bundle.item_ids), k)
+        with spent.part("user rows to matrices"):
+            block = user_block(batch.slice(start, block_rows), bundle.item_ids)
+        yield bundle.ranked(block, k, spent)
 
 
 def user_block(batch: pa.RecordBatch, item_ids: np.ndarray) -> UserBlock:

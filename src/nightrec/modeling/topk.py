@@ -8,6 +8,8 @@ the smaller item id.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pyarrow as pa
 from numba import njit
@@ -22,7 +24,25 @@ SCORES_PER_BLOCK = 1 << 21  # float32 scores per matmul block (8 MB): small bloc
 # blocks (32 MB) score ~20% faster than ~100-user ones.
 TOP_K_SCORES_PER_BLOCK = 1 << 23
 GROUPS_PER_SLOT = 4  # best_k cuts a row into 4k groups; see _select
+CAP_DEPTH = 4  # with a category cap, the best 4k are walked for items of other categories
 LOWEST = np.float32(np.finfo(np.float32).min)
+
+
+def matmul_rate(rank: int = 64, threads: int | None = None) -> float:
+    """Best float32 FLOP/s of numpy matmul here at this rank (big output blocks, best of 3), on
+    `threads` BLAS threads (None: all): the arithmetic no exact scoring can beat."""
+    rng = np.random.default_rng(0)
+    best = 0.0
+    with threadpool_limits(threads):
+        for rows, cols in [(1024, 4096), (2048, 8192)]:
+            a = rng.normal(size=(rows, rank)).astype(np.float32)
+            b = rng.normal(size=(rank, cols)).astype(np.float32)
+            out = np.empty((rows, cols), dtype=np.float32)
+            for _ in range(3):
+                started = time.perf_counter()
+                np.matmul(a, b, out=out)
+                best = max(best, 2 * rows * rank * cols / (time.perf_counter() - started))
+    return best
 
 
 def factor_matrix(ids: pa.Array, features: pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -88,21 +108,65 @@ def _mask_seen(scores: np.ndarray, seen: pa.ListArray, item_ids: np.ndarray) -> 
     scores[rows[known], positions[known]] = -np.inf
 
 
-def best_k(users: np.ndarray, scores: np.ndarray, item_ids: np.ndarray, k: int) -> pa.RecordBatch:
-    """Each row's k best (score desc, then item id) finite scores, as Arrow list columns."""
+def best_k(users: np.ndarray, scores: np.ndarray, item_ids: np.ndarray, k: int, *,
+           categories: np.ndarray | None = None, cap: int | None = None,
+           shift: np.ndarray | None = None) -> pa.RecordBatch:
+    """Each row's k best (score desc, then item id) finite scores, as Arrow list columns.
+
+    With `categories` (an int code per item, -1 for none) and `cap`: walking the CAP_DEPTH x k best
+    in order, an item whose category already has `cap` items above it is passed over (item_ids must
+    be ascending, as a catalog is). `shift`: a constant per row added to the scores kept (a blend's
+    per-user centring, which does not change the order)."""
     scores = np.ascontiguousarray(scores, dtype=np.float32)
-    ids = np.empty((len(scores), k), dtype=np.int32)
-    bits = np.empty((len(scores), k), dtype=np.int32)
+    capped = categories is not None and bool(cap) and k > 0
+    depth = min(CAP_DEPTH * k, scores.shape[1]) if capped else k
+    ids = np.empty((len(scores), depth), dtype=np.int32)
+    bits = np.empty((len(scores), depth), dtype=np.int32)
     counts = np.zeros(len(scores), dtype=np.int64)
-    if k > 0 and scores.shape[1] > 0:
-        _select(scores, np.asarray(item_ids, dtype=np.int32), k, ids, bits, counts)
-    kept = np.arange(k) < counts[:, None]
+    item_ids = np.asarray(item_ids, dtype=np.int32)
+    if depth > 0 and scores.shape[1] > 0:
+        # capped: positions first (the same order as ascending ids), categories looked up by position
+        _select(scores, np.arange(len(item_ids), dtype=np.int32) if capped else item_ids, depth, ids, bits, counts)
+    if capped:
+        ids, bits, counts = _cap(ids, bits, counts, np.asarray(categories, dtype=np.int32), cap, k)
+        ids = item_ids[ids]
+    kept = np.arange(ids.shape[1]) < counts[:, None]
+    values = bits.view(np.float32)[kept]
+    if shift is not None:
+        values = values + np.repeat(np.asarray(shift, dtype=np.float32), counts)
     offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32))
     return pa.RecordBatch.from_arrays([
         pa.array(np.asarray(users).astype(np.int32)),
         pa.ListArray.from_arrays(offsets, pa.array(ids[kept])),
-        pa.ListArray.from_arrays(offsets, pa.array(bits.view(np.float32)[kept])),
+        pa.ListArray.from_arrays(offsets, pa.array(values)),
     ], names=["user_id", "item_ids", "scores"])
+
+
+@njit(nogil=True, cache=True)
+def _cap(positions, bits, counts, categories, cap, k):
+    """Per row, walking the selected positions best first: the first k whose category has fewer
+    than `cap` items before them (category -1: no cap)."""
+    n_rows = positions.shape[0]
+    out_positions = np.zeros((n_rows, k), dtype=np.int32)
+    out_bits = np.empty((n_rows, k), dtype=np.int32)
+    out_counts = np.zeros(n_rows, dtype=np.int64)
+    taken = np.zeros(categories.max() + 2 if len(categories) else 1, dtype=np.int64)
+    for r in range(n_rows):
+        taken[:] = 0
+        n = 0
+        for i in range(counts[r]):
+            category = categories[positions[r, i]]
+            if category >= 0:
+                if taken[category] >= cap:
+                    continue
+                taken[category] += 1
+            out_positions[r, n] = positions[r, i]
+            out_bits[r, n] = bits[r, i]
+            n += 1
+            if n == k:
+                break
+        out_counts[r] = n
+    return out_positions, out_bits, out_counts
 
 
 @njit(nogil=True, cache=True)

@@ -21,8 +21,9 @@ from nightrec.data.tables import attributes, privacy_requests, start_of, trainin
 from nightrec.modeling import experiment_store, registry, tracking
 from nightrec.modeling.dataset import ItemFacts
 from nightrec.modeling.fallbacks import fallback_lists, new_user_recs
-from nightrec.modeling.scoring import recommend, user_rows
+from nightrec.modeling.scoring import Spent, SpentSum, recommend, user_rows
 from nightrec.modeling.similar import similar_items
+from nightrec.modeling.topk import matmul_rate
 from nightrec.pipeline.progress import Progress
 from nightrec.pipeline.runtime import stage_main
 from nightrec.serving.experiments import Experiment
@@ -57,8 +58,9 @@ def run(spark: SparkSession, settings: Settings, ds: dt.date) -> ScoreResult:
     facts = ItemFacts.read(items)
     # tonight's availability and categories, whichever night the champion was fit on
     bundle = bundle.with_rules(facts.rules_for(bundle.item_ids, m.max_per_category))
+    spent = spark.sparkContext.accumulator(Spent(), SpentSum())
     personal = (recommend(bundle, user_rows(feedback, as_of, m.recency_half_life_days), m.top_k,
-                          serving_values=True)
+                          serving_values=True, spent=spent)
                 .withColumn("model_version", F.lit(model_version)))
     fallbacks = fallback_lists(feedback, users, as_of, m.trending_half_life_days, m.top_k,
                                m.segment_min_users).cache()
@@ -73,6 +75,8 @@ def run(spark: SparkSession, settings: Settings, ds: dt.date) -> ScoreResult:
                         F.sum((F.col("model_version") != model_version).cast("int")).alias("new_users"))
     with progress.step("top-k per user", model=model_version, catalog=len(bundle.item_ids)):
         lake.replace_partitions(recs.withColumn("dt", F.lit(ds)), settings.table("gold/recommendations"), [ds])
+    for line in spent.value.lines(matmul_rate(threads=1)):  # where top-k's time went, per core
+        progress(f"top-k {line.strip()}" if line.startswith("  ") else f"top-k: {line}")
     similar = similar_items(feedback, m.similar_k, facts.unavailable_ids())
     with progress.step("similar items"):
         n_similar = lake.replace_partitions(similar.withColumn("dt", F.lit(ds)), settings.table("gold/similar_items"),

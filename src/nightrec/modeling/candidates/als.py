@@ -50,6 +50,23 @@ class AlsComponent:
     def score(self, block: UserBlock) -> np.ndarray:
         return self.fold_in(block.history) @ self.item_factors.T
 
+    def flop(self, block: UserBlock) -> float:
+        """Fold-in (outer products, right-hand sides, one LU per user) and the scores' matmul."""
+        users, n_items, rank = block.history.shape[0], len(self.item_factors), self.item_factors.shape[1]
+        return 2.0 * block.history.nnz * rank * (rank + 1) + users * (2 / 3) * rank**3 + 2.0 * users * n_items * rank
+
+    def scaled_scores(self, block: UserBlock, weight: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(weight/σ)·scores, μ and σ per user, with no pass over the scores: a user's scores x·yᵢ
+        over the catalog have mean x·ȳ and mean square xᵀ(YᵀY/n)x."""
+        users = self.fold_in(block.history).astype(np.float64)
+        n = max(len(self.item_factors), 1)
+        mean = users @ self.item_factors.mean(axis=0, dtype=np.float64)
+        square = np.einsum("ur,rs,us->u", users, self.gram() / n, users)
+        std = np.sqrt(np.maximum(square - mean * mean, 0.0))
+        std = np.where(std > 1e-6 * np.maximum(np.abs(mean), 1e-30), std, 1.0)
+        scaled = (users * (weight / std)[:, None]).astype(np.float32)
+        return scaled @ self.item_factors.T, mean, std
+
     def fold_in(self, history: sp.csr_matrix) -> np.ndarray:
         """(users, rank) factors solving Spark's implicit normal equations for each history row:
         (YᵀY + Σ c·y yᵀ + λ·n I) x = Σ (1 + c)·y over the user's n items with strength > 0,

@@ -35,10 +35,21 @@ class ItemKnnComponent:
 
     def score(self, block: UserBlock) -> np.ndarray:
         scores = np.zeros(block.history.shape, dtype=np.float32)
+        columns, covered = self.covered_scores(block)
+        scores[:, columns] = covered
+        return scores
+
+    def flop(self, block: UserBlock) -> float:
+        """Each consumed covered item adds its row of weights to the user's covered scores."""
+        covered = np.zeros(block.history.shape[1], dtype=bool)
+        covered[self.positions] = True
+        return 2.0 * np.count_nonzero(covered[block.history.indices]) * len(self.positions)
+
+    def covered_scores(self, block: UserBlock) -> tuple[np.ndarray, np.ndarray]:
+        """The catalog positions the model covers and the users' scores there (zero elsewhere)."""
         consumed = block.history[:, self.positions]
         consumed.data[:] = 1.0
-        scores[:, self.positions] = consumed @ self.weights
-        return scores
+        return self.positions, np.asarray(consumed @ self.weights, dtype=np.float32)
 
     def describe(self) -> dict:
         return {"covered_items": int(len(self.positions))}
