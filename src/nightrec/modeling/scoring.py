@@ -165,14 +165,16 @@ class Bundle:
                     total[:, columns] += part * (weight / std).astype(np.float32)[:, None]
                     shift -= weight * mean / std
                 continue
+            scaled = hasattr(component, "scaled_scores")  # (w/σ)·s straight from its arithmetic
             with spent.part(f"score {name}", _flop(component, block)):
-                if hasattr(component, "scaled_scores"):  # (w/σ)·s straight from its arithmetic
+                if scaled:
                     part, mean, std = component.scaled_scores(block, weight)
-                    shift -= weight * mean / std
                 else:
                     part = component.score(block)
             with spent.part("blend"):
-                if not hasattr(component, "scaled_scores"):
+                if scaled:
+                    shift -= weight * mean / std
+                else:
                     part = standardize(part, np.float32(weight))
                 total = part if total is None else np.add(total, part, out=total)
         return total, shift

@@ -34,7 +34,7 @@ class AlsComponent:
     item_factors: np.ndarray          # (catalog items, rank); zero rows for items ALS never saw
     alpha: float                      # confidence per unit of strength, as fit
     reg_param: float                  # Spark's regParam (scaled by each user's number of items)
-    _gram: np.ndarray | None = field(default=None, repr=False, compare=False)
+    _gram: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False, compare=False)
     _known: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def describe(self) -> dict:
@@ -60,7 +60,7 @@ class AlsComponent:
         over the catalog have mean x·ȳ and mean square xᵀ(YᵀY/n)x."""
         users = self.fold_in(block.history).astype(np.float64)
         n = max(len(self.item_factors), 1)
-        mean = users @ self.item_factors.mean(axis=0, dtype=np.float64)
+        mean = users @ (self.gram_and_sum()[1] / n)
         square = np.einsum("ur,rs,us->u", users, self.gram() / n, users)
         std = np.sqrt(np.maximum(square - mean * mean, 0.0))
         std = np.where(std > 1e-6 * np.maximum(np.abs(mean), 1e-30), std, 1.0)
@@ -111,9 +111,13 @@ class AlsComponent:
         return self._known
 
     def gram(self) -> np.ndarray:
+        return self.gram_and_sum()[0]
+
+    def gram_and_sum(self) -> tuple[np.ndarray, np.ndarray]:
+        """YᵀY and Σy over the catalog, in float64; cached, as every user block asks."""
         if self._gram is None:
             y = self.item_factors.astype(np.float64)
-            self._gram = y.T @ y
+            self._gram = (y.T @ y, y.sum(axis=0))
         return self._gram
 
 
