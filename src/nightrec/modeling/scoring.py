@@ -218,10 +218,14 @@ def row_moments(scores: np.ndarray, n_columns: int) -> tuple[np.ndarray, np.ndar
     zeros; a standard deviation of 0 is reported as 1 (a constant row stays constant)."""
     sums, squares = _sums(np.ascontiguousarray(scores, dtype=np.float32))
     mean = sums / max(n_columns, 1)
-    variance = np.maximum(squares / max(n_columns, 1) - mean * mean, 0.0)
-    std = np.sqrt(variance)
-    # a variance at float32 rounding of the mean's square is a constant row
-    return mean, np.where(std > 1e-6 * np.maximum(np.abs(mean), 1e-30), std, 1.0)
+    return mean, spread(mean, squares / max(n_columns, 1))
+
+
+def spread(mean: np.ndarray, mean_square: np.ndarray) -> np.ndarray:
+    """Standard deviations from means and mean squares; one at float32 rounding of the mean (a
+    constant row) is reported as 1, so the row stays constant when divided by it."""
+    std = np.sqrt(np.maximum(mean_square - mean * mean, 0.0))
+    return np.where(std > 1e-6 * np.maximum(np.abs(mean), 1e-30), std, 1.0)
 
 
 @njit(nogil=True, cache=True)

@@ -102,9 +102,9 @@ def store_night_record(settings: Settings, record: dict) -> None:
 def holdout_alert(settings: Settings, ds: dt.date, history: dict[str, dict[str, dict]]) -> alerts.Alert | None:
     """The champion's holdout NDCG tonight below the median of the nights before by more than holdout_drop."""
     metric = f"ndcg_at_{settings.model.eval_k}"
-    tonight = champion_ndcg(history.get(ds.isoformat(), {}).get("train", {}).get("summary", {}), metric)
+    tonight = champion_ndcg(summary_of(history.get(ds.isoformat(), {}), "train"), metric)
     before = [v for night, runs in sorted(history.items()) if night < ds.isoformat()
-              for v in [champion_ndcg(runs.get("train", {}).get("summary", {}), metric)] if v is not None]
+              for v in [champion_ndcg(summary_of(runs, "train"), metric)] if v is not None]
     before = before[-settings.alerts.holdout_nights:]
     if tonight is None or len(before) < 3:
         return None
@@ -360,7 +360,7 @@ def _model_section(settings: Settings, ds: dt.date, history: dict[str, dict[str,
     else:
         out.append("<p class='empty'>no model trained tonight</p>")
     nights_shown = [n for n in sorted(history) if n <= ds.isoformat()][-HISTORY_NIGHTS:]
-    trains = [history[n].get("train", {}).get("summary", {}) for n in nights_shown]
+    trains = [summary_of(history[n], "train") for n in nights_shown]
     out.append(line_chart(f"Holdout {metric} per night", nights_shown, {
         "tonight's model": [t["holdout"].get(metric) if t else None for t in trains],
         "the champion after the night": [champion_ndcg(t, metric) for t in trains]}))
@@ -407,7 +407,7 @@ def terminal_summary(runs: dict[str, dict]) -> list[str]:
 
 def _log_to_mlflow(settings: Settings, runs: dict[str, dict], page: str, ds: dt.date) -> None:
     """Into the night's training run (none when train did not run tonight)."""
-    run_id = runs.get("train", {}).get("summary", {}).get("run_id")
+    run_id = summary_of(runs, "train").get("run_id")
     if not run_id:
         return
     from mlflow import MlflowClient

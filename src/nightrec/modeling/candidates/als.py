@@ -18,7 +18,7 @@ from pyspark.ml.recommendation import ALS
 from pyspark.sql import DataFrame
 
 from nightrec.modeling.dataset import ModelSettingsView, TrainingSet
-from nightrec.modeling.scoring import UserBlock
+from nightrec.modeling.scoring import UserBlock, spread
 from nightrec.modeling.topk import factor_matrix
 
 NAME = "als"
@@ -61,9 +61,7 @@ class AlsComponent:
         users = self.fold_in(block.history).astype(np.float64)
         n = max(len(self.item_factors), 1)
         mean = users @ (self.gram_and_sum()[1] / n)
-        square = np.einsum("ur,rs,us->u", users, self.gram() / n, users)
-        std = np.sqrt(np.maximum(square - mean * mean, 0.0))
-        std = np.where(std > 1e-6 * np.maximum(np.abs(mean), 1e-30), std, 1.0)
+        std = spread(mean, np.einsum("ur,rs,us->u", users, self.gram() / n, users))
         scaled = (users * (weight / std)[:, None]).astype(np.float32)
         return scaled @ self.item_factors.T, mean, std
 

@@ -9,7 +9,7 @@ model covers the head of the catalog only: `model.item_knn_max_items` bounds its
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
@@ -32,6 +32,7 @@ class ItemKnnComponent:
     kind: ClassVar[str] = "itemknn"
     positions: np.ndarray   # catalog positions of the items the model covers
     weights: np.ndarray     # (covered, covered) float32, zero diagonal
+    _covered: np.ndarray | None = field(default=None, repr=False, compare=False)  # bool per catalog item
 
     def score(self, block: UserBlock) -> np.ndarray:
         scores = np.zeros(block.history.shape, dtype=np.float32)
@@ -41,9 +42,10 @@ class ItemKnnComponent:
 
     def flop(self, block: UserBlock) -> float:
         """Each consumed covered item adds its row of weights to the user's covered scores."""
-        covered = np.zeros(block.history.shape[1], dtype=bool)
-        covered[self.positions] = True
-        return 2.0 * np.count_nonzero(covered[block.history.indices]) * len(self.positions)
+        if self._covered is None or len(self._covered) != block.history.shape[1]:  # once per catalog
+            self._covered = np.zeros(block.history.shape[1], dtype=bool)
+            self._covered[self.positions] = True
+        return 2.0 * np.count_nonzero(self._covered[block.history.indices]) * len(self.positions)
 
     def covered_scores(self, block: UserBlock) -> tuple[np.ndarray, np.ndarray]:
         """The catalog positions the model covers and the users' scores there (zero elsewhere)."""
