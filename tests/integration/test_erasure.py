@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import redis
+import time_machine
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
@@ -33,7 +34,10 @@ from nightrec.settings import load_settings
 
 USER = 987654321  # an id no other number in the test data spells
 USERS, ITEMS = 60, 200
-TODAY = dt.datetime.now(dt.timezone.utc).date()  # the service stamps what it records with the real clock
+TODAY = dt.datetime.now(dt.timezone.utc).date()
+# The service stamps what it records with its clock: set back to the start of TODAY (ticking) while the
+# test's traffic runs, so a run that crosses midnight still lands its traffic in TODAY's folders.
+SERVICE_CLOCK = dt.datetime.combine(TODAY, dt.time(), tzinfo=dt.timezone.utc)
 NEEDLES = (str(USER).encode(), struct.pack("<i", USER), struct.pack(">i", USER), struct.pack("<q", USER))
 KEYS = Keys("test")
 EXEMPT = ("privacy/requests", "privacy/reports", "audit/log")  # the request's own records keep the id
@@ -56,7 +60,7 @@ def night(spark, settings, stages: list[str]) -> dict:
 
 def traffic(settings, clicks: list[int]) -> None:
     """The user and others read their lists (impressions); the user clicks items (the event stream)."""
-    with TestClient(create_app(settings)) as api:
+    with time_machine.travel(SERVICE_CLOCK, tick=True), TestClient(create_app(settings)) as api:
         for user in (USER, *range(1, 21)):
             assert api.get(f"/v1/users/{user}/recommendations").status_code == 200
         for item in clicks:
