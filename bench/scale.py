@@ -1,7 +1,7 @@
 """What a night costs at size: the whole nightly DAG through Airflow (`nightrec run`, as a user runs
-it) on `nightrec synth` data at three sizes, one table.
+it) on `nightrec synth` data at four sizes, one table.
 
-    .venv/bin/python bench/scale.py                 # S, M and L
+    .venv/bin/python bench/scale.py --sizes S M L   # XL (a million items) runs alone: --sizes XL
     .venv/bin/python bench/scale.py --sizes S M     # fewer
     .venv/bin/python bench/scale.py --sizes S --stores local s3 --repeat 3   # disk and S3, side by side
     .venv/bin/python bench/scale.py --sizes S --against ../release --repeat 3  # against earlier checkouts
@@ -57,6 +57,7 @@ SIZES = {
     "S": Size(100_000, 10_000, 2_000_000, "4g"),
     "M": Size(300_000, 30_000, 10_000_000, "8g"),
     "L": Size(1_000_000, 100_000, 50_000_000, "12g"),
+    "XL": Size(1_000_000, 1_000_000, 50_000_000, "16g"),  # L's users and events, a catalog ten times larger
 }
 
 
@@ -213,6 +214,14 @@ def stores_environ(home: Path, s3_endpoint: str | None) -> dict[str, str]:
             "NIGHTREC_STORAGE__S3_ENDPOINT": s3_endpoint, "NIGHTREC_STORAGE__S3_PATH_STYLE": "true"}
 
 
+def settings_of(home: Path, **overrides: str):
+    """The settings a size's nights ran with (its folder under --work, stores on local disk)."""
+    from nightrec.settings import load_settings
+
+    environ = {**stores_environ(home, None), "NIGHTREC_MLFLOW__TRACKING_URI": f"sqlite:///{home}/mlflow/mlflow.db"}
+    return load_settings("local", {**environ, **{f"NIGHTREC_{k.upper()}": v for k, v in overrides.items()}})
+
+
 def measure(label: str, size: Size, seed: int, work: Path, s3_endpoint: str | None = None,
             code: Path | None = None, production: bool = False, erase: bool = False) -> list[Night]:
     """The initial and the steady night of one size, with the stores on local disk or S3 (s3_endpoint),
@@ -282,10 +291,14 @@ def heaviest_user(landing: Path) -> int:
     return int(counts[pc.index(counts.field("counts"), pc.max(counts.field("counts"))).as_py()]["values"].as_py())
 
 
-def growth(times: dict[str, float], events: dict[str, int], a: str, b: str) -> float | None:
+def growth(times: dict[str, float], a: str, b: str) -> float | None:
+    """The exponent x of time ~ size^x between sizes a and b, size being the events, or the catalog
+    when the events are the same (L to XL)."""
     if a not in times or b not in times or times[a] <= 0 or times[b] <= 0:
         return None
-    return math.log(times[b] / times[a]) / math.log(events[b] / events[a])
+    size = {label: (SIZES[label].events if SIZES[a].events != SIZES[b].events else SIZES[label].items)
+            for label in (a, b)}
+    return math.log(times[b] / times[a]) / math.log(size[b] / size[a])
 
 
 def print_table(results: dict[str, list[Night]], command: str) -> None:
@@ -308,8 +321,8 @@ def print_table(results: dict[str, list[Night]], command: str) -> None:
                   f"{max(night.workers_peak.values(), default=0) / gib:.1f} | {redis_cell} | {quality} |")
     labels = list(results)
     if len(labels) > 1:
-        events = {label: SIZES[label].events for label in labels}
-        print("\nGrowth exponent of each stage's time against events (time ~ events^x):\n")
+        print("\nGrowth exponent of each stage's time against events (time ~ events^x), or against catalog items "
+              "between sizes of the same events (L→XL):\n")
         pairs = list(zip(labels, labels[1:])) + ([(labels[0], labels[-1])] if len(labels) > 2 else [])
         print("| night | sizes | " + " | ".join(STAGES) + " | whole night |")
         print("|---|---|" + "---|" * len(STAGES) + "---|")
@@ -319,7 +332,7 @@ def print_table(results: dict[str, list[Night]], command: str) -> None:
                 cells = []
                 for stage in (*STAGES, None):
                     per = {lbl: (sum(t.values()) if stage is None else t.get(stage, 0)) for lbl, t in times.items()}
-                    x = growth(per, events, a, b)
+                    x = growth(per, a, b)
                     cells.append(f"{x:.2f}" if x is not None else "–")
                 print(f"| {name} | {a}→{b} | " + " | ".join(cells) + " |")
 
@@ -349,7 +362,7 @@ def print_comparison(runs: dict[str, list[list[Night]]], command: str) -> None:
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--sizes", nargs="+", choices=list(SIZES), default=list(SIZES))
+    parser.add_argument("--sizes", nargs="+", choices=list(SIZES), default=["S", "M", "L"])
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--work", type=Path, default=HOME / "var" / "bench" / "scale")
     parser.add_argument("--stores", nargs="+", choices=["local", "s3", "production"], default=["local"],

@@ -458,6 +458,8 @@ def _champion_summary(settings) -> str:
                             "holdout_map_at_10")}
         lines.append(f"mlflow: {settings.mlflow.registered_model}@{alias} = version {version.version} "
                      f"({version.tags.get('candidate')}, {version.tags.get('ds')}) {metrics}")
+        if registry.SCORING_TAG in version.tags:
+            lines.append(f"  scored {version.tags[registry.SCORING_TAG]}")
     return "\n".join(lines)
 
 

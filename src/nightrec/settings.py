@@ -139,6 +139,9 @@ class ModelSettings(_Section):
     segment_min_users: int = Field(ge=1)
     trending_half_life_days: float = Field(ge=0)
     similar_k: int = Field(ge=1, le=1000)  # neighbours stored per item ("more like this")
+    retrieval: Literal["auto", "exact", "retrieved"]  # auto: retrieved from retrieval_min_items catalog items
+    retrieval_min_items: int = Field(ge=1)
+    retrieval_depth: int = Field(ge=1, le=5000)  # candidates each source names per user
 
 
 class TuningSettings(_Section):

@@ -5,6 +5,7 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import redis
 from fastapi.testclient import TestClient
@@ -195,3 +196,26 @@ def test_sql_table_definitions_match_the_tables_written(spark, pipeline):
     assert len(ddl_tables()) == 20
     for name in set(ddl_tables()) - elsewhere:
         assert_table_matches_ddl(spark, settings, name)
+
+
+def test_retrieved_scoring_forced_on_finds_the_exact_lists_and_says_so(spark, pipeline):
+    """The night's exact lists against a score stage forced to shortlists of 30 candidates per
+    source (of 200 items): the same lists, the mode recorded on the model version and shown by status."""
+    from nightrec.cli import _champion_summary
+
+    settings, _, _, exact_night, _ = pipeline
+    assert exact_night.scoring.startswith("exact")
+
+    def personal_lists():
+        rows = lake.read_table(spark, settings.table("gold/recommendations"), [DAY]).collect()
+        return {r.user_id: r.item_ids for r in rows if r.model_version == exact_night.model_version}
+
+    exact = personal_lists()
+    forced = settings.model_copy(update={"model": settings.model.model_copy(
+        update={"retrieval": "retrieved", "retrieval_depth": 30})})
+    night = score.run(spark, forced, DAY)
+    retrieved = personal_lists()
+    assert night.scoring.startswith("retrieved: 30 candidates per source") and set(retrieved) == set(exact)
+    recall = np.mean([len(set(retrieved[u]) & set(exact[u])) / len(exact[u]) for u in exact])
+    assert recall >= 0.95, recall
+    assert f"scored {night.scoring} (night of {DAY})" in _champion_summary(forced)

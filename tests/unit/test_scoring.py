@@ -8,7 +8,8 @@ import scipy.sparse as sp
 from nightrec.modeling.candidates.als import AlsComponent
 from nightrec.modeling.candidates.itemknn import ItemKnnComponent
 from nightrec.modeling.candidates.popularity import PopularityComponent
-from nightrec.modeling.scoring import Bundle, Rules, Spent, UserBlock, standardize, user_block
+from nightrec.modeling.moments import standardize
+from nightrec.modeling.scoring import Bundle, Rules, Spent, UserBlock, user_block
 from nightrec.modeling.topk import best_k
 
 

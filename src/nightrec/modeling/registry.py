@@ -9,6 +9,7 @@ both on the same holdout.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import tempfile
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ RECIPE_TAG = "recipe"                 # json: {"candidate": ..., "params": ..., 
 REPLACED_TAG = "replaced_version"     # on a champion: the champion it replaced (rollback target)
 TUNED_RECIPE_TAG = "tuned_recipe"     # on the registered model: the recipe the latest tuning chose
 TUNED_RUN_TAG = "tuned_run_id"        # ... and the MLflow run that chose it
+SCORING_TAG = "scoring"               # on a version: how its latest lists were scored (exact or retrieved)
 DEFAULT_RECIPE = "models/default_recipe.toml"
 
 
@@ -173,6 +175,12 @@ def load_champion(registered_model: str) -> tuple[Bundle, str]:
     if champion is None:
         raise PermanentError(f"no {registered_model}@{CHAMPION} in MLflow: run train first")
     return load_version(registered_model, champion.version), f"{registered_model}/{champion.version}"
+
+
+def record_scoring(model_version: str, scoring: str, ds: dt.date) -> None:
+    """On the version ("name/version"): how the night of ds scored its lists."""
+    name, version = model_version.rsplit("/", 1)
+    MlflowClient().set_model_version_tag(name, version, SCORING_TAG, f"{scoring} (night of {ds})")
 
 
 def ensure_registered_model(registered_model: str) -> None:

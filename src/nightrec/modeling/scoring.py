@@ -19,13 +19,14 @@ from typing import ClassVar, Protocol
 import numpy as np
 import pyarrow as pa
 import scipy.sparse as sp
-from numba import njit
 from pyspark import AccumulatorParam, TaskContext
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from threadpoolctl import threadpool_limits
 
-from nightrec.modeling.topk import SCORES_PER_BLOCK, best_k
+from nightrec.modeling.moments import row_moments, standardize
+from nightrec.modeling.retrieval import ColumnsView, Retrieval, View, mask_at
+from nightrec.modeling.topk import SCORES_PER_BLOCK, best_k, best_k_at
 from nightrec.serving.layout import encode_many
 
 OUTPUT_SCHEMA = "user_id int, item_ids array<int>, scores array<float>"
@@ -133,6 +134,7 @@ class Bundle:
     weights: dict[str, float]
     rules: Rules = field(default_factory=Rules)
     params: dict = field(default_factory=dict)
+    retrieval: Retrieval | None = None      # None: every user scored against the whole catalog
 
     def scores(self, block: UserBlock) -> np.ndarray:
         """Blended scores: each component standardised per user (scales differ), then weighted."""
@@ -182,6 +184,8 @@ class Bundle:
     def ranked(self, block: UserBlock, k: int, spent: Spent | None = None) -> pa.RecordBatch:
         """Top-k per user after the rules: unseen, available, category cap."""
         spent = spent if spent is not None else Spent()
+        if self.retrieval is not None:
+            return self.ranked_at_shortlist(block, k, spent)
         scores, shift = self.blend(block, spent)
         with spent.part("rules (seen, unavailable)"):
             scores[block.history.nonzero()] = -np.inf
@@ -194,61 +198,73 @@ class Bundle:
         spent.pairs += scores.size
         return ranked
 
+    def ranked_at_shortlist(self, block: UserBlock, k: int, spent: Spent) -> pa.RecordBatch:
+        """ranked() with every user's blend computed exactly at their shortlist only
+        (nightrec.modeling.retrieval): the same standardisation, rules and selection."""
+        used = [(name, w) for name, w in self.weights.items() if w > 0]
+        views = {}
+        for name, _ in used:
+            with spent.part(f"score {name}"):
+                views[name] = view_of(self.components[name], block)
+        with spent.part("shortlist"):
+            history = block.history.tocsr()
+            history.sort_indices()
+            positions = self.retrieval.shortlist(views, history)
+        total, shift = np.zeros(positions.shape, dtype=np.float32), None
+        for name, weight in used:
+            with spent.part(f"score {name}"):
+                part = views[name].at(positions)
+            with spent.part("blend"):
+                if len(used) == 1:
+                    total = part
+                    continue
+                scale = weight / views[name].std
+                total += part * scale.astype(np.float32)[:, None]
+                shift = (0.0 if shift is None else shift) - views[name].mean * scale
+        with spent.part("rules (seen, unavailable)"):
+            unavailable = self.rules.unavailable if self.rules.unavailable is not None else np.empty(0, dtype=bool)
+            mask_at(total, positions, history.indptr, history.indices, unavailable)
+        capped = self.rules.categories is not None and self.rules.max_per_category
+        with spent.part("selection (category cap included)" if capped else "selection"):
+            ranked = best_k_at(block.user_ids, total, positions, self.item_ids, min(k, len(self.item_ids)),
+                               shift=shift, categories=self.rules.categories if capped else None,
+                               cap=self.rules.max_per_category)
+        spent.pairs += len(block.user_ids) * len(self.item_ids)
+        return ranked
+
+    def columns_per_user(self) -> int:
+        """The widest score row a block holds per user (what sizes the blocks): the catalog, or at
+        shortlists the widest of the shortlist and each component's dense part."""
+        if self.retrieval is None:
+            return len(self.item_ids)
+        widths = [self.retrieval.width()]
+        for name, weight in self.weights.items():
+            component = self.components[name]
+            if weight > 0 and not hasattr(component, "view"):
+                widths.append(len(self.item_ids))
+            elif weight > 0 and hasattr(component, "covered_scores"):
+                widths.append(len(component.positions))
+        return max(widths)
+
     def with_rules(self, rules: Rules) -> Bundle:
         return dataclasses.replace(self, rules=rules)
+
+    def with_retrieval(self, retrieval: Retrieval | None) -> Bundle:
+        return dataclasses.replace(self, retrieval=retrieval)
+
+
+def view_of(component: Component, block: UserBlock) -> View:
+    """A component's view for scoring at a shortlist: its own when it has one (sub-linear in the
+    catalog), else its full scores (the content model's sparse text products)."""
+    if hasattr(component, "view"):
+        return component.view(block)
+    return ColumnsView(component.score(block).astype(np.float32, copy=False), None, None,
+                       n_items=block.history.shape[1])
 
 
 def _flop(component: Component, block: UserBlock) -> float:
     """A component's floating-point operations for a block (0 when it does not say)."""
     return float(component.flop(block)) if hasattr(component, "flop") else 0.0
-
-
-def standardize(scores: np.ndarray, weight: float = 1.0) -> np.ndarray:
-    """Per-row z-score times weight, in place on a float32 array, in one read and one write of it
-    (a component's fresh scores: at a 100k catalog a pass costs as much as the ALS matmul); a
-    constant row becomes zeros."""
-    scores = np.ascontiguousarray(scores, dtype=np.float32)
-    mean, std = row_moments(scores, scores.shape[1])
-    _center_and_scale(scores, mean.astype(np.float32), (weight / std).astype(np.float32))
-    return scores
-
-
-def row_moments(scores: np.ndarray, n_columns: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's mean and standard deviation over n_columns, the columns beyond the array's being
-    zeros; a standard deviation of 0 is reported as 1 (a constant row stays constant)."""
-    sums, squares = _sums(np.ascontiguousarray(scores, dtype=np.float32))
-    mean = sums / max(n_columns, 1)
-    return mean, spread(mean, squares / max(n_columns, 1))
-
-
-def spread(mean: np.ndarray, mean_square: np.ndarray) -> np.ndarray:
-    """Standard deviations from means and mean squares; one at float32 rounding of the mean (a
-    constant row) is reported as 1, so the row stays constant when divided by it."""
-    std = np.sqrt(np.maximum(mean_square - mean * mean, 0.0))
-    return np.where(std > 1e-6 * np.maximum(np.abs(mean), 1e-30), std, 1.0)
-
-
-@njit(nogil=True, cache=True)
-def _sums(scores):
-    """Each row's sum and sum of squares, in float64: one read of the array."""
-    n_rows, n_columns = scores.shape
-    sums, squares = np.zeros(n_rows), np.zeros(n_rows)
-    for r in range(n_rows):
-        total, total_sq = 0.0, 0.0
-        for j in range(n_columns):
-            v = np.float64(scores[r, j])
-            total += v
-            total_sq += v * v
-        sums[r], squares[r] = total, total_sq
-    return sums, squares
-
-
-@njit(nogil=True, cache=True)
-def _center_and_scale(scores, mean, scale):
-    for r in range(scores.shape[0]):
-        m, c = mean[r], scale[r]
-        for j in range(scores.shape[1]):
-            scores[r, j] = (scores[r, j] - m) * c
 
 
 def user_rows(feedback: DataFrame, as_of: dt.datetime, half_life_days: float) -> DataFrame:
@@ -297,8 +313,7 @@ def with_serving_value(lists: pa.RecordBatch) -> pa.RecordBatch:
 
 
 def _score_batch(bundle: Bundle, batch: pa.RecordBatch, k: int, scores_per_block: int, spent: Spent):
-    n_items = len(bundle.item_ids)
-    block_rows = max(1, scores_per_block // max(n_items, 1))
+    block_rows = max(1, scores_per_block // max(bundle.columns_per_user(), 1))
     for start in range(0, batch.num_rows, block_rows):
         with spent.part("user rows to matrices"):
             block = user_block(batch.slice(start, block_rows), bundle.item_ids)

@@ -12,8 +12,9 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from nightrec.modeling.dataset import ModelSettingsView, TrainingSet
+from nightrec.modeling.moments import standardize
 from nightrec.modeling.recipe import FAMILIES, HYBRID, Recipe, grid
-from nightrec.modeling.scoring import Bundle, UserBlock, standardize, user_block
+from nightrec.modeling.scoring import Bundle, UserBlock, user_block
 from nightrec.modeling.training import bundle_of, fit_family
 
 WEIGHT_STEPS = (0.0, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0)

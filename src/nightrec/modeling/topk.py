@@ -130,6 +130,30 @@ def best_k(users: np.ndarray, scores: np.ndarray, item_ids: np.ndarray, k: int, 
     if capped:
         ids, bits, counts = _cap(ids, bits, counts, np.asarray(categories, dtype=np.int32), cap, k)
         ids = item_ids[ids]
+    return _lists(users, ids, bits, counts, shift)
+
+
+def best_k_at(users: np.ndarray, scores: np.ndarray, positions: np.ndarray, item_ids: np.ndarray, k: int, *,
+              categories: np.ndarray | None = None, cap: int | None = None,
+              shift: np.ndarray | None = None) -> pa.RecordBatch:
+    """best_k of scores at per-row catalog positions ((users, width), -1 for padding, whose score
+    must be -inf): a shortlist's (nightrec.modeling.retrieval). The same order, cap and shift."""
+    scores = np.ascontiguousarray(scores, dtype=np.float32)
+    capped = categories is not None and bool(cap) and k > 0
+    depth = min(CAP_DEPTH * k if capped else k, scores.shape[1])
+    found = np.zeros((len(scores), depth), dtype=np.int32)
+    bits = np.empty((len(scores), depth), dtype=np.int32)
+    counts = np.zeros(len(scores), dtype=np.int64)
+    if depth > 0:
+        _select_at(scores, np.ascontiguousarray(positions, dtype=np.int32), depth, found, bits, counts)
+    if capped:
+        found, bits, counts = _cap(found, bits, counts, np.asarray(categories, dtype=np.int32), cap, k)
+    return _lists(users, np.asarray(item_ids, dtype=np.int32)[found], bits, counts, shift)
+
+
+def _lists(users: np.ndarray, ids: np.ndarray, bits: np.ndarray, counts: np.ndarray,
+           shift: np.ndarray | None) -> pa.RecordBatch:
+    """Selected (ids, float32 bits) per row, the first counts[r] of row r, as Arrow list columns."""
     kept = np.arange(ids.shape[1]) < counts[:, None]
     values = bits.view(np.float32)[kept]
     if shift is not None:
@@ -202,13 +226,35 @@ def _select(scores, item_ids, k, out_ids, out_bits, counts):
                     if floor <= row[j] < np.inf:
                         keys[n] = _sort_key(bits[j], item_ids[j])
                         n += 1
-        best = keys[:n] if n <= k else np.partition(keys[:n], n - k)[n - k:]
-        best = np.sort(best)[::-1]
-        counts[r] = len(best)
-        for i in range(len(best)):  # undo _sort_key
-            high = np.int32(best[i] >> 32)
-            out_bits[r, i] = high ^ ((high >> 31) & 0x7FFFFFFF)
-            out_ids[r, i] = np.int32(0xFFFFFFFF - (best[i] & 0xFFFFFFFF) - 2**31)
+        _keep_best(keys[:n], k, r, out_ids, out_bits, counts)
+
+
+@njit(nogil=True, cache=True)
+def _select_at(scores, positions, k, out_positions, out_bits, counts):
+    """_select for rows of a few hundred scores at their own positions: every finite one is a key."""
+    n_rows, width = scores.shape
+    keys = np.empty(width, dtype=np.int64)
+    for r in range(n_rows):
+        bits = scores[r].view(np.int32)
+        n = 0
+        for w in range(width):
+            if -np.inf < scores[r, w] < np.inf:
+                keys[n] = _sort_key(bits[w], positions[r, w])
+                n += 1
+        _keep_best(keys[:n], k, r, out_positions, out_bits, counts)
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _keep_best(keys, k, r, out_ids, out_bits, counts):
+    """The k largest sort keys into row r, best first (undoing _sort_key)."""
+    n = len(keys)
+    best = keys if n <= k else np.partition(keys, n - k)[n - k:]
+    best = np.sort(best)[::-1]
+    counts[r] = len(best)
+    for i in range(len(best)):
+        high = np.int32(best[i] >> 32)
+        out_bits[r, i] = high ^ ((high >> 31) & 0x7FFFFFFF)
+        out_ids[r, i] = np.int32(0xFFFFFFFF - (best[i] & 0xFFFFFFFF) - 2**31)
 
 
 @njit(nogil=True, cache=True, inline="always")

@@ -18,7 +18,7 @@ from pyspark.sql import functions as F
 from nightrec.data import lake
 from nightrec.data.feedback import implicit_feedback
 from nightrec.data.tables import attributes, privacy_requests, start_of, training_events
-from nightrec.modeling import experiment_store, registry, tracking
+from nightrec.modeling import ann, experiment_store, registry, tracking
 from nightrec.modeling.dataset import ItemFacts
 from nightrec.modeling.fallbacks import fallback_lists, new_user_recs
 from nightrec.modeling.scoring import Spent, SpentSum, recommend, user_rows
@@ -33,6 +33,7 @@ from nightrec.settings import Settings
 @dataclass
 class ScoreResult:
     model_version: str
+    scoring: str          # exact, or retrieved and how (nightrec.modeling.ann.describe)
     users: int
     new_users: int
     min_items_per_user: int
@@ -58,6 +59,11 @@ def run(spark: SparkSession, settings: Settings, ds: dt.date) -> ScoreResult:
     facts = ItemFacts.read(items)
     # tonight's availability and categories, whichever night the champion was fit on
     bundle = bundle.with_rules(facts.rules_for(bundle.item_ids, m.max_per_category))
+    with progress.step("scoring mode", catalog=len(bundle.item_ids), retrieval=m.retrieval):
+        bundle = bundle.with_retrieval(ann.retrieval_for(bundle, feedback, m, as_of))
+        scoring = ann.describe(bundle.retrieval)
+        registry.record_scoring(model_version, scoring, ds)
+        progress(scoring)
     spent = spark.sparkContext.accumulator(Spent(), SpentSum())
     personal = (recommend(bundle, user_rows(feedback, as_of, m.recency_half_life_days), m.top_k,
                           serving_values=True, spent=spent)
@@ -88,7 +94,7 @@ def run(spark: SparkSession, settings: Settings, ds: dt.date) -> ScoreResult:
         variant_users = score_variants(spark, settings, ds, experiment, feedback, facts, as_of)
     feedback.unpersist()
     fallbacks.unpersist()
-    return ScoreResult(model_version, int(stored["users"]), int(stored["new_users"] or 0),
+    return ScoreResult(model_version, scoring, int(stored["users"]), int(stored["new_users"] or 0),
                        int(stored["min_items"] or 0), n_lists, n_similar, experiment and experiment.name,
                        variant_users)
 
@@ -109,6 +115,8 @@ def score_variants(spark: SparkSession, settings: Settings, ds: dt.date, experim
         bundle = registry.load_version(name, version)
         bundle = bundle.with_rules(facts.rules_for(bundle.item_ids,
                                                    variant.rules.get("max_per_category", m.max_per_category)))
+        bundle = bundle.with_retrieval(ann.retrieval_for(bundle, feedback, m, as_of))
+        registry.record_scoring(f"{settings.mlflow.registered_model}/{version}", ann.describe(bundle.retrieval), ds)
         users = rows.where(F.col("variant") == variant.name).drop("variant")
         frames.append(recommend(bundle, users, m.top_k, serving_values=True)
                       .withColumns({"variant": F.lit(variant.name), "model_version": F.lit(f"{name}/{version}")}))

@@ -28,7 +28,7 @@ from pyspark.sql import functions as F
 from nightrec.data.feedback import implicit_feedback, latest_split, sample_users
 from nightrec.data.tables import SILVER, attributes, start_of, training_events, training_input
 from nightrec.errors import PermanentError
-from nightrec.modeling import dataset, registry, reports, tracking, training
+from nightrec.modeling import ann, dataset, registry, reports, tracking, training
 from nightrec.modeling.recipe import Recipe
 from nightrec.modeling.scoring import Bundle
 from nightrec.pipeline.progress import Progress
@@ -104,11 +104,14 @@ def _train(spark: SparkSession, settings: Settings, ds: dt.date, run_id: str, si
         except ValueError as error:
             raise PermanentError(f"{recipe_source}: {error}") from None
     with progress.step("evaluate on the holdout", users=evaluated_users):
-        evaluation = training.evaluate(candidate, fit_data, sampled, ks, m.cold_user_max_items)
+        # scored as the night will score it: exact, or at shortlists (model.retrieval)
+        served = candidate.with_retrieval(ann.retrieval_for(candidate, fit_data.feedback, m, fit_data.as_of))
+        evaluation = training.evaluate(served, fit_data, sampled, ks, m.cold_user_max_items)
     champion, champion_note = _champion(settings, fit_data, items, ds, opts, progress)
     champion_ndcg = champion_coverage = None
     if champion is not None:
         with progress.step(f"evaluate champion version {champion_note}", users=evaluated_users):
+            champion = champion.with_retrieval(ann.retrieval_for(champion, fit_data.feedback, m, fit_data.as_of))
             champion_evaluation = training.evaluate(champion, fit_data, sampled, ks, m.cold_user_max_items)
             champion_evaluation.lists.unpersist()
             champion_ndcg = champion_evaluation.metrics[metric]

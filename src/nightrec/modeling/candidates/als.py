@@ -18,7 +18,9 @@ from pyspark.ml.recommendation import ALS
 from pyspark.sql import DataFrame
 
 from nightrec.modeling.dataset import ModelSettingsView, TrainingSet
-from nightrec.modeling.scoring import UserBlock, spread
+from nightrec.modeling.moments import spread
+from nightrec.modeling.retrieval import FactorView
+from nightrec.modeling.scoring import UserBlock
 from nightrec.modeling.topk import factor_matrix
 
 NAME = "als"
@@ -58,12 +60,23 @@ class AlsComponent:
     def scaled_scores(self, block: UserBlock, weight: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(weight/σ)·scores, μ and σ per user, with no pass over the scores: a user's scores x·yᵢ
         over the catalog have mean x·ȳ and mean square xᵀ(YᵀY/n)x."""
-        users = self.fold_in(block.history).astype(np.float64)
+        users = self.fold_in(block.history)
+        mean, std = self.moments(users)
+        scaled = (users.astype(np.float64) * (weight / std)[:, None]).astype(np.float32)
+        return scaled @ self.item_factors.T, mean, std
+
+    def view(self, block: UserBlock) -> FactorView:
+        """For scoring at a shortlist (nightrec.modeling.retrieval)."""
+        users = self.fold_in(block.history)
+        return FactorView(users, self.item_factors, *self.moments(users))
+
+    def moments(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each user's mean and spread of x·yᵢ over the catalog, with no pass over the scores: mean
+        x·ȳ, mean square xᵀ(YᵀY/n)x."""
+        users = users.astype(np.float64)
         n = max(len(self.item_factors), 1)
         mean = users @ (self.gram_and_sum()[1] / n)
-        std = spread(mean, np.einsum("ur,rs,us->u", users, self.gram() / n, users))
-        scaled = (users * (weight / std)[:, None]).astype(np.float32)
-        return scaled @ self.item_factors.T, mean, std
+        return mean, spread(mean, np.einsum("ur,rs,us->u", users, self.gram() / n, users))
 
     def fold_in(self, history: sp.csr_matrix) -> np.ndarray:
         """(users, rank) factors solving Spark's implicit normal equations for each history row:

@@ -21,6 +21,7 @@ from scipy.linalg import lapack
 
 from nightrec.modeling.cooccurrence import recent_histories, user_item_matrix
 from nightrec.modeling.dataset import ModelSettingsView, TrainingSet
+from nightrec.modeling.retrieval import ColumnsView
 from nightrec.modeling.scoring import UserBlock
 
 NAME = "itemknn"
@@ -32,7 +33,7 @@ class ItemKnnComponent:
     kind: ClassVar[str] = "itemknn"
     positions: np.ndarray   # catalog positions of the items the model covers
     weights: np.ndarray     # (covered, covered) float32, zero diagonal
-    _covered: np.ndarray | None = field(default=None, repr=False, compare=False)  # bool per catalog item
+    _slots: np.ndarray | None = field(default=None, repr=False, compare=False)  # see slots()
 
     def score(self, block: UserBlock) -> np.ndarray:
         scores = np.zeros(block.history.shape, dtype=np.float32)
@@ -42,10 +43,20 @@ class ItemKnnComponent:
 
     def flop(self, block: UserBlock) -> float:
         """Each consumed covered item adds its row of weights to the user's covered scores."""
-        if self._covered is None or len(self._covered) != block.history.shape[1]:  # once per catalog
-            self._covered = np.zeros(block.history.shape[1], dtype=bool)
-            self._covered[self.positions] = True
-        return 2.0 * np.count_nonzero(self._covered[block.history.indices]) * len(self.positions)
+        consumed = np.count_nonzero(self.slots(block.history.shape[1])[block.history.indices] >= 0)
+        return 2.0 * consumed * len(self.positions)
+
+    def view(self, block: UserBlock) -> ColumnsView:
+        """For scoring at a shortlist (nightrec.modeling.retrieval)."""
+        columns, covered = self.covered_scores(block)
+        return ColumnsView(covered, columns, self.slots(block.history.shape[1]), n_items=block.history.shape[1])
+
+    def slots(self, n_items: int) -> np.ndarray:
+        """Catalog position -> its column among the covered items, -1 when not covered; once per catalog."""
+        if self._slots is None or len(self._slots) != n_items:
+            self._slots = np.full(n_items, -1, dtype=np.int32)
+            self._slots[self.positions] = np.arange(len(self.positions), dtype=np.int32)
+        return self._slots
 
     def covered_scores(self, block: UserBlock) -> tuple[np.ndarray, np.ndarray]:
         """The catalog positions the model covers and the users' scores there (zero elsewhere)."""

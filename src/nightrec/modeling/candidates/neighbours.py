@@ -17,6 +17,7 @@ from pyspark.sql import DataFrame
 
 from nightrec.modeling import cooccurrence
 from nightrec.modeling.dataset import ModelSettingsView, TrainingSet
+from nightrec.modeling.retrieval import SparseView
 from nightrec.modeling.scoring import UserBlock, restore_sparse, sparse_arrays
 
 NAME = "neighbours"
@@ -29,9 +30,16 @@ class NeighboursComponent:
     similarity: sp.csr_matrix   # (catalog, catalog), at most k entries per row
 
     def score(self, block: UserBlock) -> np.ndarray:
+        return self.sparse_scores(block).toarray().astype(np.float32, copy=False)
+
+    def sparse_scores(self, block: UserBlock) -> sp.csr_matrix:
         taken = block.history.copy()
         taken.data[:] = 1.0
-        return (taken @ self.similarity).toarray().astype(np.float32, copy=False)
+        return (taken @ self.similarity).tocsr()
+
+    def view(self, block: UserBlock) -> SparseView:
+        """For scoring at a shortlist (nightrec.modeling.retrieval): the co-occurring items only."""
+        return SparseView(self.sparse_scores(block))
 
     def describe(self) -> dict:
         return {"neighbours": int(self.similarity.nnz)}

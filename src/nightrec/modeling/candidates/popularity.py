@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
@@ -11,6 +11,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from nightrec.modeling.dataset import ModelSettingsView, TrainingSet
+from nightrec.modeling.retrieval import ItemScoresView
 from nightrec.modeling.scoring import UserBlock
 
 NAME = "popularity"
@@ -24,8 +25,18 @@ class PopularityComponent:
     kind: ClassVar[str] = "popularity"
     item_scores: np.ndarray   # per catalog item
 
+    _top: np.ndarray | None = field(default=None, repr=False, compare=False)  # positions, best first
+
     def score(self, block: UserBlock) -> np.ndarray:
         return np.tile(self.item_scores, (len(block.user_ids), 1))
+
+    def view(self, block: UserBlock) -> ItemScoresView:
+        """For scoring at a shortlist (nightrec.modeling.retrieval): the same scores for everyone."""
+        if self._top is None:  # once: enough of the best to fill any shortlist after the seen ones
+            head = min(len(self.item_scores), 4096)
+            top = np.argpartition(-self.item_scores, head - 1)[:head] if head else np.empty(0, dtype=np.int64)
+            self._top = top[np.argsort(-self.item_scores[top], kind="stable")].astype(np.int32)
+        return ItemScoresView(self.item_scores.astype(np.float32), self._top, len(block.user_ids))
 
     def describe(self) -> dict:
         return {}
