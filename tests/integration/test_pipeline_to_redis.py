@@ -200,22 +200,29 @@ def test_sql_table_definitions_match_the_tables_written(spark, pipeline):
 
 def test_retrieved_scoring_forced_on_finds_the_exact_lists_and_says_so(spark, pipeline):
     """The night's exact lists against a score stage forced to shortlists of 30 candidates per
-    source (of 200 items): the same lists, the mode recorded on the model version and shown by status."""
+    source (of 200 items): nearly the same lists, the same scores, the mode recorded on the model
+    version and shown by status."""
     from nightrec.cli import _champion_summary
 
-    settings, _, _, exact_night, _ = pipeline
+    settings, _, trained, exact_night, _ = pipeline
     assert exact_night.scoring.startswith("exact")
 
     def personal_lists():
         rows = lake.read_table(spark, settings.table("gold/recommendations"), [DAY]).collect()
-        return {r.user_id: r.item_ids for r in rows if r.model_version == exact_night.model_version}
+        personal = [r for r in rows if r.model_version == exact_night.model_version]
+        return {r.user_id: dict(zip(r.item_ids, r.scores)) for r in personal}
 
     exact = personal_lists()
     forced = settings.model_copy(update={"model": settings.model.model_copy(
         update={"retrieval": "retrieved", "retrieval_depth": 30})})
     night = score.run(spark, forced, DAY)
     retrieved = personal_lists()
-    assert night.scoring.startswith("retrieved: 30 candidates per source") and set(retrieved) == set(exact)
-    recall = np.mean([len(set(retrieved[u]) & set(exact[u])) / len(exact[u]) for u in exact])
+    assert night.scoring.startswith("retrieved: 30 candidates per source")
+    assert ("HNSW" in night.scoring) == (trained.candidate in ("als", "hybrid"))
+    assert set(retrieved) == set(exact) and {len(items) for items in retrieved.values()} == {settings.model.top_k}
+    recall = np.mean([len(retrieved[u].keys() & exact[u].keys()) / len(exact[u]) for u in exact])
     assert recall >= 0.95, recall
+    for user, items in retrieved.items():
+        shared = sorted(items.keys() & exact[user].keys())
+        np.testing.assert_allclose([items[i] for i in shared], [exact[user][i] for i in shared], rtol=1e-4, atol=1e-4)
     assert f"scored {night.scoring} (night of {DAY})" in _champion_summary(forced)

@@ -75,16 +75,35 @@ def test_a_shortlist_of_the_whole_catalog_gives_the_exact_lists_rules_and_cap_in
     np.testing.assert_allclose(np.concatenate(got_scores), np.concatenate(exact_scores), rtol=1e-4, atol=1e-4)
 
 
+def test_the_index_alone_names_every_item_als_scores_for_blocks_of_any_size():
+    rng = np.random.default_rng(6)
+    bundle, block = hybrid(rng, 7, 300)
+    als = Bundle(bundle.item_ids, {"als": bundle.components["als"]}, {"als": 1.0})
+    factors = als.components["als"]
+    index = ItemIndex(factors.item_factors[factors.known_items()], factors.known_items())
+    everything = Retrieval(index, np.empty(0, dtype=np.int32), 300)  # the index's answers only
+    for users in (slice(0, 1), slice(1, 7)):  # one user: the index answers a single query differently
+        part = UserBlock(block.user_ids[users], block.history[users], block.recency[users])
+        exact_items, exact_scores = as_lists(als.ranked(part, 20))
+        got_items, got_scores = as_lists(als.with_retrieval(everything).ranked(part, 20))
+        assert got_items == exact_items
+        np.testing.assert_allclose(np.concatenate(got_scores), np.concatenate(exact_scores), rtol=1e-4, atol=1e-4)
+
+
 def test_a_narrow_shortlist_scores_each_item_it_keeps_exactly_and_finds_most_of_the_exact_lists():
     rng = np.random.default_rng(4)
-    n_items, k = 4000, 20
-    bundle, block = hybrid(rng, 60, n_items, dense=False)
+    n_items, k, cap = 4000, 20, 6
+    rules = Rules(unavailable=rng.random(n_items) < 0.05, categories=rng.integers(-1, 8, n_items).astype(np.int32),
+                  max_per_category=cap)
+    bundle, block = hybrid(rng, 60, n_items, dense=False, rules=rules)
     textbook = sum(w * standardize(bundle.components[name].score(block)) for name, w in bundle.weights.items())
     exact_items, _ = as_lists(bundle.ranked(block, k))
     got_items, got_scores = as_lists(bundle.with_retrieval(retrieval_of(bundle, 100)).ranked(block, k))
     for row, (items, scores) in enumerate(zip(got_items, got_scores)):
         positions = np.asarray(items) - 1000
         assert len(items) == k and not set(positions) & set(block.history[row].indices)
+        assert not rules.unavailable[positions].any()
+        assert max(np.bincount(rules.categories[positions][rules.categories[positions] >= 0])) <= cap
         np.testing.assert_allclose(scores, textbook[row, positions], rtol=1e-4, atol=1e-4)
         assert scores == sorted(scores, reverse=True)
     recall = np.mean([len(set(g) & set(e)) / k for g, e in zip(got_items, exact_items)])

@@ -39,9 +39,10 @@ class ItemIndex:
             return found
         self.index.expansion_search = max(2 * depth, 128)  # a search keeps at most this many candidates
         matches = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), depth, threads=1)
-        keys, counts = matches.keys.reshape(len(queries), -1), matches.counts.reshape(-1)
-        kept = np.arange(keys.shape[1]) < counts[:, None]
-        found[:, :keys.shape[1]] = np.where(kept, keys, -1)
+        keys = matches.keys.astype(np.int64).reshape(len(queries), -1)
+        # one query gives one Matches, without counts
+        counts = matches.counts.reshape(-1) if hasattr(matches, "counts") else np.array([len(matches.keys)])
+        found[:, :keys.shape[1]] = np.where(np.arange(keys.shape[1]) < counts[:, None], keys, -1)
         return found
 
     def describe(self) -> str:
@@ -53,7 +54,8 @@ class ItemIndex:
     def __setstate__(self, state: dict) -> None:
         from usearch.index import Index
 
-        self.index = Index.restore(bytearray(state["bytes"]))
+        self.index = Index.restore(state["bytes"], view=True)  # searches the bytes in place: no second copy
+        self._bytes = state["bytes"]
 
 
 def retrieval_for(bundle: Bundle, feedback: DataFrame, m: ModelSettings, as_of: dt.datetime) -> Retrieval | None:

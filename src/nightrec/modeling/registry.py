@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,8 @@ TUNED_RECIPE_TAG = "tuned_recipe"     # on the registered model: the recipe the 
 TUNED_RUN_TAG = "tuned_run_id"        # ... and the MLflow run that chose it
 SCORING_TAG = "scoring"               # on a version: how its latest lists were scored (exact or retrieved)
 DEFAULT_RECIPE = "models/default_recipe.toml"
+
+log = logging.getLogger("nightrec.registry")
 
 
 class RecommenderModel(mlflow.pyfunc.PythonModel):
@@ -178,9 +181,13 @@ def load_champion(registered_model: str) -> tuple[Bundle, str]:
 
 
 def record_scoring(model_version: str, scoring: str, ds: dt.date) -> None:
-    """On the version ("name/version"): how the night of ds scored its lists."""
+    """On the version ("name/version"): how the night of ds scored its lists. Information only:
+    a registry that refuses it is logged, and the lists written stand."""
     name, version = model_version.rsplit("/", 1)
-    MlflowClient().set_model_version_tag(name, version, SCORING_TAG, f"{scoring} (night of {ds})")
+    try:
+        MlflowClient().set_model_version_tag(name, version, SCORING_TAG, f"{scoring} (night of {ds})")
+    except MlflowException as error:
+        log.warning("could not record how %s was scored on %s: %s", model_version, ds, error)
 
 
 def ensure_registered_model(registered_model: str) -> None:

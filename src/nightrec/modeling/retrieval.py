@@ -63,9 +63,9 @@ class ColumnsView:
     scores: np.ndarray              # (users, columns) float32
     columns: np.ndarray | None
     slot: np.ndarray | None         # catalog position -> column, -1 when not covered (None: identity)
+    n_items: int                    # the catalog's: the moments are over all of it
     mean: np.ndarray = field(init=False)
     std: np.ndarray = field(init=False)
-    n_items: int = 0
 
     def __post_init__(self):
         self.mean, self.std = row_moments(self.scores, self.n_items)
@@ -96,9 +96,9 @@ class SparseView:
 
     def __post_init__(self):
         self.scores.sort_indices()
-        n = max(self.scores.shape[1], 1)
-        self.mean = np.asarray(self.scores.sum(axis=1)).ravel() / n
-        self.std = spread(self.mean, np.asarray(self.scores.multiply(self.scores).sum(axis=1)).ravel() / n)
+        n, scores = max(self.scores.shape[1], 1), self.scores.astype(np.float64)  # as row_moments sums
+        self.mean = np.asarray(scores.sum(axis=1)).ravel() / n
+        self.std = spread(self.mean, np.asarray(scores.multiply(scores).sum(axis=1)).ravel() / n)
 
     def at(self, positions: np.ndarray) -> np.ndarray:
         s = self.scores
@@ -113,19 +113,17 @@ class SparseView:
 
 
 class ItemScoresView:
-    """The same score of each item for every user (popularity)."""
+    """The same score of each item for every user (popularity): its moments once per catalog."""
 
-    def __init__(self, item_scores: np.ndarray, top: np.ndarray, users: int):
-        self.item_scores, self.top, self.users = item_scores, top, users
-        mean, std = row_moments(item_scores[None, :], len(item_scores))
-        self.mean, self.std = np.repeat(mean, users), np.repeat(std, users)
+    def __init__(self, item_scores: np.ndarray, top: np.ndarray, mean: float, std: float, users: int):
+        self.item_scores, self.top = item_scores, top
+        self.mean, self.std = np.full(users, mean), np.full(users, std)
 
     def at(self, positions: np.ndarray) -> np.ndarray:
         return np.where(positions >= 0, self.item_scores[np.maximum(positions, 0)], np.float32(0.0))
 
     def best(self, depth: int, history: sp.csr_matrix) -> np.ndarray:
-        seen = int(np.diff(history.indptr).max(initial=0))  # the seen ones are dropped later
-        return np.broadcast_to(self.top[:depth + seen], (self.users, min(depth + seen, len(self.top))))
+        return _first_unseen(self.top, history.indptr, history.indices, depth)
 
 
 @dataclass
@@ -137,9 +135,10 @@ class Retrieval:
     trending: np.ndarray            # catalog positions, best first
     depth: int
 
-    def width(self) -> int:
-        """About the widest shortlist: a few sources of `depth` each, overlapping."""
-        return 4 * self.depth
+    def width(self, sources: int) -> int:
+        """The widest shortlist: trending, the index (up to twice depth, for users with long
+        histories) and each other source, `depth` each."""
+        return (sources + 2) * self.depth
 
     def shortlist(self, views: dict[str, View], history: sp.csr_matrix) -> np.ndarray:
         """(users, width) catalog positions, ascending per row, -1 padded at the end."""
@@ -246,6 +245,24 @@ def _sparse_at(indptr, indices, data, positions):
                 i += 1
             if i < end and indices[i] == p:
                 out[r, w] = data[i]
+    return out
+
+
+@njit(nogil=True, cache=True)
+def _first_unseen(top, indptr, indices, depth):
+    """Per row, the first `depth` of `top` (positions, best first) the row's user has not taken."""
+    out = np.full((len(indptr) - 1, depth), -1, dtype=np.int32)
+    for r in range(len(indptr) - 1):
+        seen = indices[indptr[r]:indptr[r + 1]]
+        n = 0
+        for p in top:
+            if n == depth:
+                break
+            i = np.searchsorted(seen, p)
+            if i < len(seen) and seen[i] == p:
+                continue
+            out[r, n] = p
+            n += 1
     return out
 
 

@@ -229,7 +229,7 @@ class Bundle:
             ranked = best_k_at(block.user_ids, total, positions, self.item_ids, min(k, len(self.item_ids)),
                                shift=shift, categories=self.rules.categories if capped else None,
                                cap=self.rules.max_per_category)
-        spent.pairs += len(block.user_ids) * len(self.item_ids)
+        spent.pairs += positions.size
         return ranked
 
     def columns_per_user(self) -> int:
@@ -237,7 +237,7 @@ class Bundle:
         shortlists the widest of the shortlist and each component's dense part."""
         if self.retrieval is None:
             return len(self.item_ids)
-        widths = [self.retrieval.width()]
+        widths = [self.retrieval.width(sum(w > 0 for w in self.weights.values()))]
         for name, weight in self.weights.items():
             component = self.components[name]
             if weight > 0 and not hasattr(component, "view"):
@@ -258,8 +258,7 @@ def view_of(component: Component, block: UserBlock) -> View:
     catalog), else its full scores (the content model's sparse text products)."""
     if hasattr(component, "view"):
         return component.view(block)
-    return ColumnsView(component.score(block).astype(np.float32, copy=False), None, None,
-                       n_items=block.history.shape[1])
+    return ColumnsView(component.score(block).astype(np.float32, copy=False), None, None, block.history.shape[1])
 
 
 def _flop(component: Component, block: UserBlock) -> float:

@@ -62,7 +62,6 @@ def run(spark: SparkSession, settings: Settings, ds: dt.date) -> ScoreResult:
     with progress.step("scoring mode", catalog=len(bundle.item_ids), retrieval=m.retrieval):
         bundle = bundle.with_retrieval(ann.retrieval_for(bundle, feedback, m, as_of))
         scoring = ann.describe(bundle.retrieval)
-        registry.record_scoring(model_version, scoring, ds)
         progress(scoring)
     spent = spark.sparkContext.accumulator(Spent(), SpentSum())
     personal = (recommend(bundle, user_rows(feedback, as_of, m.recency_half_life_days), m.top_k,
@@ -81,6 +80,7 @@ def run(spark: SparkSession, settings: Settings, ds: dt.date) -> ScoreResult:
                         F.sum((F.col("model_version") != model_version).cast("int")).alias("new_users"))
     with progress.step("top-k per user", model=model_version, catalog=len(bundle.item_ids)):
         lake.replace_partitions(recs.withColumn("dt", F.lit(ds)), settings.table("gold/recommendations"), [ds])
+    registry.record_scoring(model_version, scoring, ds)
     for line in spent.value.lines(matmul_rate(threads=1)):  # where top-k's time went, per core
         progress(f"top-k {line.strip()}" if line.startswith("  ") else f"top-k: {line}")
     similar = similar_items(feedback, m.similar_k, facts.unavailable_ids())
@@ -108,7 +108,7 @@ def score_variants(spark: SparkSession, settings: Settings, ds: dt.date, experim
         lake.clear_partitions(spark, table, [ds])
         return {}
     rows = user_rows(feedback, as_of, m.recency_half_life_days).withColumn("variant", variant_of(experiment)("user_id"))
-    frames = []
+    frames, scorings = [], {}
     for variant in experiment.keyed:
         version = experiment_store.model_version(settings, variant)
         name = settings.mlflow.registered_model
@@ -116,7 +116,7 @@ def score_variants(spark: SparkSession, settings: Settings, ds: dt.date, experim
         bundle = bundle.with_rules(facts.rules_for(bundle.item_ids,
                                                    variant.rules.get("max_per_category", m.max_per_category)))
         bundle = bundle.with_retrieval(ann.retrieval_for(bundle, feedback, m, as_of))
-        registry.record_scoring(f"{settings.mlflow.registered_model}/{version}", ann.describe(bundle.retrieval), ds)
+        scorings[f"{name}/{version}"] = ann.describe(bundle.retrieval)
         users = rows.where(F.col("variant") == variant.name).drop("variant")
         frames.append(recommend(bundle, users, m.top_k, serving_values=True)
                       .withColumns({"variant": F.lit(variant.name), "model_version": F.lit(f"{name}/{version}")}))
@@ -125,6 +125,8 @@ def score_variants(spark: SparkSession, settings: Settings, ds: dt.date, experim
         lists = lists.unionByName(frame)
     lists = lists.withColumns({"experiment": F.lit(experiment.to_json()), "dt": F.lit(ds)})
     lake.replace_partitions(lists, table, [ds])
+    for model_version, scoring in scorings.items():
+        registry.record_scoring(model_version, scoring, ds)
     counts = lake.read_table(spark, table, [ds]).groupBy("variant").count().collect()
     return {row["variant"]: int(row["count"]) for row in counts}
 

@@ -49,7 +49,7 @@ class ItemKnnComponent:
     def view(self, block: UserBlock) -> ColumnsView:
         """For scoring at a shortlist (nightrec.modeling.retrieval)."""
         columns, covered = self.covered_scores(block)
-        return ColumnsView(covered, columns, self.slots(block.history.shape[1]), n_items=block.history.shape[1])
+        return ColumnsView(covered, columns, self.slots(block.history.shape[1]), block.history.shape[1])
 
     def slots(self, n_items: int) -> np.ndarray:
         """Catalog position -> its column among the covered items, -1 when not covered; once per catalog."""

@@ -11,11 +11,13 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from nightrec.modeling.dataset import ModelSettingsView, TrainingSet
+from nightrec.modeling.moments import row_moments
 from nightrec.modeling.retrieval import ItemScoresView
 from nightrec.modeling.scoring import UserBlock
 
 NAME = "popularity"
 REQUIRED_PARAMS = ("half_life_days",)
+TOP_KEPT = 4096  # most popular items a shortlist can draw from, its users' seen ones skipped
 
 AGE_BANDS = ((0, 18), (18, 25), (25, 35), (35, 45), (45, 56), (56, None))  # [low, high) years
 
@@ -25,18 +27,20 @@ class PopularityComponent:
     kind: ClassVar[str] = "popularity"
     item_scores: np.ndarray   # per catalog item
 
-    _top: np.ndarray | None = field(default=None, repr=False, compare=False)  # positions, best first
+    _ranked: tuple | None = field(default=None, repr=False, compare=False)  # see view()
 
     def score(self, block: UserBlock) -> np.ndarray:
         return np.tile(self.item_scores, (len(block.user_ids), 1))
 
     def view(self, block: UserBlock) -> ItemScoresView:
         """For scoring at a shortlist (nightrec.modeling.retrieval): the same scores for everyone."""
-        if self._top is None:  # once: enough of the best to fill any shortlist after the seen ones
-            head = min(len(self.item_scores), 4096)
-            top = np.argpartition(-self.item_scores, head - 1)[:head] if head else np.empty(0, dtype=np.int64)
-            self._top = top[np.argsort(-self.item_scores[top], kind="stable")].astype(np.int32)
-        return ItemScoresView(self.item_scores.astype(np.float32), self._top, len(block.user_ids))
+        if self._ranked is None:  # once per component: the best few thousand, and the moments
+            scores = self.item_scores.astype(np.float32)
+            head = min(len(scores), TOP_KEPT)
+            top = np.argpartition(-scores, head - 1)[:head] if head else np.empty(0, dtype=np.int64)
+            mean, std = row_moments(scores[None, :], len(scores))
+            self._ranked = (scores, top[np.argsort(-scores[top], kind="stable")].astype(np.int32), mean[0], std[0])
+        return ItemScoresView(*self._ranked, len(block.user_ids))
 
     def describe(self) -> dict:
         return {}
