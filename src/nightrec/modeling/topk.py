@@ -19,12 +19,11 @@ from pyspark.sql import functions as F
 from threadpoolctl import threadpool_limits
 
 OUTPUT_SCHEMA = "user_id int, item_ids array<int>, scores array<float>"
-SCORES_PER_BLOCK = 1 << 21  # float32 scores per matmul block (8 MB): small blocks stay in cache
-# Top-k's own blocks are bigger: OpenBLAS packs the whole item matrix on every call, so ~400-user
-# blocks (32 MB) score ~20% faster than ~100-user ones.
-TOP_K_SCORES_PER_BLOCK = 1 << 23
+# float32 scores per block of users (32 MB, ~80 users at 100k items): OpenBLAS packs the whole item
+# matrix on every matmul, so 80-user blocks score ALS 30% faster than 20-user ones (bench/topk.py)
+SCORES_PER_BLOCK = 1 << 23
 GROUPS_PER_SLOT = 4  # best_k cuts a row into 4k groups; see _select
-CAP_DEPTH = 4  # with a category cap, the best 4k are walked for items of other categories
+CAP_DEPTH = 4  # where the cap binds, the best 4k are walked for items of other categories
 LOWEST = np.float32(np.finfo(np.float32).min)
 
 
@@ -55,7 +54,7 @@ def factor_matrix(ids: pa.Array, features: pa.Array) -> tuple[np.ndarray, np.nda
 
 
 def top_k_unseen(user_factors: DataFrame, item_factors: DataFrame, seen: DataFrame, k: int,
-                 scores_per_block: int = TOP_K_SCORES_PER_BLOCK) -> DataFrame:
+                 scores_per_block: int = SCORES_PER_BLOCK) -> DataFrame:
     """user_factors/item_factors: (id, features) as in ALSModel; seen: (user_id, item_id) pairs.
 
     Returns (user_id, item_ids, scores), best first; shorter than k only when a user has seen
@@ -113,24 +112,19 @@ def best_k(users: np.ndarray, scores: np.ndarray, item_ids: np.ndarray, k: int, 
            shift: np.ndarray | None = None) -> pa.RecordBatch:
     """Each row's k best (score desc, then item id) finite scores, as Arrow list columns.
 
-    With `categories` (an int code per item, -1 for none) and `cap`: walking the CAP_DEPTH x k best
-    in order, an item whose category already has `cap` items above it is passed over (item_ids must
-    be ascending, as a catalog is). `shift`: a constant per row added to the scores kept (a blend's
+    With `categories` (an int code per item, -1 for none) and `cap`: walking the best in order, an
+    item whose category already has `cap` items above it is passed over (item_ids must be ascending,
+    as a catalog is; see _capped). `shift`: a constant per row added to the scores kept (a blend's
     per-user centring, which does not change the order)."""
     scores = np.ascontiguousarray(scores, dtype=np.float32)
-    capped = categories is not None and bool(cap) and k > 0
-    depth = min(CAP_DEPTH * k, scores.shape[1]) if capped else k
-    ids = np.empty((len(scores), depth), dtype=np.int32)
-    bits = np.empty((len(scores), depth), dtype=np.int32)
-    counts = np.zeros(len(scores), dtype=np.int64)
     item_ids = np.asarray(item_ids, dtype=np.int32)
-    if depth > 0 and scores.shape[1] > 0:
-        # capped: positions first (the same order as ascending ids), categories looked up by position
-        _select(scores, np.arange(len(item_ids), dtype=np.int32) if capped else item_ids, depth, ids, bits, counts)
-    if capped:
-        ids, bits, counts = _cap(ids, bits, counts, np.asarray(categories, dtype=np.int32), cap, k)
-        ids = item_ids[ids]
-    return _lists(users, ids, bits, counts, shift)
+    if categories is None or not cap or k <= 0:
+        return _lists(users, *_selected(scores, item_ids, k), shift)
+    positions = np.arange(len(item_ids), dtype=np.int32)  # the same order as ascending ids
+    found, bits, counts = _capped(lambda rows, depth: _selected(scores if rows is None else scores[rows],
+                                                                positions, depth),
+                                  len(scores), k, np.asarray(categories, dtype=np.int32), cap)
+    return _lists(users, item_ids[found], bits, counts, shift)
 
 
 def best_k_at(users: np.ndarray, scores: np.ndarray, positions: np.ndarray, item_ids: np.ndarray, k: int, *,
@@ -139,16 +133,42 @@ def best_k_at(users: np.ndarray, scores: np.ndarray, positions: np.ndarray, item
     """best_k of scores at per-row catalog positions ((users, width), -1 for padding, whose score
     must be -inf): a shortlist's (nightrec.modeling.retrieval). The same order, cap and shift."""
     scores = np.ascontiguousarray(scores, dtype=np.float32)
-    capped = categories is not None and bool(cap) and k > 0
-    depth = min(CAP_DEPTH * k if capped else k, scores.shape[1])
+    positions = np.ascontiguousarray(positions, dtype=np.int32)
+
+    def select(rows, depth):
+        return _selected(scores if rows is None else scores[rows], positions if rows is None else positions[rows],
+                         depth, _select_at)
+    if categories is None or not cap or k <= 0:
+        found, bits, counts = select(None, k)
+    else:
+        found, bits, counts = _capped(select, len(scores), k, np.asarray(categories, dtype=np.int32), cap)
+    return _lists(users, np.asarray(item_ids, dtype=np.int32)[found], bits, counts, shift)
+
+
+def _capped(select, n_rows: int, k: int, categories: np.ndarray, cap: int):
+    """(positions, float32 bits, counts) of each row's k best under the category cap. The k best
+    come first; only the rows where the cap passed one of them over are selected again, CAP_DEPTH x
+    k deep (with 20 categories and a cap of 40 in 100 that is a few rows in a hundred)."""
+    positions, bits, counts = select(None, k)
+    capped = _cap(positions, bits, counts, categories, cap, k)
+    short = np.flatnonzero(capped[2] < counts)
+    if len(short):
+        again = _cap(*select(short, CAP_DEPTH * k), categories, cap, k)
+        for array, part in zip(capped, again):
+            array[short] = part
+    return capped
+
+
+def _selected(scores: np.ndarray, ids: np.ndarray, depth: int, kernel=None):
+    """(ids, float32 bits, counts) of each row's `depth` best, in new arrays: by _select (ids per
+    column), or by _select_at (ids per row and column)."""
+    depth = min(depth, scores.shape[1])
     found = np.zeros((len(scores), depth), dtype=np.int32)
     bits = np.empty((len(scores), depth), dtype=np.int32)
     counts = np.zeros(len(scores), dtype=np.int64)
-    if depth > 0:
-        _select_at(scores, np.ascontiguousarray(positions, dtype=np.int32), depth, found, bits, counts)
-    if capped:
-        found, bits, counts = _cap(found, bits, counts, np.asarray(categories, dtype=np.int32), cap, k)
-    return _lists(users, np.asarray(item_ids, dtype=np.int32)[found], bits, counts, shift)
+    if depth > 0 and len(scores):
+        (kernel or _select)(scores, ids, depth, found, bits, counts)
+    return found, bits, counts
 
 
 def _lists(users: np.ndarray, ids: np.ndarray, bits: np.ndarray, counts: np.ndarray,
