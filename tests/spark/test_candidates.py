@@ -12,9 +12,11 @@ from pyspark.sql import functions as F
 from nightrec.constants import GLOBAL_SEGMENT as GLOBAL
 from nightrec.data.feedback import latest_split, stratified_split
 from nightrec.modeling import dataset, recipe, search, training
+from nightrec.modeling.ann import ItemIndex
 from nightrec.modeling.candidates import itemknn
 from nightrec.modeling.candidates.popularity import ranked_lists, segment_lists
 from nightrec.modeling.fallbacks import new_user_recs
+from nightrec.modeling.retrieval import Retrieval
 from nightrec.modeling.scoring import Spent, SpentSum, recommend, user_block
 
 AS_OF = dt.datetime(2024, 6, 1, tzinfo=dt.timezone.utc)
@@ -147,6 +149,26 @@ def test_spark_scoring_equals_the_driver_for_a_blend(spark):
     # the blend learned the taste groups: most recommendations stay inside the user's group
     own = sum(1 for u, (ids, _) in in_spark.items() for i in ids if i % 4 == u % 4)
     assert own / (5 * 40) > 0.8  # chance: 0.25
+
+
+def test_spark_scoring_at_shortlists_holding_every_item_gives_the_exact_lists(spark):
+    """The index over the ALS factors travels to the executors inside the bundle; shortlists as deep
+    as the catalog give exactly what exact scoring gives."""
+    pairs = grouped_pairs(per_user=6)
+    opts = dataset.ModelSettingsView(blocks=2)
+    data = dataset.training_set(feedback_frame(spark, pairs), None, AS_OF, opts)
+    selection = search.Selection({"als": {"rank": 4, "reg_param": 0.1, "alpha": 2.0, "max_iter": 4},
+                                  "itemknn": {"l2": 5.0}}, {"als": 0.6, "itemknn": 0.4}, {})
+    hybrid = search.fit_bundles(data, selection, opts)[0][recipe.HYBRID]
+    als = hybrid.components["als"]
+    shortlists = Retrieval(ItemIndex(als.item_factors[als.known_items()], als.known_items()),
+                           np.empty(0, dtype=np.int32), len(data.catalog))
+    exact, retrieved = ({r.user_id: (r.item_ids, r.scores) for r in recommend(bundle, data.user_rows(), 5).collect()}
+                        for bundle in (hybrid, hybrid.with_retrieval(shortlists)))
+    assert len(retrieved) == 40 and retrieved.keys() == exact.keys()
+    for user, (ids, scores) in exact.items():
+        assert retrieved[user][0] == ids
+        assert retrieved[user][1] == pytest.approx(scores, rel=1e-4, abs=1e-5)
 
 
 def test_content_model_recommends_an_item_nobody_has_touched(spark):
