@@ -1,5 +1,5 @@
 """The approximate index behind retrieved scoring: an HNSW graph over the ALS item factors, searched
-by inner product (usearch; chosen among the package index's libraries by bench/ann.py), and the
+by inner product (faiss; chosen among the package index's libraries by bench/ann.py), and the
 Retrieval a night scores with."""
 
 from __future__ import annotations
@@ -14,48 +14,48 @@ from nightrec.modeling.retrieval import Retrieval, use_retrieval
 from nightrec.modeling.scoring import Bundle
 from nightrec.settings import ModelSettings
 
-CONNECTIVITY = 32       # graph edges per item: recall at a depth of hundreds needs more than the default 16
-EXPANSION_ADD = 128
+EDGES = 32                # graph edges per item: recall at a depth of hundreds needs more than faiss's 16
+BUILD_CANDIDATES = 128    # efConstruction
 
 
 class ItemIndex:
     """Catalog positions of the items with factors, searchable by a user's factors (top inner
-    products). Built once per night on the driver; pickled (as the library's own bytes) into the
-    bundle every Spark task receives."""
+    products). Built once per night on the driver (all its cores); pickled (faiss's own bytes) into
+    the bundle every Spark task receives."""
 
-    def __init__(self, factors: np.ndarray, positions: np.ndarray, threads: int = 0):
-        from usearch.index import Index
+    def __init__(self, factors: np.ndarray, positions: np.ndarray):
+        import faiss
 
-        self.index = Index(ndim=factors.shape[1], metric="ip", dtype="f32", connectivity=CONNECTIVITY,
-                           expansion_add=EXPANSION_ADD)
-        if len(positions):
-            self.index.add(np.asarray(positions, dtype=np.int64), np.ascontiguousarray(factors, dtype=np.float32),
-                           threads=threads)
+        self.positions = np.asarray(positions, dtype=np.int32)
+        self.index = faiss.IndexHNSWFlat(factors.shape[1], EDGES, faiss.METRIC_INNER_PRODUCT)
+        self.index.hnsw.efConstruction = BUILD_CANDIDATES
+        if len(self.positions):
+            self.index.add(np.ascontiguousarray(factors, dtype=np.float32))
 
     def search(self, queries: np.ndarray, depth: int) -> np.ndarray:
-        """(users, depth) positions, best first, -1 padded; on the calling thread (a Spark task's core)."""
-        found = np.full((len(queries), depth), -1, dtype=np.int32)
-        if len(self.index) == 0 or len(queries) == 0:
-            return found
-        self.index.expansion_search = max(2 * depth, 128)  # a search keeps at most this many candidates
-        matches = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), depth, threads=1)
-        keys = matches.keys.astype(np.int64).reshape(len(queries), -1)
-        # one query gives one Matches, without counts
-        counts = matches.counts.reshape(-1) if hasattr(matches, "counts") else np.array([len(matches.keys)])
-        found[:, :keys.shape[1]] = np.where(np.arange(keys.shape[1]) < counts[:, None], keys, -1)
-        return found
+        """(users, depth) positions, best first, -1 padded; on one thread (a Spark task's core)."""
+        import faiss
+
+        if self.index.ntotal == 0 or len(queries) == 0:
+            return np.full((len(queries), depth), -1, dtype=np.int32)
+        faiss.omp_set_num_threads(1)
+        # a graph search keeps efSearch candidates: at least the depth asked for
+        _, found = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), depth,
+                                     params=faiss.SearchParametersHNSW(efSearch=max(depth, 64)))
+        return np.where(found >= 0, self.positions[np.maximum(found, 0)], -1).astype(np.int32)
 
     def describe(self) -> str:
-        return f"HNSW (usearch, {CONNECTIVITY} edges per item) over {len(self.index):,} ALS item factors"
+        return f"HNSW (faiss, {EDGES} edges per item) over {self.index.ntotal:,} ALS item factors"
 
     def __getstate__(self) -> dict:
-        return {"bytes": bytes(self.index.save())}
+        import faiss
+
+        return {"positions": self.positions, "index": faiss.serialize_index(self.index)}
 
     def __setstate__(self, state: dict) -> None:
-        from usearch.index import Index
+        import faiss
 
-        self.index = Index.restore(state["bytes"], view=True)  # searches the bytes in place: no second copy
-        self._bytes = state["bytes"]
+        self.positions, self.index = state["positions"], faiss.deserialize_index(state["index"])
 
 
 def retrieval_for(bundle: Bundle, feedback: DataFrame, m: ModelSettings, as_of: dt.datetime) -> Retrieval | None:
