@@ -19,6 +19,7 @@ from typing import ClassVar, Protocol
 import numpy as np
 import pyarrow as pa
 import scipy.sparse as sp
+from numba import njit
 from pyspark import AccumulatorParam, TaskContext
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
@@ -164,7 +165,7 @@ class Bundle:
                 with spent.part("blend"):
                     mean, std = row_moments(part, n_items)
                     total = np.zeros((n_users, n_items), dtype=np.float32) if total is None else total
-                    total[:, columns] += part * (weight / std).astype(np.float32)[:, None]
+                    _add_at_columns(total, columns, part, (weight / std).astype(np.float32))
                     shift -= weight * mean / std
                 continue
             scaled = hasattr(component, "scaled_scores")  # (w/σ)·s straight from its arithmetic
@@ -264,6 +265,15 @@ def view_of(component: Component, block: UserBlock) -> View:
 def _flop(component: Component, block: UserBlock) -> float:
     """A component's floating-point operations for a block (0 when it does not say)."""
     return float(component.flop(block)) if hasattr(component, "flop") else 0.0
+
+
+@njit(nogil=True, cache=True)
+def _add_at_columns(total, columns, part, scale):
+    """total[:, columns] += part * scale[:, None], in place: numpy's fancy index would gather and
+    scatter a copy of every covered column."""
+    for r in range(part.shape[0]):
+        for j in range(part.shape[1]):
+            total[r, columns[j]] += part[r, j] * scale[r]
 
 
 def user_rows(feedback: DataFrame, as_of: dt.datetime, half_life_days: float) -> DataFrame:

@@ -23,7 +23,7 @@ OUTPUT_SCHEMA = "user_id int, item_ids array<int>, scores array<float>"
 # matrix on every matmul, so 80-user blocks score ALS 30% faster than 20-user ones (bench/topk.py)
 SCORES_PER_BLOCK = 1 << 23
 GROUPS_PER_SLOT = 4  # best_k cuts a row into 4k groups; see _select
-CAP_DEPTH = 4  # where the cap binds, the best 4k are walked for items of other categories
+CAP_DEPTH = 4  # with a category cap, the best 4k are walked for items of other categories
 LOWEST = np.float32(np.finfo(np.float32).min)
 
 
@@ -112,18 +112,18 @@ def best_k(users: np.ndarray, scores: np.ndarray, item_ids: np.ndarray, k: int, 
            shift: np.ndarray | None = None) -> pa.RecordBatch:
     """Each row's k best (score desc, then item id) finite scores, as Arrow list columns.
 
-    With `categories` (an int code per item, -1 for none) and `cap`: walking the best in order, an
-    item whose category already has `cap` items above it is passed over (item_ids must be ascending,
-    as a catalog is; see _capped). `shift`: a constant per row added to the scores kept (a blend's
+    With `categories` (an int code per item, -1 for none) and `cap`: walking the CAP_DEPTH x k best
+    in order, an item whose category already has `cap` items above it is passed over (item_ids must
+    be ascending, as a catalog is). `shift`: a constant per row added to the scores kept (a blend's
     per-user centring, which does not change the order)."""
     scores = np.ascontiguousarray(scores, dtype=np.float32)
     item_ids = np.asarray(item_ids, dtype=np.int32)
     if categories is None or not cap or k <= 0:
         return _lists(users, *_selected(scores, item_ids, k), shift)
-    positions = np.arange(len(item_ids), dtype=np.int32)  # the same order as ascending ids
-    found, bits, counts = _capped(lambda rows, depth: _selected(scores if rows is None else scores[rows],
-                                                                positions, depth),
-                                  len(scores), k, np.asarray(categories, dtype=np.int32), cap)
+    # positions first (the same order as ascending ids), categories looked up by position
+    positions = np.arange(len(item_ids), dtype=np.int32)
+    found, bits, counts = _cap(*_selected(scores, positions, CAP_DEPTH * k), np.asarray(categories, dtype=np.int32),
+                               cap, k)
     return _lists(users, item_ids[found], bits, counts, shift)
 
 
@@ -134,29 +134,12 @@ def best_k_at(users: np.ndarray, scores: np.ndarray, positions: np.ndarray, item
     must be -inf): a shortlist's (nightrec.modeling.retrieval). The same order, cap and shift."""
     scores = np.ascontiguousarray(scores, dtype=np.float32)
     positions = np.ascontiguousarray(positions, dtype=np.int32)
-
-    def select(rows, depth):
-        return _selected(scores if rows is None else scores[rows], positions if rows is None else positions[rows],
-                         depth, _select_at)
     if categories is None or not cap or k <= 0:
-        found, bits, counts = select(None, k)
+        found, bits, counts = _selected(scores, positions, k, _select_at)
     else:
-        found, bits, counts = _capped(select, len(scores), k, np.asarray(categories, dtype=np.int32), cap)
+        found, bits, counts = _cap(*_selected(scores, positions, CAP_DEPTH * k, _select_at),
+                                   np.asarray(categories, dtype=np.int32), cap, k)
     return _lists(users, np.asarray(item_ids, dtype=np.int32)[found], bits, counts, shift)
-
-
-def _capped(select, n_rows: int, k: int, categories: np.ndarray, cap: int):
-    """(positions, float32 bits, counts) of each row's k best under the category cap. The k best
-    come first; only the rows where the cap passed one of them over are selected again, CAP_DEPTH x
-    k deep (with 20 categories and a cap of 40 in 100 that is a few rows in a hundred)."""
-    positions, bits, counts = select(None, k)
-    capped = _cap(positions, bits, counts, categories, cap, k)
-    short = np.flatnonzero(capped[2] < counts)
-    if len(short):
-        again = _cap(*select(short, CAP_DEPTH * k), categories, cap, k)
-        for array, part in zip(capped, again):
-            array[short] = part
-    return capped
 
 
 def _selected(scores: np.ndarray, ids: np.ndarray, depth: int, kernel=None):
