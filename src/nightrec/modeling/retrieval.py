@@ -142,9 +142,8 @@ class Retrieval:
 
     def shortlist(self, views: dict[str, View], history: sp.csr_matrix) -> np.ndarray:
         """(users, width) catalog positions, ascending per row, -1 padded at the end."""
-        users = history.shape[0]
-        parts = [np.broadcast_to(self.trending[:self.depth].astype(np.int32), (users, min(self.depth,
-                                                                                          len(self.trending))))]
+        trending = self.trending[:self.depth].astype(np.int32)
+        parts = [np.broadcast_to(trending, (history.shape[0], len(trending)))]
         for view in views.values():
             if isinstance(view, FactorView) and self.index is not None:
                 # a user's consumed items take places among the index's answers: ask for that many more
