@@ -35,8 +35,8 @@ class View(Protocol):
         """(users, width) float32 scores at (users, width) positions (-1: padding, any value)."""
 
     def best(self, depth: int, history: sp.csr_matrix) -> np.ndarray | None:
-        """(users, depth) positions of its best unseen scores (-1 padded), or None when it names none
-        of its own (ALS: the index does)."""
+        """(users, depth) positions of its best unseen scores (-1 padded; history: CSR, indices
+        sorted), or None when it names none of its own (ALS: the index does)."""
 
 
 @dataclass
@@ -106,10 +106,8 @@ class SparseView:
 
     def best(self, depth: int, history: sp.csr_matrix) -> np.ndarray:
         s = self.scores
-        seen = history.tocsr()
-        seen.sort_indices()
-        return _sparse_best(s.indptr, s.indices, s.data.astype(np.float32, copy=False), seen.indptr, seen.indices,
-                            depth)
+        return _sparse_best(s.indptr, s.indices, s.data.astype(np.float32, copy=False), history.indptr,
+                            history.indices, depth)
 
 
 class ItemScoresView:
